@@ -1,0 +1,1 @@
+"""MoviesForYou shared code."""

@@ -1,0 +1,271 @@
+"""The ``moviesforyou`` command line.
+
+Run ``moviesforyou --help`` for the commands. Configuration comes from the
+environment (see :mod:`moviesforyou.config`); options override it per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from moviesforyou import ingest, sources, warehouse
+from moviesforyou.config import Settings
+from moviesforyou.errors import MoviesForYouError
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+class _Group(click.Group):
+    """Prints our own errors as one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MoviesForYouError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """MoviesForYou: nightly movie recommendations from MovieLens.
+
+    Configuration is read from MFY_* environment variables; see README.md.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    ctx.obj = Settings.from_env()
+
+
+# --------------------------------------------------------------------------- warehouse
+
+
+@main.group("warehouse")
+def warehouse_group() -> None:
+    """Start, stop and inspect the warehouse (embedded unless MFY_WAREHOUSE_URL is set)."""
+
+
+@warehouse_group.command("start")
+@click.pass_obj
+def warehouse_start(settings: Settings) -> None:
+    """Start the embedded PostgreSQL and create roles and schemas."""
+    dsn = warehouse.ensure(settings)
+    console.print(f"warehouse ready: {warehouse.redact(dsn)}")
+
+
+@warehouse_group.command("stop")
+@click.pass_obj
+def warehouse_stop(settings: Settings) -> None:
+    """Stop the embedded PostgreSQL."""
+    if settings.warehouse_url:
+        raise click.UsageError("MFY_WAREHOUSE_URL is set: that server is not ours to stop")
+    stopped = warehouse.embedded(settings).stop()
+    console.print("stopped" if stopped else "not running")
+
+
+@warehouse_group.command("status")
+@click.pass_obj
+def warehouse_status(settings: Settings) -> None:
+    """Where the warehouse is and whether it runs."""
+    for key, value in warehouse.describe(settings).items():
+        click.echo(f"{key:>10}: {value}")
+
+
+@warehouse_group.command("url")
+@click.option("--reader", is_flag=True, help="The read-only role's URL instead of the owner's.")
+@click.pass_obj
+def warehouse_url(settings: Settings, reader: bool) -> None:
+    """Print the libpq URL alone on the last line (starts the embedded server if needed)."""
+    dsn = warehouse.ensure(settings)
+    click.echo(warehouse.reader_url(settings) if reader else dsn)
+
+
+@warehouse_group.command("psql", context_settings={"ignore_unknown_options": True})
+@click.option("--reader", is_flag=True, help="Connect as the read-only role.")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def warehouse_psql(settings: Settings, reader: bool, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the warehouse; extra arguments go to psql."""
+    dsn = warehouse.ensure(settings)
+    argv = warehouse.psql_command(settings, warehouse.reader_url(settings) if reader else dsn)
+    os.execv(argv[0], [*argv, *psql_args])
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@contextmanager
+def _opened_release(settings: Settings, dataset: str, source: str | None, sha256: str | None):
+    release_url = None
+    if source is None:
+        release_url = sources.release_for(dataset).url
+    with _progress() as bars:
+        task = bars.add_task(f"download {dataset}", total=None, visible=False)
+
+        def on_bytes(done: int, total: int | None) -> None:
+            bars.update(task, completed=done, total=total, visible=True)
+
+        downloader = sources.Downloader(retries=settings.download_retries, progress=on_bytes)
+        files = sources.open_source(source or release_url, settings.downloads_dir,
+                                    sha256=sha256, downloader=downloader)
+    try:
+        yield files
+    finally:
+        files.close()
+
+
+def _ingest(settings: Settings, dataset: str, source: str | None, sha256: str | None,
+            force: bool) -> ingest.LoadResult:
+    dsn = warehouse.ensure(settings)
+    with _opened_release(settings, dataset, source, sha256) as files:
+        conn = warehouse.connect(settings, dsn=dsn)
+        try:
+            with _progress() as bars:
+                tasks: dict[str, int] = {}
+
+                def on_file(table: str, name: str, done: int, size: int) -> None:
+                    if table not in tasks:
+                        tasks[table] = bars.add_task(f"raw.{table:<12}", total=size)
+                    bars.update(tasks[table], completed=done)
+
+                return ingest.load_release(conn, files, dataset, force=force, progress=on_file)
+        finally:
+            conn.close()
+
+
+@main.command("ingest")
+@click.option("--dataset", "-d", help="Release name: ml-100k, ml-1m, ml-latest-small, ml-25m, "
+              "ml-32m, or any name for a local source. [default: MFY_DATASET or ml-100k]")
+@click.option("--source", "-s", help="URL, zip or folder instead of the GroupLens URL. "
+              "[default: MFY_SOURCE]")
+@click.option("--sha256", help="Pinned SHA-256 of the zip. [default: MFY_SOURCE_SHA256, "
+              "else GroupLens' published MD5]")
+@click.option("--force", is_flag=True, help="Reload even if the files are unchanged.")
+@click.pass_obj
+def ingest_command(settings: Settings, dataset: str | None, source: str | None,
+                   sha256: str | None, force: bool) -> None:
+    """Download (or open) a MovieLens release and load it into the raw schema."""
+    result = _ingest(settings, dataset or settings.dataset, source or settings.source,
+                     sha256 or settings.source_sha256, force)
+    _print_load(result)
+
+
+def _print_load(result: ingest.LoadResult) -> None:
+    if result.status == "unchanged":
+        console.print(f"[yellow]{result.dataset} unchanged[/] since the last load: nothing to do "
+                      f"(ledger entry {result.load_id}; --force reloads)")
+        return
+    table = Table(title=f"{result.dataset}: load {result.load_id} in {result.duration_s:.1f} s")
+    table.add_column("raw table")
+    table.add_column("rows", justify="right")
+    for name, count in result.row_counts.items():
+        table.add_row(f"raw.{name}", f"{count:,}")
+    console.print(table)
+
+
+@main.command("loads")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def loads_command(settings: Settings, limit: int) -> None:
+    """Show the load ledger (ops.source_loads), newest first."""
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            rows = list(ingest.iter_ledger(cur, limit))
+    finally:
+        conn.close()
+    table = Table(title="ops.source_loads")
+    for column in ("load", "dataset", "status", "at (UTC)", "ratings", "source / error"):
+        table.add_column(column)
+    for load_id, dataset, status, at, ratings, source, error in rows:
+        table.add_row(str(load_id), dataset, status, f"{at:%Y-%m-%d %H:%M:%S}", ratings or "",
+                      error or source)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- synth
+
+
+@main.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ratings", "-n", default=100_000, show_default=True, type=int,
+              help="Number of ratings.")
+@click.option("--layout", type=click.Choice(["100k", "csv"]), default="100k", show_default=True)
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--users", type=int, help="Number of users [default: scaled like MovieLens].")
+@click.option("--movies", type=int, help="Number of movies [default: scaled like MovieLens].")
+def synth_command(out: Path, ratings: int, layout: str, seed: int, users: int | None,
+                  movies: int | None) -> None:
+    """Write a seeded synthetic MovieLens-format release to OUT."""
+    from moviesforyou import synth
+
+    spec = synth.SynthSpec(n_ratings=ratings, n_users=users, n_movies=movies, seed=seed)
+    with _progress() as bars:
+        task = bars.add_task(f"synth {ratings:,} ratings", total=ratings)
+        summary = synth.generate(out, spec, layout=layout,
+                                 progress=lambda done: bars.update(task, completed=done))
+    console.print(f"wrote {summary.n_ratings:,} ratings by {summary.n_users:,} users on "
+                  f"{summary.n_movies:,} movies to {out} ({layout} layout)")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@main.command("run")
+@click.option("--dataset", "-d", help="[default: MFY_DATASET or ml-100k]")
+@click.option("--source", "-s", help="[default: MFY_SOURCE, else the GroupLens URL]")
+@click.pass_obj
+def run_command(settings: Settings, dataset: str | None, source: str | None) -> None:
+    """The nightly job: start the warehouse, ingest the release, print a summary."""
+    dataset = dataset or settings.dataset
+    result = _ingest(settings, dataset, source or settings.source, settings.source_sha256,
+                     force=False)
+    _print_load(result)
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            counts = ingest.raw_counts(cur, dataset)
+    finally:
+        conn.close()
+    summary = Table(title=f"raw schema now holds {dataset}")
+    summary.add_column("table")
+    summary.add_column("rows", justify="right")
+    for name, count in counts.items():
+        if count:
+            summary.add_row(f"raw.{name}", f"{count:,}")
+    console.print(summary)
+    console.print(f"warehouse: {warehouse.redact(warehouse.url(settings, start=False))}\n"
+                  "  open it:  uv run moviesforyou warehouse psql\n"
+                  "  ledger:   uv run moviesforyou loads")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Parsers for the three MovieLens file layouts, into the ``raw`` tables.
+
+Every release, whatever its layout, lands in the same tables with the same
+columns (see :data:`RAW_TABLES`); a column a release lacks is null. Each parser
+checks every line: field count, types, the rating scale, and that ratings, tags
+and links refer to known users and movies. The first problem raises
+:class:`~moviesforyou.errors.SourceError` naming the file, line and field.
+
+Layouts, from the READMEs GroupLens ships with each release:
+
+``100k``
+    ``u.data`` tab-separated; ``u.item``/``u.user``/``u.genre`` ``|``-separated;
+    ``u.occupation`` one name a line. Latin-1. Genres are 19 0/1 flags.
+``1m``
+    ``ratings.dat``, ``movies.dat``, ``users.dat``, ``::``-separated, latin-1.
+    Age and occupation are codes listed in the release's README.
+``csv``
+    ``ratings.csv``, ``movies.csv``, ``tags.csv``, ``links.csv``: UTF-8 CSV
+    with a header. Half-star ratings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import IO
+
+from moviesforyou.errors import SourceError
+
+#: The raw tables and their data columns (``dataset``, ``load_id`` and
+#: ``loaded_at`` are added to every one).
+RAW_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "genres": (("genre_id", "integer not null"), ("genre", "text not null")),
+    "occupations": (("occupation_id", "integer not null"), ("occupation", "text not null")),
+    "movies": (
+        ("movie_id", "integer not null"),
+        ("title", "text not null"),
+        ("genres", "text not null"),
+        ("release_date", "text"),
+        ("video_release_date", "text"),
+        ("imdb_url", "text"),
+    ),
+    "users": (
+        ("user_id", "integer not null"),
+        ("gender", "text not null"),
+        ("age", "integer not null"),
+        ("occupation_id", "integer"),
+        ("occupation", "text"),
+        ("zip_code", "text"),
+    ),
+    "ratings": (
+        ("user_id", "integer not null"),
+        ("movie_id", "integer not null"),
+        ("rating", "numeric(2,1) not null"),
+        ("rated_at_epoch", "bigint not null"),
+    ),
+    "tags": (
+        ("user_id", "integer not null"),
+        ("movie_id", "integer not null"),
+        ("tag", "text not null"),
+        ("tagged_at_epoch", "bigint not null"),
+    ),
+    "links": (
+        ("movie_id", "integer not null"),
+        ("imdb_id", "text"),
+        ("tmdb_id", "integer"),
+    ),
+}
+
+#: Genres of ml-1m (its README) and of the CSV releases (theirs).
+GENRES_1M = (
+    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+)
+GENRES_CSV = (
+    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western", "(no genres listed)",
+)
+#: ml-1m's occupation codes, from its README.
+OCCUPATIONS_1M = (
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+)
+AGE_BANDS_1M = {1, 18, 25, 35, 45, 50, 56}
+
+Row = tuple
+
+
+@dataclass
+class Context:
+    """What a parser has learned so far, for cross-file checks."""
+
+    movie_ids: set[int] = field(default_factory=set)
+    user_ids: set[int] | None = None  # None: the release has no user file
+    genres: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """How to fill one raw table: the file and the parser for it (None: built in)."""
+
+    table: str
+    file: str | None
+    parse: Callable[[IO[bytes], str, Context], Iterator[Row]]
+
+
+class _Where:
+    """Raises SourceError for a given file and line."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.line = 0
+
+    def fail(self, message: str, field_name: str | None = None) -> SourceError:
+        return SourceError(message, path=self.path, line=self.line or None, field=field_name)
+
+    def int(self, value: str, name: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise self.fail(f"not an integer: {value!r}", name) from None
+
+    def optional_int(self, value: str, name: str) -> int | None:
+        return self.int(value, name) if value.strip() else None
+
+
+def _lines(handle: IO[bytes], encoding: str, where: _Where) -> Iterator[str]:
+    text = io.TextIOWrapper(handle, encoding=encoding, newline="")
+    try:
+        for line in text:
+            where.line += 1
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield line
+    except UnicodeDecodeError as exc:
+        raise where.fail(f"not valid {encoding}: {exc.reason}") from None
+
+
+def _split(line: str, sep: str, names: tuple[str, ...], where: _Where) -> list[str]:
+    fields = line.split(sep)
+    if len(fields) != len(names):
+        raise where.fail(
+            f"expected {len(names)} fields separated by {sep!r} ({', '.join(names)}), "
+            f"found {len(fields)}: {line[:80]!r}"
+        )
+    return fields
+
+
+def _rating(value: str, where: _Where, *, half_stars: bool) -> Decimal:
+    try:
+        rating = Decimal(value)
+    except InvalidOperation:
+        raise where.fail(f"not a number: {value!r}", "rating") from None
+    if half_stars:
+        ok = Decimal("0.5") <= rating <= 5 and (rating * 2) == (rating * 2).to_integral_value()
+        scale = "0.5-5.0 in half stars"
+    else:
+        ok = 1 <= rating <= 5 and rating == rating.to_integral_value()
+        scale = "whole stars 1-5"
+    if not ok:
+        raise where.fail(f"rating {value} is outside this release's scale ({scale})", "rating")
+    return rating
+
+
+def _check_ids(user: int | None, movie: int, ctx: Context, where: _Where) -> None:
+    if ctx.user_ids is not None and user is not None and user not in ctx.user_ids:
+        raise where.fail(f"unknown user id {user}: not in the release's user file", "user_id")
+    if movie not in ctx.movie_ids:
+        raise where.fail(f"unknown movie id {movie}: not in the release's movie file",
+                         "movie_id")
+
+
+def _unique(key: int, seen: set[int], where: _Where, name: str) -> None:
+    if key in seen:
+        raise where.fail(f"duplicate {name} {key}", name)
+    seen.add(key)
+
+
+# --------------------------------------------------------------------------- 100K
+
+
+def _100k_genres(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    found: dict[int, str] = {}
+    for line in _lines(handle, "latin-1", where):
+        name, number = _split(line, "|", ("genre", "genre_id"), where)
+        found[where.int(number, "genre_id")] = name
+    if sorted(found) != list(range(len(found))):
+        raise where.fail(f"genre ids must run 0..{len(found) - 1}", "genre_id")
+    ctx.genres = tuple(found[i] for i in range(len(found)))
+    yield from sorted(found.items())
+
+
+def _100k_occupations(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    for index, line in enumerate(_lines(handle, "latin-1", where)):
+        yield index, line.strip()
+
+
+def _100k_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    names = ("movie_id", "title", "release_date", "video_release_date", "imdb_url",
+             *(f"genre:{g}" for g in ctx.genres))
+    for line in _lines(handle, "latin-1", where):
+        fields = _split(line, "|", names, where)
+        movie = where.int(fields[0], "movie_id")
+        flags = fields[5:]
+        for flag, name in zip(flags, names[5:], strict=True):
+            if flag not in ("0", "1"):
+                raise where.fail(f"genre flag must be 0 or 1, not {flag!r}", name)
+        genres = "|".join(g for g, flag in zip(ctx.genres, flags, strict=True) if flag == "1")
+        _unique(movie, ctx.movie_ids, where, "movie_id")
+        yield (movie, fields[1], genres, fields[2] or None, fields[3] or None, fields[4] or None)
+
+
+def _100k_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    ctx.user_ids = set()
+    names = ("user_id", "age", "gender", "occupation", "zip_code")
+    for line in _lines(handle, "latin-1", where):
+        user, age, gender, occupation, zip_code = _split(line, "|", names, where)
+        user_id = where.int(user, "user_id")
+        if gender not in ("M", "F"):
+            raise where.fail(f"gender must be M or F, not {gender!r}", "gender")
+        _unique(user_id, ctx.user_ids, where, "user_id")
+        yield (user_id, gender, where.int(age, "age"), None, occupation, zip_code)
+
+
+def _tab_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    names = ("user_id", "movie_id", "rating", "timestamp")
+    for line in _lines(handle, "latin-1", where):
+        user, movie, rating, stamp = _split(line, "\t", names, where)
+        user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
+        _check_ids(user_id, movie_id, ctx, where)
+        yield (user_id, movie_id, _rating(rating, where, half_stars=False),
+               where.int(stamp, "timestamp"))
+
+
+# --------------------------------------------------------------------------- 1M
+
+
+def _fixed_list(values: tuple[str, ...]) -> Callable[[IO[bytes], str, Context], Iterator[Row]]:
+    def parse(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+        yield from enumerate(values)
+
+    return parse
+
+
+def _1m_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    ctx.genres = GENRES_1M
+    for line in _lines(handle, "latin-1", where):
+        movie, title, genres = _split(line, "::", ("movie_id", "title", "genres"), where)
+        movie_id = where.int(movie, "movie_id")
+        for genre in genres.split("|"):
+            if genre not in GENRES_1M:
+                raise where.fail(f"unknown genre {genre!r}", "genres")
+        _unique(movie_id, ctx.movie_ids, where, "movie_id")
+        yield (movie_id, title, genres, None, None, None)
+
+
+def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    ctx.user_ids = set()
+    names = ("user_id", "gender", "age", "occupation", "zip_code")
+    for line in _lines(handle, "latin-1", where):
+        user, gender, age, occupation, zip_code = _split(line, "::", names, where)
+        user_id, age_code = where.int(user, "user_id"), where.int(age, "age")
+        code = where.int(occupation, "occupation")
+        if gender not in ("M", "F"):
+            raise where.fail(f"gender must be M or F, not {gender!r}", "gender")
+        if age_code not in AGE_BANDS_1M:
+            raise where.fail(f"age code {age_code} is not one of {sorted(AGE_BANDS_1M)}", "age")
+        if not 0 <= code < len(OCCUPATIONS_1M):
+            raise where.fail(f"occupation code {code} is not in 0..20", "occupation")
+        _unique(user_id, ctx.user_ids, where, "user_id")
+        yield (user_id, gender, age_code, code, OCCUPATIONS_1M[code], zip_code)
+
+
+def _1m_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    names = ("user_id", "movie_id", "rating", "timestamp")
+    for line in _lines(handle, "latin-1", where):
+        user, movie, rating, stamp = _split(line, "::", names, where)
+        user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
+        _check_ids(user_id, movie_id, ctx, where)
+        yield (user_id, movie_id, _rating(rating, where, half_stars=False),
+               where.int(stamp, "timestamp"))
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _csv_rows(handle: IO[bytes], where: _Where, header: tuple[str, ...]) -> Iterator[list[str]]:
+    text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    reader = csv.reader(text)
+    try:
+        first = next(reader, None)
+        where.line = reader.line_num
+        if first is None or tuple(c.lstrip("\ufeff") for c in first) != header:
+            raise where.fail(f"expected the header {','.join(header)}, found {first!r}")
+        for row in reader:
+            where.line = reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise where.fail(
+                    f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}"
+                )
+            yield row
+    except UnicodeDecodeError as exc:
+        raise where.fail(f"not valid UTF-8: {exc.reason}") from None
+    except csv.Error as exc:
+        raise where.fail(f"malformed CSV: {exc}") from None
+
+
+def _csv_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    ctx.genres = GENRES_CSV
+    for movie, title, genres in _csv_rows(handle, where, ("movieId", "title", "genres")):
+        movie_id = where.int(movie, "movieId")
+        for genre in genres.split("|"):
+            if genre not in GENRES_CSV:
+                raise where.fail(f"unknown genre {genre!r}", "genres")
+        _unique(movie_id, ctx.movie_ids, where, "movieId")
+        yield (movie_id, title, genres, None, None, None)
+
+
+def _csv_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    header = ("userId", "movieId", "rating", "timestamp")
+    for user, movie, rating, stamp in _csv_rows(handle, where, header):
+        user_id, movie_id = where.int(user, "userId"), where.int(movie, "movieId")
+        _check_ids(None, movie_id, ctx, where)
+        yield (user_id, movie_id, _rating(rating, where, half_stars=True),
+               where.int(stamp, "timestamp"))
+
+
+def _csv_tags(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    header = ("userId", "movieId", "tag", "timestamp")
+    for user, movie, tag, stamp in _csv_rows(handle, where, header):
+        movie_id = where.int(movie, "movieId")
+        _check_ids(None, movie_id, ctx, where)
+        yield (where.int(user, "userId"), movie_id, tag, where.int(stamp, "timestamp"))
+
+
+def _csv_links(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+    where = _Where(path)
+    for movie, imdb, tmdb in _csv_rows(handle, where, ("movieId", "imdbId", "tmdbId")):
+        movie_id = where.int(movie, "movieId")
+        _check_ids(None, movie_id, ctx, where)
+        if imdb and not imdb.isdigit():
+            raise where.fail(f"not an IMDb number: {imdb!r}", "imdbId")
+        yield (movie_id, imdb or None, where.optional_int(tmdb, "tmdbId"))
+
+
+#: Load order matters: movies and users before the files that refer to them.
+LAYOUTS: dict[str, tuple[TableSource, ...]] = {
+    "100k": (
+        TableSource("genres", "u.genre", _100k_genres),
+        TableSource("occupations", "u.occupation", _100k_occupations),
+        TableSource("movies", "u.item", _100k_movies),
+        TableSource("users", "u.user", _100k_users),
+        TableSource("ratings", "u.data", _tab_ratings),
+    ),
+    "1m": (
+        TableSource("genres", None, _fixed_list(GENRES_1M)),
+        TableSource("occupations", None, _fixed_list(OCCUPATIONS_1M)),
+        TableSource("movies", "movies.dat", _1m_movies),
+        TableSource("users", "users.dat", _1m_users),
+        TableSource("ratings", "ratings.dat", _1m_ratings),
+    ),
+    "csv": (
+        TableSource("genres", None, _fixed_list(GENRES_CSV)),
+        TableSource("movies", "movies.csv", _csv_movies),
+        TableSource("ratings", "ratings.csv", _csv_ratings),
+        TableSource("tags", "tags.csv", _csv_tags),
+        TableSource("links", "links.csv", _csv_links),
+    ),
+}

@@ -1,0 +1,406 @@
+"""MovieLens releases: where they come from and how to get their files.
+
+A *source* is one MovieLens release. By default it is downloaded from its
+GroupLens URL (the real nightly pull); it can also be a local zip or folder, or
+any other URL serving the same zip.
+
+Downloading
+    streams to ``<name>.zip.part`` with a progress bar, resumes a partial file
+    with an HTTP ``Range`` request, retries with exponential back-off, and then
+    checks the SHA-256 given by ``--sha256``/``MFY_SOURCE_SHA256`` or, when none
+    is pinned, the MD5 that GroupLens publishes beside every zip
+    (``<url>.md5``). A zip whose checksum still matches the published one is
+    not downloaded again.
+Opening
+    a zip is tested member by member (CRC) before anything is read; a folder is
+    checked against its ``SHA256SUMS`` file when it has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from moviesforyou.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Release:
+    """A MovieLens release and the layout of its files.
+
+    Attributes:
+        name: the release's name, also the ``dataset`` value in the warehouse.
+        layout: ``100k`` (``|``/tab, latin-1), ``1m`` (``::``, latin-1) or ``csv`` (UTF-8).
+        url: the GroupLens download URL.
+    """
+
+    name: str
+    layout: str
+
+    @property
+    def url(self) -> str:
+        return f"{GROUPLENS}/{self.name}.zip"
+
+
+RELEASES: dict[str, Release] = {
+    r.name: r
+    for r in (
+        Release("ml-100k", "100k"),
+        Release("ml-1m", "1m"),
+        Release("ml-latest-small", "csv"),
+        Release("ml-25m", "csv"),
+        Release("ml-32m", "csv"),
+    )
+}
+
+#: Files each layout must have; the ingester reads these and nothing else.
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "100k": ("u.data", "u.item", "u.user", "u.genre", "u.occupation"),
+    "1m": ("ratings.dat", "movies.dat", "users.dat"),
+    "csv": ("ratings.csv", "movies.csv", "tags.csv", "links.csv"),
+}
+
+_DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+def release_for(dataset: str, layout: str | None = None) -> Release:
+    """The release called ``dataset``; names outside the registry need a layout."""
+    if dataset in RELEASES:
+        return RELEASES[dataset]
+    if not _DATASET_NAME.match(dataset):
+        raise SourceError(
+            f"invalid dataset name {dataset!r}: use lowercase letters, digits, '-' and '_'"
+        )
+    if layout is None:
+        known = ", ".join(RELEASES)
+        raise SourceError(
+            f"unknown release {dataset!r} (known: {known}); a local source of another "
+            "name needs its layout, which is detected from its files"
+        )
+    return Release(dataset, layout)
+
+
+def detect_layout(names: set[str]) -> str | None:
+    """Guess the layout from the file names in a zip or folder."""
+    for layout, files in REQUIRED_FILES.items():
+        if files[0] in names:
+            return layout
+    return None
+
+
+# --------------------------------------------------------------------------- local files
+
+
+class ReleaseFiles:
+    """Read access to the files of one release, in a zip or a folder.
+
+    Attributes:
+        origin: the zip, folder or URL it came from, for error messages and the ledger.
+        archive_sha256: SHA-256 of the zip, when the release is a zip.
+    """
+
+    origin: str
+    archive_sha256: str | None = None
+
+    def names(self) -> set[str]:
+        raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def display(self, name: str) -> str:
+        """How a file is named in messages: ``ml-100k.zip:ml-100k/u.data``."""
+        raise NotImplementedError
+
+    def sha256(self, name: str) -> str:
+        digest = hashlib.sha256()
+        with self.open(name) as handle:
+            while block := handle.read(CHUNK):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    def require(self, layout: str) -> None:
+        missing = [f for f in REQUIRED_FILES[layout] if f not in self.names()]
+        if missing:
+            raise SourceError(
+                f"missing file(s) {', '.join(missing)} (a {layout}-layout release needs "
+                f"{', '.join(REQUIRED_FILES[layout])})",
+                path=self.origin,
+            )
+
+
+class ZipReleaseFiles(ReleaseFiles):
+    """A release zip. Members may sit in a top folder (``ml-100k/u.data``) or at the root."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.origin = str(self.path)
+        if not self.path.is_file():
+            raise SourceError("no such file", path=self.origin)
+        self.archive_sha256 = file_digest(self.path, "sha256")
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            bad = self._zip.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise SourceError(
+                f"not a readable zip archive (truncated or corrupt): {exc}", path=self.origin
+            ) from exc
+        if bad is not None:
+            raise SourceError(f"corrupt zip member {bad} (CRC mismatch)", path=self.origin)
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        for info in self._zip.infolist():
+            if not info.is_dir():
+                self._members.setdefault(Path(info.filename).name, info)
+
+    def names(self) -> set[str]:
+        return set(self._members)
+
+    def open(self, name: str) -> IO[bytes]:
+        return self._zip.open(self._members[name])
+
+    def size(self, name: str) -> int:
+        return self._members[name].file_size
+
+    def display(self, name: str) -> str:
+        return f"{self.path.name}:{self._members[name].filename}"
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class FolderReleaseFiles(ReleaseFiles):
+    """An extracted release folder, checked against its ``SHA256SUMS`` when present."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.origin = str(self.path)
+        if not self.path.is_dir():
+            raise SourceError("no such folder", path=self.origin)
+        self._sums: dict[str, str] = {}
+        sums = self.path / "SHA256SUMS"
+        if sums.is_file():
+            for number, line in enumerate(sums.read_text().splitlines(), start=1):
+                if line.strip():
+                    parts = line.split()
+                    if len(parts) != 2:
+                        raise SourceError("expected '<sha256>  <file>'", path=str(sums),
+                                          line=number)
+                    self._sums[parts[1].lstrip("*")] = parts[0].lower()
+
+    def names(self) -> set[str]:
+        return {p.name for p in self.path.iterdir() if p.is_file()}
+
+    def open(self, name: str) -> IO[bytes]:
+        return open(self.path / name, "rb")
+
+    def size(self, name: str) -> int:
+        return (self.path / name).stat().st_size
+
+    def display(self, name: str) -> str:
+        return str(self.path / name)
+
+    def sha256(self, name: str) -> str:
+        actual = super().sha256(name)
+        expected = self._sums.get(name)
+        if expected and expected != actual:
+            raise SourceError(
+                f"checksum mismatch: SHA256SUMS says {expected}, the file has {actual}",
+                path=self.display(name),
+            )
+        return actual
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- download
+
+Progress = Callable[[int, int | None], None]
+"""Called with (bytes so far, total bytes or None)."""
+
+
+@dataclass
+class Downloader:
+    """HTTP(S) download with resume, retries and a checksum.
+
+    Args:
+        retries: attempts before giving up.
+        backoff: seconds before the second attempt; doubles each time.
+        timeout: socket timeout in seconds.
+        progress: called as bytes arrive.
+    """
+
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 60.0
+    progress: Progress | None = None
+
+    def fetch_text(self, url: str) -> str:
+        last: Exception | None = None
+        for attempt in range(1, self.retries + 1):
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                    return response.read().decode("utf-8", "replace")
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    raise SourceError(f"HTTP {exc.code} {exc.reason}", path=url) from exc
+                last = exc
+            except (urllib.error.URLError, OSError) as exc:
+                last = exc
+            self._sleep(attempt)
+        raise SourceError(f"unreachable after {self.retries} attempts: {_reason(last)}",
+                          path=url)
+
+    def download(self, url: str, target: Path) -> Path:
+        """Download ``url`` to ``target``, resuming ``target.part`` if it exists."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        last: Exception | None = None
+        for attempt in range(1, self.retries + 1):
+            try:
+                self._attempt(url, part)
+                part.replace(target)
+                return target
+            except urllib.error.HTTPError as exc:
+                if exc.code == 416 and part.exists():  # nothing left to send: .part is whole
+                    part.replace(target)
+                    return target
+                if exc.code < 500:
+                    raise SourceError(f"HTTP {exc.code} {exc.reason}", path=url) from exc
+                last = exc
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                last = exc
+            log.warning("download of %s failed (attempt %d/%d): %s", url, attempt,
+                        self.retries, _reason(last))
+            self._sleep(attempt)
+        raise SourceError(f"unreachable after {self.retries} attempts: {_reason(last)}",
+                          path=url)
+
+    def _attempt(self, url: str, part: Path) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"User-Agent": "moviesforyou"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            if have and response.status != 206:  # server ignored the range: start over
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length else None
+            with open(part, "ab" if have else "wb") as out:
+                done = have
+                if self.progress:
+                    self.progress(done, total)
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    done += len(block)
+                    if self.progress:
+                        self.progress(done, total)
+            if total is not None and done < total:
+                raise http.client.IncompleteRead(b"", total - done)
+
+    def _sleep(self, attempt: int) -> None:
+        if attempt < self.retries:
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+
+
+def _reason(exc: Exception | None) -> str:
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown error"
+
+
+def _parse_md5(text: str, url: str) -> str:
+    match = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    if not match:
+        raise SourceError("no MD5 checksum found in the published checksum file", path=url)
+    return match.group(1).lower()
+
+
+def fetch_zip(
+    url: str,
+    downloads: Path,
+    *,
+    sha256: str | None = None,
+    downloader: Downloader | None = None,
+) -> Path:
+    """Make sure a verified copy of the zip at ``url`` is in ``downloads``.
+
+    The checksum is the pinned ``sha256`` when given, else GroupLens' published
+    MD5 at ``url + '.md5'``. A cached zip that already matches is reused without
+    downloading.
+
+    Returns:
+        The path of the verified zip.
+    """
+    downloader = downloader or Downloader()
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "release.zip"
+    target = downloads / name
+    if sha256:
+        algorithm, expected = "sha256", sha256.lower()
+    else:
+        algorithm, expected = "md5", _parse_md5(downloader.fetch_text(url + ".md5"), url + ".md5")
+    if target.exists() and file_digest(target, algorithm) == expected:
+        log.info("%s is unchanged (%s %s): not downloading", name, algorithm, expected)
+        return target
+    downloader.download(url, target)
+    actual = file_digest(target, algorithm)
+    if actual != expected:
+        bad = target.with_name(target.name + ".rejected")
+        target.replace(bad)
+        raise SourceError(
+            f"checksum mismatch: expected {algorithm} {expected}, downloaded file has {actual} "
+            f"(kept as {bad.name})",
+            path=url,
+        )
+    return target
+
+
+def open_source(
+    source: str | Path,
+    downloads: Path,
+    *,
+    sha256: str | None = None,
+    downloader: Downloader | None = None,
+) -> ReleaseFiles:
+    """Open a URL, zip or folder as the files of one release."""
+    text = str(source)
+    if re.match(r"^https?://", text):
+        files: ReleaseFiles = ZipReleaseFiles(
+            fetch_zip(text, downloads, sha256=sha256, downloader=downloader)
+        )
+        files.origin = text
+        return files
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if sha256:
+            raise SourceError("a pinned SHA-256 applies to a zip, not a folder", path=text)
+        return FolderReleaseFiles(path)
+    if sha256 and path.is_file() and file_digest(path, "sha256") != sha256.lower():
+        raise SourceError(f"checksum mismatch: expected sha256 {sha256.lower()}", path=text)
+    return ZipReleaseFiles(path)

@@ -1,0 +1,430 @@
+"""The warehouse: a PostgreSQL database, embedded by default.
+
+``MFY_WAREHOUSE_URL`` set
+    that server is used as it is; the user in the URL is the pipeline's owner.
+``MFY_WAREHOUSE_URL`` unset
+    an embedded PostgreSQL cluster lives in ``$MFY_HOME/warehouse`` and listens
+    on 127.0.0.1 only. It uses Debian's server binaries when they are installed
+    and the binaries bundled in the ``pgserver`` wheel otherwise, so a fresh
+    machine needs nothing but the locked environment. The cluster is reused
+    across runs; ``start`` and ``bootstrap`` are safe to call any number of times.
+
+:func:`bootstrap` creates the schemas and the two roles:
+
+* the owner role (``mfy_owner``) owns every schema and is the role the
+  pipeline connects as;
+* the reader role (``mfy_reader``) may read the published schemas (marts,
+  recs, ops, app) and nothing else. Dashboards and the API connect as it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+
+from moviesforyou.config import DEFAULT_PORT, Settings
+from moviesforyou.errors import WarehouseError
+
+log = logging.getLogger(__name__)
+
+DATABASE = "moviesforyou"
+SUPERUSER = "postgres"
+#: Schemas, in the order a reader meets them. dbt writes staging, intermediate and marts.
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "recs", "app", "ops")
+#: Schemas the reader role may read.
+READABLE_SCHEMAS = ("marts", "recs", "app", "ops")
+#: System user that runs the embedded server when we are root (initdb refuses root).
+SERVER_OS_USER = "mfy-postgres"
+
+_SERVER_CONF = """
+# --- written by moviesforyou: embedded warehouse ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = ''
+max_connections = 100
+shared_buffers = '256MB'
+work_mem = '64MB'
+maintenance_work_mem = '512MB'
+max_wal_size = '4GB'
+checkpoint_timeout = '15min'
+timezone = 'UTC'
+log_timezone = 'UTC'
+logging_collector = off
+"""
+
+
+def find_pg_bin(preferred: Path | None = None) -> Path:
+    """Locate a folder holding ``initdb``, ``pg_ctl``, ``postgres`` and ``psql``.
+
+    Order: ``MFY_PG_BIN``; Debian's newest ``/usr/lib/postgresql/<v>/bin``; the
+    binaries bundled with the ``pgserver`` wheel.
+    """
+    candidates: list[Path] = []
+    if preferred:
+        candidates.append(preferred)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(debian)
+    # the pgserver wheel ships a whole server under pginstall/; importing it has side effects
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin")
+    for folder in candidates:
+        if all((folder / exe).exists() for exe in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    raise WarehouseError(
+        "no PostgreSQL server binaries found: install the locked environment "
+        "(it carries pgserver), Debian's postgresql package, or set MFY_PG_BIN"
+    )
+
+
+def _free_port(start: int) -> int:
+    for port in range(start, start + 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise WarehouseError(f"no free TCP port in {start}..{start + 199}")
+
+
+def _os_user_for_server() -> pwd.struct_passwd | None:
+    """The OS account to run postgres as: ourselves, or a system user when root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SERVER_OS_USER],
+            check=True, capture_output=True,
+        )
+        return pwd.getpwnam(SERVER_OS_USER)
+
+
+def _let_others_traverse(path: Path) -> None:
+    """When root hands a folder to the server's OS user, every ancestor must be searchable."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in a project-local folder.
+
+    Args:
+        directory: where the cluster lives (``pgdata/``, ``postgres.log``, ``server.json``).
+        port: TCP port on 127.0.0.1, chosen on first start when ``None``.
+        bin_dir: folder with the server binaries, found by :func:`find_pg_bin` when ``None``.
+    """
+
+    directory: Path
+    port: int | None = None
+    bin_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory).resolve()
+        state = self._read_state()
+        if state:
+            self.port = self.port or state["port"]
+            if self.bin_dir is None and Path(state["bin_dir"]).exists():
+                self.bin_dir = Path(state["bin_dir"])
+        self.bin_dir = find_pg_bin(self.bin_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "pgdata"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "postgres.log"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.directory / "server.json"
+
+    def _read_state(self) -> dict | None:
+        if self._state_file.exists():
+            return json.loads(self._state_file.read_text())
+        return None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _run(self, exe: str, *args: str) -> subprocess.CompletedProcess:
+        user = _os_user_for_server()
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+        return subprocess.run(
+            [str(self.bin_dir / exe), *args],
+            capture_output=True, text=True, cwd=self.directory,
+            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, **kwargs,
+        )
+
+    def is_initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.is_initialized():
+            return False
+        return self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
+
+    def _initialize(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        user = _os_user_for_server()
+        if user:
+            _let_others_traverse(self.directory)
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        if self.data_dir.exists():  # a failed earlier initdb
+            shutil.rmtree(self.data_dir)
+        result = self._run(
+            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+            "--encoding=UTF8", "--locale=C.UTF-8",
+        )
+        if result.returncode != 0:
+            raise WarehouseError(f"initdb failed in {self.data_dir}:\n{result.stderr.strip()}")
+        self.port = self.port or _free_port(DEFAULT_PORT)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(_SERVER_CONF.format(port=self.port))
+        self._state_file.write_text(
+            json.dumps({"port": self.port, "bin_dir": str(self.bin_dir)}, indent=2)
+        )
+        log.info("initialised embedded PostgreSQL in %s (port %s)", self.data_dir, self.port)
+
+    def start(self) -> bool:
+        """Start the server, creating the cluster first if needed.
+
+        Returns:
+            True when this call started it, False when it was already running.
+        """
+        with self._lock():
+            if not self.is_initialized():
+                self._initialize()
+            if self.is_running():
+                return False
+            result = self._run(
+                "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
+                "-l", str(self.log_file),
+            )
+            if result.returncode != 0:
+                tail = ""
+                if self.log_file.exists():
+                    tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+                raise WarehouseError(
+                    f"the embedded PostgreSQL in {self.data_dir} did not start "
+                    f"(port {self.port}):\n{result.stderr.strip()}\n{tail}"
+                )
+            log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
+            return True
+
+    def stop(self) -> bool:
+        """Stop the server. Returns False when it was not running."""
+        with self._lock():
+            if not self.is_running():
+                return False
+            result = self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+            if result.returncode != 0:
+                raise WarehouseError(f"pg_ctl stop failed: {result.stderr.strip()}")
+            return True
+
+    def url(self, user: str = SUPERUSER, database: str = DATABASE) -> str:
+        return f"postgresql://{quote(user)}@127.0.0.1:{self.port}/{quote(database)}"
+
+    def version(self) -> str:
+        return self._run("postgres", "--version").stdout.strip()
+
+
+# --------------------------------------------------------------------------- access
+
+
+def embedded(settings: Settings) -> EmbeddedPostgres:
+    return EmbeddedPostgres(settings.warehouse_dir, settings.warehouse_port, settings.pg_bin)
+
+
+def url(settings: Settings, *, start: bool = True) -> str:
+    """The owner's libpq URL; starts and bootstraps the embedded server when needed."""
+    if settings.warehouse_url:
+        return settings.warehouse_url
+    server = embedded(settings)
+    if start:
+        ensure(settings)
+    return server.url(user=settings.owner_role)
+
+
+def reader_url(settings: Settings) -> str:
+    """The same server and database, as the read-only role."""
+    owner = urlsplit(url(settings))
+    password = settings.reader_password
+    userinfo = quote(settings.reader_role) + (f":{quote(password)}" if password else "")
+    netloc = f"{userinfo}@{owner.hostname}" + (f":{owner.port}" if owner.port else "")
+    return urlunsplit((owner.scheme, netloc, owner.path, owner.query, owner.fragment))
+
+
+def redact(dsn: str) -> str:
+    """The URL with its password replaced, for logs and the ledger."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return dsn
+
+
+def connect(settings: Settings, *, dsn: str | None = None, **kwargs) -> Connection:
+    """A psycopg2 connection to the warehouse (owner role unless ``dsn`` says otherwise)."""
+    target = dsn or url(settings)
+    try:
+        return psycopg2.connect(target, application_name="moviesforyou", **kwargs)
+    except psycopg2.OperationalError as exc:
+        raise WarehouseError(f"cannot connect to {redact(target)}: {exc}".strip()) from exc
+
+
+def ensure(settings: Settings) -> str:
+    """Start (if embedded) and bootstrap the warehouse. Returns the owner URL."""
+    if settings.warehouse_url:
+        bootstrap(settings, admin_dsn=settings.warehouse_url)
+        return settings.warehouse_url
+    server = embedded(settings)
+    server.start()
+    bootstrap(settings, admin_dsn=server.url(database="postgres"))
+    return server.url(user=settings.owner_role)
+
+
+def bootstrap(settings: Settings, *, admin_dsn: str) -> None:
+    """Create roles, database, schemas and grants. Safe to run any number of times.
+
+    Args:
+        settings: role names and the reader's password.
+        admin_dsn: a connection able to create roles: the embedded superuser, or
+            the configured server's user (which then acts as the owner).
+    """
+    admin = psycopg2.connect(admin_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            # one bootstrap at a time per server; held until this connection closes
+            cur.execute("select pg_advisory_lock(hashtext('moviesforyou.bootstrap'))")
+            _bootstrap_database(settings, cur, admin_dsn)
+    finally:
+        admin.close()
+
+
+def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
+    """Roles and database (on the admin connection), then schemas, grants and tables."""
+    owner, reader = settings.owner_role, settings.reader_role
+    if settings.is_embedded:
+        _ensure_role(cur, owner, login=True)
+        cur.execute("select 1 from pg_database where datname = %s", (DATABASE,))
+        if not cur.fetchone():
+            cur.execute(sql.SQL("create database {} owner {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(owner)))
+        target = embedded(settings).url(database=DATABASE)
+    else:
+        cur.execute("select current_user")
+        owner = cur.fetchone()[0]
+        target = admin_dsn
+    try:
+        _ensure_role(cur, reader, login=True, password=settings.reader_password)
+    except psycopg2.errors.InsufficientPrivilege:
+        log.warning("cannot create role %s on this server: ask a DBA to create it", reader)
+        reader = None
+
+    from moviesforyou import ingest  # the raw tables and the load ledger
+
+    conn = psycopg2.connect(target)
+    try:
+        with conn, conn.cursor() as db:
+            _create_schemas(db, owner, reader)
+            db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
+            ingest.create_tables(db)
+    finally:
+        conn.close()
+
+
+def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> None:
+    cur.execute("select 1 from pg_roles where rolname = %s", (name,))
+    if not cur.fetchone():
+        cur.execute(sql.SQL("create role {} {}").format(
+            sql.Identifier(name), sql.SQL("login" if login else "nologin")))
+    if password:
+        cur.execute(sql.SQL("alter role {} password {}").format(
+            sql.Identifier(name), sql.Literal(password)))
+
+
+def _create_schemas(cur, owner: str, reader: str | None) -> None:
+    o = sql.Identifier(owner)
+    cur.execute("select current_database()")
+    database = sql.Identifier(cur.fetchone()[0])
+    for schema in SCHEMAS:
+        s = sql.Identifier(schema)
+        cur.execute(sql.SQL("create schema if not exists {} authorization {}").format(s, o))
+    if reader is None:
+        return
+    r = sql.Identifier(reader)
+    cur.execute(sql.SQL("grant connect on database {} to {}").format(database, r))
+    cur.execute(sql.SQL("alter role {} set statement_timeout = '60s'").format(r))
+    for schema in READABLE_SCHEMAS:
+        s = sql.Identifier(schema)
+        cur.execute(sql.SQL("grant usage on schema {} to {}").format(s, r))
+        cur.execute(sql.SQL("grant select on all tables in schema {} to {}").format(s, r))
+        cur.execute(sql.SQL(
+            "alter default privileges for role {} in schema {} grant select on tables to {}"
+        ).format(o, s, r))
+        cur.execute(sql.SQL(
+            "alter default privileges for role {} in schema {} grant execute on functions to {}"
+        ).format(o, s, r))
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """What the CLI's ``warehouse status`` prints."""
+    if settings.warehouse_url:
+        return {"mode": "external", "url": redact(settings.warehouse_url)}
+    server = embedded(settings)
+    return {
+        "mode": "embedded",
+        "directory": str(server.directory),
+        "binaries": str(server.bin_dir),
+        "version": server.version(),
+        "running": "yes" if server.is_running() else "no",
+        "url": server.url(user=settings.owner_role) if server.port else "(not initialised)",
+    }
+
+
+def psql_command(settings: Settings, dsn: str | None = None) -> list[str]:
+    """argv for an interactive psql on the warehouse."""
+    target = dsn or url(settings)
+    exe = shutil.which("psql")
+    if not settings.warehouse_url:
+        bundled = embedded(settings).bin_dir / "psql"
+        if bundled.exists():
+            exe = str(bundled)
+    if not exe:
+        raise WarehouseError("psql not found: install postgresql-client")
+    return [exe, target]
