@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
+    MofNCompleteColumn,
     DownloadColumn,
     Progress,
     TextColumn,
@@ -228,8 +229,9 @@ def synth_command(out: Path, ratings: int, layout: str, seed: int, users: int | 
     from moviesforyou import synth
 
     spec = synth.SynthSpec(n_ratings=ratings, n_users=users, n_movies=movies, seed=seed)
-    with _progress() as bars:
-        task = bars.add_task(f"synth {ratings:,} ratings", total=ratings)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as bars:
+        task = bars.add_task("synth ratings", total=ratings)
         summary = synth.generate(out, spec, layout=layout,
                                  progress=lambda done: bars.update(task, completed=done))
     console.print(f"wrote {summary.n_ratings:,} ratings by {summary.n_users:,} users on "

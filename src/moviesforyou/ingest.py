@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+import psycopg2
 from psycopg2 import sql
 
 from moviesforyou import sources
@@ -105,6 +106,7 @@ class _CopyStream(io.RawIOBase):
         self._buffer = b""
         self._offset = 0
         self.count = 0
+        self.error: Exception | None = None  # what the parser raised; psycopg2 hides it
 
     def readable(self) -> bool:
         return True
@@ -124,8 +126,12 @@ class _CopyStream(io.RawIOBase):
         return n > 0
 
     def read(self, size: int = -1) -> bytes:
-        if self._offset >= len(self._buffer) and not self._fill():
-            return b""
+        try:
+            if self._offset >= len(self._buffer) and not self._fill():
+                return b""
+        except Exception as exc:
+            self.error = exc
+            raise
         end = len(self._buffer) if size < 0 else self._offset + size
         chunk = self._buffer[self._offset:end]
         self._offset += len(chunk)
@@ -195,12 +201,13 @@ def load_release(
         SourceError: the release is incomplete or a line is invalid; nothing was loaded.
     """
     started = time.time()
-    layout = layout or sources.release_for(dataset, sources.detect_layout(files.names())).layout
-    files.require(layout)
     with conn.cursor() as cur:
         loaded_by = _loaded_by(cur)
     conn.rollback()
     try:
+        layout = layout or sources.release_for(dataset,
+                                               sources.detect_layout(files.names())).layout
+        files.require(layout)
         checksums = {
             spec.file: files.sha256(spec.file) for spec in LAYOUTS[layout] if spec.file
         }
@@ -271,11 +278,9 @@ def _copy_and_swap(cur, files, dataset, layout, load_id, loaded_at, progress) ->
                         progress(t, d, done, s)
 
                 handle = io.BufferedReader(_Counting(raw_handle, report), 1 << 20)
-                stream = _CopyStream(spec.parse(handle, display, ctx))
-                cur.copy_expert(copy, stream, size=1 << 20)
+                stream = _copy(cur, copy, spec.parse(handle, display, ctx))
         else:
-            stream = _CopyStream(spec.parse(io.BytesIO(), "(built in)", ctx))
-            cur.copy_expert(copy, stream, size=1 << 20)
+            stream = _copy(cur, copy, spec.parse(io.BytesIO(), "(built in)", ctx))
         counts[spec.table] = stream.count
         staged.append((spec.table, new))
         log.debug("copied %d rows into raw.%s", stream.count, spec.table)
@@ -292,6 +297,17 @@ def _copy_and_swap(cur, files, dataset, layout, load_id, loaded_at, progress) ->
                             sql.Identifier(partition_name(table, dataset)),
                             sql.Literal(dataset)))
     return counts
+
+
+def _copy(cur, statement: sql.Composable, rows: Iterable[Row]) -> _CopyStream:
+    stream = _CopyStream(rows)
+    try:
+        cur.copy_expert(statement, stream, size=1 << 20)
+    except psycopg2.Error:
+        if stream.error is not None:  # the parser's error, with file and line, not COPY's
+            raise stream.error from None
+        raise
+    return stream
 
 
 def _create_staging_table(cur, table, new, dataset, load_id, loaded_at) -> None:

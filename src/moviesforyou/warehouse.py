@@ -351,7 +351,10 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
         owner = cur.fetchone()[0]
         target = admin_dsn
     try:
-        _ensure_role(cur, reader, login=True, password=settings.reader_password)
+        if _ensure_role(cur, reader, login=True, password=settings.reader_password):
+            # dashboards and the API must not hold the warehouse hostage
+            cur.execute(sql.SQL("alter role {} set statement_timeout = '60s'")
+                        .format(sql.Identifier(reader)))
     except psycopg2.errors.InsufficientPrivilege:
         log.warning("cannot create role %s on this server: ask a DBA to create it", reader)
         reader = None
@@ -368,14 +371,17 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
         conn.close()
 
 
-def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> None:
+def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> bool:
+    """Create the role if missing. Returns True when this call created it."""
     cur.execute("select 1 from pg_roles where rolname = %s", (name,))
-    if not cur.fetchone():
+    created = cur.fetchone() is None
+    if created:
         cur.execute(sql.SQL("create role {} {}").format(
             sql.Identifier(name), sql.SQL("login" if login else "nologin")))
     if password:
         cur.execute(sql.SQL("alter role {} password {}").format(
             sql.Identifier(name), sql.Literal(password)))
+    return created
 
 
 def _create_schemas(cur, owner: str, reader: str | None) -> None:
@@ -389,7 +395,6 @@ def _create_schemas(cur, owner: str, reader: str | None) -> None:
         return
     r = sql.Identifier(reader)
     cur.execute(sql.SQL("grant connect on database {} to {}").format(database, r))
-    cur.execute(sql.SQL("alter role {} set statement_timeout = '60s'").format(r))
     for schema in READABLE_SCHEMAS:
         s = sql.Identifier(schema)
         cur.execute(sql.SQL("grant usage on schema {} to {}").format(s, r))

@@ -1,0 +1,197 @@
+"""Every kind of bad input names the file and line or field, and loads nothing.
+
+Each test first loads a good release, then a bad one, and checks that the
+error is precise, that the good release is still whole in ``raw``, and that the
+ledger recorded the failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, query
+from moviesforyou import ingest, sources
+from moviesforyou.errors import SourceError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def good(conn, tmp_path) -> Path:
+    """A copy of the mini ml-1m release, already loaded once."""
+    release = tmp_path / "ml-1m"
+    shutil.copytree(FIXTURES / "ml-1m-mini", release)
+    files = sources.open_source(release, tmp_path)
+    ingest.load_release(conn, files, "ml-1m")
+    return release
+
+
+def assert_untouched(conn, error: str) -> None:
+    """The good load is still live, and the failure is in the ledger."""
+    assert query(conn, "select count(*), count(distinct load_id) from raw.ratings") == [(10, 1)]
+    assert query(conn, "select count(*) from raw.movies") == [(5,)]
+    assert query(conn, "select count(*) from raw.users") == [(4,)]
+    ledger = query(conn, "select status, error from ops.source_loads order by load_id")
+    assert [status for status, _ in ledger] == ["loaded", "failed"]
+    assert error in ledger[-1][1]
+    # no leftover half-built partition
+    assert query(conn, "select count(*) from pg_tables where schemaname = 'raw' "
+                       "and tablename like '%%__load%%'") == [(0,)]
+
+
+def ingest_bad(conn, source: Path, tmp_path: Path, **kwargs) -> SourceError:
+    with pytest.raises(SourceError) as caught:
+        files = sources.open_source(source, tmp_path / "downloads", **kwargs)
+        try:
+            ingest.load_release(conn, files, "ml-1m")
+        finally:
+            files.close()
+    return caught.value
+
+
+def rewrite_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text(encoding="latin-1").splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")
+
+
+def test_malformed_row(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 3, "1::5::4")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert str(error).startswith(f"{good / 'ratings.dat'}, line 3: expected 4 fields")
+    assert error.line == 3
+    assert_untouched(conn, "line 3")
+
+
+def test_not_a_number(conn, good, tmp_path):
+    rewrite_line(good / "users.dat", 2, "2::M::56::x::70072")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.path, error.line, error.field) == (str(good / "users.dat"), 2, "occupation")
+    assert "not an integer: 'x'" in str(error)
+    assert_untouched(conn, "users.dat")
+
+
+def test_rating_outside_scale(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 7, "3::3::7::978297867")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.line, error.field) == (7, "rating")
+    assert "rating 7 is outside this release's scale (whole stars 1-5)" in str(error)
+    assert_untouched(conn, "rating 7")
+
+
+def test_half_star_in_whole_star_release(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 1, "1::1::4.5::978300760")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.line, error.field) == (1, "rating")
+    assert_untouched(conn, "4.5")
+
+
+def test_unknown_user(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 5, "99::2::2::978299026")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.path, error.line, error.field) == (str(good / "ratings.dat"), 5, "user_id")
+    assert "unknown user id 99" in str(error)
+    assert_untouched(conn, "unknown user id 99")
+
+
+def test_unknown_movie(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 10, "4::404::4::978294282")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.line, error.field) == (10, "movie_id")
+    assert "unknown movie id 404" in str(error)
+    assert_untouched(conn, "unknown movie id 404")
+
+
+def test_missing_file(conn, good, tmp_path):
+    (good / "users.dat").unlink()
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert "missing file(s) users.dat" in str(error)
+    assert error.path == str(good)
+    assert_untouched(conn, "users.dat")
+
+
+def test_csv_bad_header_and_unknown_movie_in_tags(conn, tmp_path):
+    release = tmp_path / "latest"
+    shutil.copytree(FIXTURES / "ml-latest-mini", release)
+    (release / "tags.csv").write_text(
+        "userId,movieId,tag,timestamp\n2,4,dark hero,1445714994\n2,77,nope,1445714996\n")
+
+    with pytest.raises(SourceError) as caught:
+        ingest.load_release(conn, sources.open_source(release, tmp_path), "ml-latest-small")
+
+    assert (caught.value.line, caught.value.field) == (3, "movie_id")
+    (release / "tags.csv").write_text("user,movie,tag,time\n")
+    with pytest.raises(SourceError, match="expected the header userId,movieId,tag,timestamp"):
+        ingest.load_release(conn, sources.open_source(release, tmp_path), "ml-latest-small")
+    assert query(conn, "select count(*) from raw.ratings") == [(0,)]
+
+
+def _zip(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(folder.iterdir()):
+            z.write(path, f"ml-1m/{path.name}")
+    return archive
+
+
+def test_truncated_zip(conn, good, tmp_path):
+    archive = _zip(good, tmp_path / "ml-1m.zip")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+
+    error = ingest_bad(conn, archive, tmp_path)
+
+    assert error.path == str(archive)
+    assert "not a readable zip archive (truncated or corrupt)" in str(error)
+    assert query(conn, "select count(*) from raw.ratings") == [(10,)]
+
+
+def test_corrupt_zip_member(conn, good, tmp_path):
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for path in sorted(good.iterdir()):
+            z.write(path, f"ml-1m/{path.name}")
+    data = bytearray(archive.read_bytes())
+    at = data.find(b"978300760")  # inside ratings.dat's stored bytes
+    data[at] = ord("7")
+    archive.write_bytes(bytes(data))
+
+    error = ingest_bad(conn, archive, tmp_path)
+
+    assert "corrupt zip member ml-1m/ratings.dat (CRC mismatch)" in str(error)
+    assert query(conn, "select count(*) from raw.ratings") == [(10,)]
+
+
+def test_pinned_checksum_mismatch(conn, good, tmp_path):
+    archive = _zip(good, tmp_path / "ml-1m.zip")
+
+    error = ingest_bad(conn, archive, tmp_path, sha256="0" * 64)
+
+    assert error.path == str(archive)
+    assert f"checksum mismatch: expected sha256 {'0' * 64}" in str(error)
+
+
+def test_folder_checksum_mismatch(conn, good, tmp_path):
+    (good / "SHA256SUMS").write_text(f"{'1' * 64}  ratings.dat\n")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert error.path == str(good / "ratings.dat")
+    assert "checksum mismatch: SHA256SUMS says" in str(error)

@@ -1,0 +1,130 @@
+"""The embedded warehouse: lifecycle, roles, schemas, and the CLI around it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from moviesforyou import warehouse
+from moviesforyou.config import Settings
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "moviesforyou.cli"]
+
+
+def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
+    env["MFY_HOME"] = str(settings.home)
+    if settings.warehouse_port:
+        env["MFY_WAREHOUSE_PORT"] = str(settings.warehouse_port)
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+def test_schemas_and_roles(embedded_settings):
+    conn = warehouse.connect(embedded_settings)
+    with conn.cursor() as cur:
+        cur.execute("select nspname, pg_get_userbyid(nspowner) from pg_namespace "
+                    "where nspname = any(%s) order by 1", (list(warehouse.SCHEMAS),))
+        assert cur.fetchall() == sorted((s, "mfy_owner") for s in warehouse.SCHEMAS)
+        cur.execute("select rolname, rolsuper, rolcanlogin from pg_roles "
+                    "where rolname like 'mfy_%%' order by 1")
+        assert cur.fetchall() == [("mfy_owner", False, True), ("mfy_reader", False, True)]
+        cur.execute("select current_user, current_database(), current_setting('TimeZone')")
+        assert cur.fetchone() == ("mfy_owner", "moviesforyou", "UTC")
+    conn.close()
+
+
+def test_bootstrap_twice_is_harmless(embedded_settings):
+    conn = warehouse.connect(embedded_settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("create table if not exists marts.probe (x int)")
+        cur.execute("insert into marts.probe values (1)")
+    warehouse.ensure(embedded_settings)
+    warehouse.ensure(embedded_settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("select count(*) from marts.probe")
+        assert cur.fetchone() == (1,)
+        cur.execute("drop table marts.probe")
+    conn.close()
+
+
+def test_reader_reads_new_mart_tables_by_default(embedded_settings):
+    conn = warehouse.connect(embedded_settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("create table marts.new_after_bootstrap as select 42 as answer")
+    reader = psycopg2.connect(warehouse.reader_url(embedded_settings))
+    try:
+        with reader.cursor() as cur:
+            cur.execute("select answer from marts.new_after_bootstrap")
+            assert cur.fetchone() == (42,)
+            cur.execute("show statement_timeout")
+            assert cur.fetchone() == ("1min",)
+        reader.rollback()
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), reader.cursor() as cur:
+            cur.execute("create table marts.nope (x int)")
+    finally:
+        reader.close()
+        with conn, conn.cursor() as cur:
+            cur.execute("drop table marts.new_after_bootstrap")
+        conn.close()
+
+
+def test_lifecycle_from_nothing_via_cli():
+    """A new MFY_HOME: `url` starts and bootstraps, `stop` stops, `url` starts again."""
+    home = Path(tempfile.mkdtemp(prefix="mfy-cli-"))
+    home.chmod(0o755)
+    settings = Settings(home=home, warehouse_port=warehouse._free_port(56432))
+    try:
+        first = cli(settings, "warehouse", "url")
+        url = first.stdout.strip().splitlines()[-1]
+        assert url == f"postgresql://mfy_owner@127.0.0.1:{settings.warehouse_port}/moviesforyou"
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("select count(*) from pg_namespace where nspname = 'recs'")
+            assert cur.fetchone() == (1,)
+        assert "running: yes" in cli(settings, "warehouse", "status").stdout
+        assert "stopped" in cli(settings, "warehouse", "stop").stderr
+        assert "not running" in cli(settings, "warehouse", "stop").stderr
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(url, connect_timeout=3)
+        again = cli(settings, "warehouse", "url").stdout.strip().splitlines()[-1]
+        assert again == url  # same port, same cluster, data kept
+        psql = cli(settings, "warehouse", "psql", "-tAc", "select current_user")
+        assert psql.stdout.strip() == "mfy_owner"
+        reader = cli(settings, "warehouse", "url", "--reader").stdout.strip().splitlines()[-1]
+        assert reader.startswith("postgresql://mfy_reader@127.0.0.1:")
+    finally:
+        cli(settings, "warehouse", "stop", check=False)
+        subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+def test_external_url_is_used_as_is(embedded_settings):
+    server = warehouse.embedded(embedded_settings)
+    settings = Settings(home=embedded_settings.home, warehouse_url=server.url("mfy_owner"))
+    assert warehouse.url(settings) == server.url("mfy_owner")
+    assert warehouse.describe(settings)["mode"] == "external"
+    assert warehouse.redact("postgresql://u:secret@h:5432/d") == "postgresql://u:***@h:5432/d"
+
+
+def test_cli_error_is_one_clear_line(embedded_settings, tmp_path):
+    result = cli(embedded_settings, "ingest", "--dataset", "ml-1m", "--source",
+                 str(tmp_path / "nowhere.zip"), check=False)
+    assert result.returncode == 1
+    assert f"error: {tmp_path / 'nowhere.zip'}: no such file" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_great_expectations_then_pyspark_imports():
+    """pyspark 4 can exit silently with status 0 after GX is imported (DEVELOPERS.md)."""
+    code = "import great_expectations; import pyspark; print('both imported', pyspark.__version__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("both imported 4.")
