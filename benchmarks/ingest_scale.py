@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 # A fresh wrapper process per step: its RUSAGE_CHILDREN peak is that step's alone.
 _WRAP = (
     "import resource, subprocess, sys; "

@@ -12,11 +12,10 @@ import socket
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-
 from conftest import query
+
 from moviesforyou import ingest, sources
 from moviesforyou.errors import SourceError
 
