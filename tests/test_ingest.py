@@ -101,8 +101,9 @@ def test_ml1m_format(conn, tmp_path):
     assert query(conn, "select title, genres from raw.movies where movie_id = 5") == [
         ("Cité des enfants perdus, La (1995)", "Adventure|Sci-Fi")]
     # age stays the release's band code; occupation code is named from the README
-    assert query(conn, "select gender, age, occupation_id, occupation, zip_code from raw.users "
-                       "where user_id = 2") == [("M", 56, 16, "self-employed", "70072")]
+    assert query(conn, "select gender, age, age_band_code, occupation_id, occupation, zip_code "
+                       "from raw.users where user_id = 2") == [
+        ("M", None, 56, 16, "self-employed", "70072")]
     assert query(conn, "select rated_at_epoch from raw.ratings where user_id = 1 "
                        "and movie_id = 1") == [(978300760,)]
 

@@ -46,7 +46,8 @@ RAW_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "users": (
         ("user_id", "integer not null"),
         ("gender", "text not null"),
-        ("age", "integer not null"),
+        ("age", "integer"),  # years (100K)
+        ("age_band_code", "integer"),  # 1M's code: 1, 18, 25, 35, 45, 50, 56
         ("occupation_id", "integer"),
         ("occupation", "text"),
         ("zip_code", "text"),
@@ -230,7 +231,7 @@ def _100k_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
         if gender not in ("M", "F"):
             raise where.fail(f"gender must be M or F, not {gender!r}", "gender")
         _unique(user_id, ctx.user_ids, where, "user_id")
-        yield (user_id, gender, where.int(age, "age"), None, occupation, zip_code)
+        yield (user_id, gender, where.int(age, "age"), None, None, occupation, zip_code)
 
 
 def _tab_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
@@ -282,7 +283,7 @@ def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
         if not 0 <= code < len(OCCUPATIONS_1M):
             raise where.fail(f"occupation code {code} is not in 0..20", "occupation")
         _unique(user_id, ctx.user_ids, where, "user_id")
-        yield (user_id, gender, age_code, code, OCCUPATIONS_1M[code], zip_code)
+        yield (user_id, gender, None, age_code, code, OCCUPATIONS_1M[code], zip_code)
 
 
 def _1m_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:

@@ -51,6 +51,34 @@ SUPERUSER = "postgres"
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "recs", "app", "ops")
 #: Schemas the reader role may read.
 READABLE_SCHEMAS = ("marts", "recs", "app", "ops")
+#: Tables people write through the application; dbt reads them as sources.
+_APP_DDL = """
+create table if not exists app.users (
+    user_id integer primary key,
+    dataset text not null,
+    gender text check (gender in ('M', 'F')),
+    age integer check (age between 1 and 120),
+    occupation text,
+    zip_code text,
+    preferred_genres text[] not null default '{}',
+    created_at timestamptz not null default now()
+);
+comment on table app.users is
+    'People who signed up through the API, beyond the release''s own users.';
+create table if not exists app.ratings (
+    app_rating_id bigserial primary key,
+    dataset text not null,
+    user_id integer not null,
+    movie_id integer not null,
+    rating numeric(2, 1) not null check (rating between 0.5 and 5 and rating * 2 = round(rating * 2)),
+    rated_at timestamptz not null default now(),
+    received_at timestamptz not null default now()
+);
+comment on table app.ratings is
+    'Ratings submitted through the API; the next nightly dbt build adds them to marts.fct_ratings.';
+create index if not exists ratings_received_at_idx on app.ratings (received_at);
+"""
+
 #: System user that runs the embedded server when we are root (initdb refuses root).
 SERVER_OS_USER = "mfy-postgres"
 
@@ -367,6 +395,7 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
             _create_schemas(db, owner, reader)
             db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
             ingest.create_tables(db)
+            db.execute(_APP_DDL)
     finally:
         conn.close()
 

@@ -1,0 +1,84 @@
+{#- Monthly cohorts by the month of a user's first rating, and how many of
+    them rate again in each following month. -#}
+with
+
+ratings as (
+
+    select * from {{ ref('fct_ratings') }}
+
+),
+
+users as (
+
+    select * from {{ ref('dim_users') }}
+
+),
+
+user_months as (
+
+    select
+        ratings.user_id,
+        cast(date_trunc('month', ratings.rated_at at time zone 'UTC') as date) as activity_month,
+        count(*) as rating_count
+
+    from ratings
+    group by 1, 2
+
+),
+
+cohorts as (
+
+    select
+        user_id,
+        cast(date_trunc('month', first_rated_at at time zone 'UTC') as date) as cohort_month
+
+    from users
+    where first_rated_at is not null
+
+),
+
+cohort_sizes as (
+
+    select
+        cohort_month,
+        count(*) as cohort_size
+
+    from cohorts
+    group by cohort_month
+
+),
+
+activity as (
+
+    select
+        cohorts.cohort_month,
+        (extract(year from user_months.activity_month) - extract(year from cohorts.cohort_month)) * 12
+        + extract(month from user_months.activity_month) - extract(month from cohorts.cohort_month)
+            as months_since_first,
+        count(distinct user_months.user_id) as active_users,
+        sum(user_months.rating_count) as rating_count
+
+    from user_months
+    inner join cohorts
+        on user_months.user_id = cohorts.user_id
+    group by 1, 2
+
+),
+
+final as (
+
+    select
+        activity.cohort_month,
+        cast(activity.months_since_first as integer) as months_since_first,
+        cohort_sizes.cohort_size,
+        activity.active_users,
+        round(1.0 * activity.active_users / cohort_sizes.cohort_size, 4) as retention_rate,
+        activity.rating_count
+
+    from activity
+    inner join cohort_sizes
+        on activity.cohort_month = cohort_sizes.cohort_month
+
+)
+
+select * from final

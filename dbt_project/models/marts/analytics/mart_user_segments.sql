@@ -1,0 +1,92 @@
+{#- Each user's activity segment and favourite genres. Favourite genres are
+    those of the movies the user liked (4 stars or more) most often; a user
+    who liked nothing falls back to all their ratings. -#}
+with
+
+ratings as (
+
+    select * from {{ ref('fct_ratings') }}
+
+),
+
+users as (
+
+    select * from {{ ref('dim_users') }}
+
+),
+
+bridge as (
+
+    select * from {{ ref('bridge_movie_genres') }}
+
+),
+
+genre_counts as (
+
+    select
+        ratings.user_id,
+        bridge.genre,
+        count(*) filter (where ratings.is_liked) as liked_count,
+        count(*) as rated_count
+
+    from ratings
+    inner join bridge
+        on ratings.movie_sk = bridge.movie_sk
+    group by 1, 2
+
+),
+
+ranked as (
+
+    select
+        user_id,
+        genre,
+        row_number() over (
+            partition by user_id
+            order by liked_count desc, rated_count desc, genre
+        ) as genre_rank
+
+    from genre_counts
+
+),
+
+favourites as (
+
+    select
+        user_id,
+        max(genre) filter (where genre_rank = 1) as favourite_genre,
+        array_agg(genre order by genre_rank) filter (where genre_rank <= 3) as top_genres
+
+    from ranked
+    group by user_id
+
+),
+
+final as (
+
+    select
+        users.user_sk,
+        users.user_id,
+        case
+            when users.rating_count < {{ var('segment_light_max') }} then 'light'
+            when users.rating_count < {{ var('segment_heavy_min') }} then 'regular'
+            else 'heavy'
+        end as activity_segment,
+        users.rating_count,
+        users.active_days,
+        round(1.0 * users.rating_count / nullif(users.active_days, 0), 2) as ratings_per_active_day,
+        users.mean_rating,
+        favourites.favourite_genre,
+        array_to_string(favourites.top_genres, ', ') as top_genres,
+        users.age_band,
+        users.gender,
+        users.occupation
+
+    from users
+    left join favourites
+        on users.user_id = favourites.user_id
+    where users.rating_count > 0
+
+)
+
+select * from final

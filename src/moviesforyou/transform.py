@@ -1,0 +1,176 @@
+"""Run the dbt project (``dbt_project/``) against the warehouse.
+
+dbt reads its connection from the standard libpq variables (``PGHOST``,
+``PGPORT``, ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``; see
+``dbt_project/profiles.yml``). :func:`dbt_env` derives them from
+``MFY_WAREHOUSE_URL`` or the embedded warehouse, so dbt always talks to the
+same warehouse as the rest of the platform.
+
+``transform`` is the nightly step: source freshness (a warning, never fatal),
+``dbt build`` (seeds, models, unit and data tests, in DAG order), then
+``dbt docs generate``. dbt runs in-process through ``dbtRunner``; its own log
+lines ("12 of 58 OK created sql table model marts.dim_movies") are the progress
+output. A failing model or test raises :class:`TransformError` with dbt's
+messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from moviesforyou import warehouse
+from moviesforyou.config import Settings, find_project_root
+from moviesforyou.errors import MoviesForYouError
+
+log = logging.getLogger(__name__)
+
+
+class TransformError(MoviesForYouError):
+    """dbt failed; the message lists the failing nodes with dbt's own messages."""
+
+
+def project_dir() -> Path:
+    return find_project_root() / "dbt_project"
+
+
+def dbt_env(settings: Settings) -> dict[str, str]:
+    """The environment dbt's profile reads, for this warehouse."""
+    parts = urlsplit(warehouse.url(settings))
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    env = {
+        "PGHOST": query.get("host") or parts.hostname or "127.0.0.1",
+        "PGPORT": str(query.get("port") or parts.port or 5432),
+        "PGUSER": unquote(parts.username or query.get("user") or settings.owner_role),
+        "PGPASSWORD": unquote(parts.password or query.get("password") or ""),
+        "PGDATABASE": unquote(parts.path.lstrip("/") or query.get("dbname") or "moviesforyou"),
+        "MFY_DATASET": settings.dataset,
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    return env
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def target_dir(settings: Settings) -> Path:
+    """Where dbt writes manifest, run results and the docs site."""
+    return settings.home / "dbt" / "target"
+
+
+@dataclass
+class DbtRun:
+    """The outcome of one dbt command."""
+
+    command: str
+    success: bool
+    results: list[dict] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        tally: dict[str, int] = {}
+        for result in self.results:
+            tally[result["status"]] = tally.get(result["status"], 0) + 1
+        return tally
+
+
+def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRun:
+    """Run one dbt command in-process against the warehouse.
+
+    Args:
+        settings: the warehouse to use.
+        args: dbt arguments, e.g. ``["build", "--select", "marts"]``.
+        check: raise :class:`TransformError` when dbt reports a failure.
+    """
+    from dbt.cli.main import dbtRunner  # heavy: imported only when dbt runs
+
+    target = target_dir(settings)
+    common = [
+        "--project-dir", str(project_dir()),
+        "--profiles-dir", str(project_dir()),
+        "--target-path", str(target),
+    ]
+    with _environment({**dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}):
+        outcome = dbtRunner().invoke([*args, *common])
+    results = []
+    executed = getattr(outcome.result, "results", None) or []
+    for node in executed:
+        status = str(getattr(node.status, "value", node.status))
+        unique_id = getattr(getattr(node, "node", None), "unique_id", None) or getattr(
+            node, "unique_id", "?")
+        results.append({"unique_id": unique_id, "status": status,
+                        "message": node.message or "", "seconds": node.execution_time or 0.0})
+    run = DbtRun(args[0], bool(outcome.success), results)
+    if check and not run.success:
+        failures = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
+        lines = [f"  {r['unique_id']}: {r['status']}: {r['message']}" for r in failures]
+        if outcome.exception is not None:
+            lines.append(f"  {type(outcome.exception).__name__}: {outcome.exception}")
+        detail = "\n".join(lines or ["  (see the dbt log above)"])
+        raise TransformError(f"dbt {' '.join(args)} failed:\n{detail}")
+    return run
+
+
+@dataclass
+class TransformSummary:
+    build: DbtRun
+    freshness: DbtRun
+    docs_path: Path
+
+    def model_seconds(self) -> dict[str, float]:
+        return {r["unique_id"]: r["seconds"] for r in self.build.results
+                if r["unique_id"].startswith("model.")}
+
+
+def transform(settings: Settings, *, full_refresh: bool = False,
+              select: str | None = None, docs: bool = True) -> TransformSummary:
+    """The nightly modelling step: freshness check, ``dbt build``, ``dbt docs generate``."""
+    warehouse.ensure(settings)
+    if not _relation_exists(settings, "marts", "fct_ratings"):
+        # dbt's unit tests of an incremental model read its columns from the
+        # existing table: create it empty once, then build for real
+        log.info("first build: creating fct_ratings empty for its unit tests")
+        run_dbt(settings, ["run", "--select", "+fct_ratings", "--empty"])
+    freshness = run_dbt(settings, ["source", "freshness"], check=False)
+    if not freshness.success:
+        log.warning("source freshness: %s", freshness.counts())
+    args = ["build"]
+    if full_refresh:
+        args.append("--full-refresh")
+    if select:
+        args += ["--select", select]
+    build = run_dbt(settings, args)
+    if docs:
+        run_dbt(settings, ["docs", "generate"])
+    return TransformSummary(build, freshness, target_dir(settings) / "index.html")
+
+
+def _relation_exists(settings: Settings, schema: str, name: str) -> bool:
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select to_regclass(%s) is not null", (f"{schema}.{name}",))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def read_run_results(settings: Settings) -> dict:
+    """The last dbt command's run_results.json."""
+    return json.loads((target_dir(settings) / "run_results.json").read_text())
