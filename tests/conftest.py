@@ -7,6 +7,7 @@ in a temporary folder and on its own port, so it never touches a developer's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -60,27 +61,36 @@ def superuser_dsn(embedded_settings: Settings) -> str:
     return warehouse.embedded(embedded_settings).url(database="postgres")
 
 
-@pytest.fixture
-def db_settings(embedded_settings: Settings, superuser_dsn: str) -> Settings:
-    """A fresh, bootstrapped database on the session's server, dropped afterwards.
+@contextlib.contextmanager
+def fresh_database(embedded_settings: Settings):
+    """A new bootstrapped database on the session's server, dropped afterwards.
 
     Its settings point at it through ``MFY_WAREHOUSE_URL``, as a real server would be.
     """
+    server = warehouse.embedded(embedded_settings)
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(superuser_dsn)
+    admin = psycopg2.connect(server.url(database="postgres"))
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(sql.SQL("create database {} owner {}").format(
             sql.Identifier(name), sql.Identifier(embedded_settings.owner_role)))
-    server = warehouse.embedded(embedded_settings)
     settings = dataclasses.replace(
         embedded_settings, warehouse_url=server.url(embedded_settings.owner_role, name)
     )
-    warehouse.ensure(settings)
-    yield settings
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-    admin.close()
+    try:
+        warehouse.ensure(settings)
+        yield settings
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture
+def db_settings(embedded_settings: Settings) -> Settings:
+    """A fresh database for one test."""
+    with fresh_database(embedded_settings) as settings:
+        yield settings
 
 
 @pytest.fixture

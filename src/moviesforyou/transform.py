@@ -114,8 +114,10 @@ def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRu
         status = str(getattr(node.status, "value", node.status))
         unique_id = getattr(getattr(node, "node", None), "unique_id", None) or getattr(
             node, "unique_id", "?")
+        response = getattr(node, "adapter_response", None) or {}
         results.append({"unique_id": unique_id, "status": status,
-                        "message": node.message or "", "seconds": node.execution_time or 0.0})
+                        "message": node.message or "", "seconds": node.execution_time or 0.0,
+                        "rows_affected": response.get("rows_affected")})
     run = DbtRun(args[0], bool(outcome.success), results)
     if check and not run.success:
         failures = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
