@@ -14,8 +14,8 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import query
 
+from conftest import query
 from moviesforyou import ingest, sources
 from moviesforyou.errors import SourceError
 

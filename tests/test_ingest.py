@@ -7,8 +7,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, query
 
+from conftest import FIXTURES, query
 from moviesforyou import ingest, sources
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import query
 
+from conftest import query
 from moviesforyou import ingest, sources, synth
 
 

@@ -70,7 +70,8 @@ create table if not exists app.ratings (
     dataset text not null,
     user_id integer not null,
     movie_id integer not null,
-    rating numeric(2, 1) not null check (rating between 0.5 and 5 and rating * 2 = round(rating * 2)),
+    rating numeric(2, 1) not null
+        check (rating between 0.5 and 5 and rating * 2 = round(rating * 2)),
     rated_at timestamptz not null default now(),
     received_at timestamptz not null default now()
 );

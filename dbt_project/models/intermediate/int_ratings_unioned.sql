@@ -40,7 +40,7 @@ unioned as (
         rating,
         rated_at,
         received_at as ingested_at,
-        null::bigint as load_id
+        cast(null as bigint) as load_id
 
     from app
 

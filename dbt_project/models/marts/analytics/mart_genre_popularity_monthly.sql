@@ -25,7 +25,7 @@ monthly as (
     from ratings
     inner join bridge
         on ratings.movie_sk = bridge.movie_sk
-    group by 1, 2
+    group by rating_month, bridge.genre
 
 ),
 

@@ -23,7 +23,7 @@ movies as (
 popular as (
 
     select movie_sk from movies
-    order by rating_count desc, movie_id
+    order by rating_count desc, movie_id asc
     limit 100
 
 ),

@@ -17,7 +17,7 @@ final as (
 
     select
         cast(row_number() over (
-            order by bayesian_rating desc, rating_count desc, movie_id
+            order by bayesian_rating desc, rating_count desc, movie_id asc
         ) as integer) as rank,
         movie_sk,
         movie_id,

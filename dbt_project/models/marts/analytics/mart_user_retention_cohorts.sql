@@ -22,7 +22,7 @@ user_months as (
         count(*) as rating_count
 
     from ratings
-    group by 1, 2
+    group by ratings.user_id, activity_month
 
 ),
 
@@ -61,7 +61,7 @@ activity as (
     from user_months
     inner join cohorts
         on user_months.user_id = cohorts.user_id
-    group by 1, 2
+    group by cohorts.cohort_month, months_since_first
 
 ),
 

@@ -32,7 +32,7 @@ genre_counts as (
     from ratings
     inner join bridge
         on ratings.movie_sk = bridge.movie_sk
-    group by 1, 2
+    group by ratings.user_id, bridge.genre
 
 ),
 
@@ -43,7 +43,7 @@ ranked as (
         genre,
         row_number() over (
             partition by user_id
-            order by liked_count desc, rated_count desc, genre
+            order by liked_count desc, rated_count desc, genre asc
         ) as genre_rank
 
     from genre_counts

@@ -3,12 +3,12 @@ with
 
 spine as (
 
-    select cast(day as date) as date_day
+    select cast(spine_day as date) as date_day
     from generate_series(
         date '{{ var("date_spine_start") }}',
         current_date + 365,
         interval '1 day'
-    ) as day
+    ) as spine_day
 
 ),
 
@@ -17,9 +17,9 @@ final as (
     select
         cast(to_char(date_day, 'YYYYMMDD') as integer) as date_sk,
         date_day,
-        cast(extract(year from date_day) as integer) as year,
-        cast(extract(quarter from date_day) as integer) as quarter,
-        cast(extract(month from date_day) as integer) as month,
+        cast(extract(year from date_day) as integer) as calendar_year,
+        cast(extract(quarter from date_day) as integer) as calendar_quarter,
+        cast(extract(month from date_day) as integer) as calendar_month,
         trim(to_char(date_day, 'Month')) as month_name,
         cast(date_trunc('month', date_day) as date) as month_start,
         cast(extract(week from date_day) as integer) as iso_week,

@@ -37,7 +37,7 @@ profiles as (
         occupation,
         zip_code,
         false as is_app_user,
-        null::timestamptz as signed_up_at
+        cast(null as timestamptz) as signed_up_at
 
     from release_users
 
@@ -47,7 +47,7 @@ profiles as (
         user_id,
         gender,
         age_years,
-        null::integer as age_band_code,
+        cast(null as integer) as age_band_code,
         occupation,
         zip_code,
         true as is_app_user,

@@ -42,32 +42,39 @@ with
 
 ratings as (
 
-    select * from {{ ref('int_ratings_unioned') }}
+    select * from {{ ref('int_ratings_unioned') }} as unioned
 
     {% if is_incremental() %}
-    where
-        (
-            -- the release only when ingest loaded a newer version of it; this
-            -- condition has no column in it, so Postgres checks it once and
-            -- skips scanning the release entirely when it is false
-            rating_source = 'movielens'
-            and (
-                select coalesce(max(load_id), 0) from {{ source('ops', 'source_loads') }}
-                where dataset = '{{ var("dataset") }}' and status = 'loaded'
-            ) > (
-                select coalesce(max(load_id), 0) from {{ this }}
-                where dataset = '{{ var("dataset") }}' and rating_source = 'movielens'
+        -- The release only when ingest loaded a newer version of it. That
+        -- condition has no column of the row in it, so Postgres checks it once
+        -- and skips scanning the release entirely when it is false.
+        where
+            (
+                unioned.rating_source = 'movielens'  -- noqa: RF03
+                and (
+                    select coalesce(max(loads.load_id), 0)
+                    from {{ source('ops', 'source_loads') }} as loads
+                    where loads.dataset = '{{ var("dataset") }}' and loads.status = 'loaded'
+                ) > (
+                    select coalesce(max(built.load_id), 0)
+                    from {{ this }} as built
+                    where
+                        built.dataset = '{{ var("dataset") }}'
+                        and built.rating_source = 'movielens'
+                )
             )
-        )
-        or (
-            rating_source = 'app'
-            and ingested_at > (
-                select coalesce(max(ingested_at), '-infinity'::timestamptz)
-                    - interval '{{ var("incremental_lookback") }}'
-                from {{ this }}
-                where dataset = '{{ var("dataset") }}' and rating_source = 'app'
+            or (
+                unioned.rating_source = 'app'
+                and unioned.ingested_at > (
+                    select
+                        coalesce(max(built.ingested_at), cast('-infinity' as timestamptz))
+                        - interval '{{ var("incremental_lookback") }}'
+                    from {{ this }} as built
+                    where
+                        built.dataset = '{{ var("dataset") }}'
+                        and built.rating_source = 'app'
+                )
             )
-        )
     {% endif %}
 
 ),

@@ -2,7 +2,8 @@
     trailing article moved to the front ("The Name"), and the published form
     kept as original_title. -#}
 {%- set year_suffix = "\\s*\\((\\d{4})(?:[-–]\\d{0,4})?\\)\\s*$" -%}
-{%- set trailing_article = "^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|Den|Det|El|Los|Las|Un|Une|Lo|O|Os|As|Gli|I)$" -%}
+{%- set articles = "The|A|An|Les|La|Le|Il|Das|Der|Die|Den|Det|El|Los|Las|Un|Une|Lo|O|Os|As|Gli|I" -%}
+{%- set trailing_article = "^(.*), (" ~ articles ~ ")$" -%}
 
 with
 
