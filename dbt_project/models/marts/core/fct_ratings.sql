@@ -40,9 +40,15 @@
 
 with
 
+unioned as (
+
+    select * from {{ ref('int_ratings_unioned') }}
+
+),
+
 ratings as (
 
-    select * from {{ ref('int_ratings_unioned') }} as unioned
+    select * from unioned
 
     {% if is_incremental() %}
         -- The release only when ingest loaded a newer version of it. That
