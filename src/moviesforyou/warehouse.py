@@ -80,6 +80,27 @@ comment on table app.ratings is
 create index if not exists ratings_received_at_idx on app.ratings (received_at);
 """
 
+#: Operational history the platform keeps beside MLflow.
+_OPS_DDL = """
+create table if not exists ops.model_promotions (
+    promotion_id bigserial primary key,
+    decided_at timestamptz not null default now(),
+    model_name text not null,
+    challenger_version text,
+    champion_version_before text,
+    champion_version_after text,
+    promoted boolean not null,
+    action text not null check (action in ('gate', 'rollback')),
+    reason text not null,
+    dataset text,
+    snapshot_digest text,
+    metrics jsonb not null default '{}'::jsonb,
+    mlflow_run_id text
+);
+comment on table ops.model_promotions is
+    'Every champion decision: gate outcomes and rollbacks, with the figures behind them.';
+"""
+
 #: System user that runs the embedded server when we are root (initdb refuses root).
 SERVER_OS_USER = "mfy-postgres"
 
@@ -397,6 +418,7 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
             db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
             ingest.create_tables(db)
             db.execute(_APP_DDL)
+            db.execute(_OPS_DDL)
     finally:
         conn.close()
 

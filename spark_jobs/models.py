@@ -1,0 +1,296 @@
+"""The models: Spark ALS (explicit and implicit), the baselines, and the registered pyfunc.
+
+Two ALS models come out of every run, because one objective cannot do both jobs:
+
+* **explicit ALS** predicts star ratings (``recs.predict_rating``). It is fit on
+  the residuals of a user+item bias baseline, ``r - (mu + b_u + b_i)``, and
+  predicts ``mu + b_u + b_i + p_u . q_i`` clipped to the rating scale. The
+  biases carry what ALS' regularisation would otherwise shrink away.
+* **implicit ALS** (``implicitPrefs=True``) ranks movies for top-N lists: a
+  rating is evidence of interest with confidence ``1 + alpha * r``. Explicit
+  ALS ranks worse than most-popular (DEVELOPERS.md); implicit ALS does not.
+
+Cold start is explicit: Spark's ``coldStartStrategy='drop'`` while tuning (a
+NaN would poison RMSE), and at prediction time an unseen user or movie falls
+back to the bias baseline, and then to the global mean.
+
+Scoring and top-k run from the factors in NumPy, in user batches, so the same
+code ranks for ALS, the baselines and reference libraries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+USER, ITEM, RATING, TIME = "user_id", "movie_id", "rating", "rated_at"
+
+
+# --------------------------------------------------------------------------- biases
+
+
+@dataclass
+class Biases:
+    """mu + b_u + b_i, fit by alternating regularised means."""
+
+    mu: float
+    user: dict[int, float]
+    item: dict[int, float]
+
+    @classmethod
+    def fit(cls, ratings: pd.DataFrame, *, reg_user: float = 15.0, reg_item: float = 10.0,
+            iterations: int = 10) -> Biases:
+        mu = float(ratings[RATING].mean())
+        bu = pd.Series(0.0, index=pd.Index(ratings[USER].unique()))
+        bi = pd.Series(0.0, index=pd.Index(ratings[ITEM].unique()))
+        users, items, r = ratings[USER].to_numpy(), ratings[ITEM].to_numpy(), ratings[RATING]
+        for _ in range(iterations):
+            residual = r.to_numpy() - mu - bu.reindex(users).to_numpy()
+            grouped = pd.DataFrame({ITEM: items, "x": residual}).groupby(ITEM)["x"]
+            bi = grouped.sum() / (grouped.count() + reg_item)
+            residual = r.to_numpy() - mu - bi.reindex(items).to_numpy()
+            grouped = pd.DataFrame({USER: users, "x": residual}).groupby(USER)["x"]
+            bu = grouped.sum() / (grouped.count() + reg_user)
+        return cls(mu, bu.to_dict(), bi.to_dict())
+
+    def predict(self, users, items) -> np.ndarray:
+        bu = np.array([self.user.get(int(u), 0.0) for u in users])
+        bi = np.array([self.item.get(int(i), 0.0) for i in items])
+        return self.mu + bu + bi
+
+
+# --------------------------------------------------------------------------- ALS
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    """Hyperparameters of one ALS model, as logged to MLflow."""
+
+    rank: int = 20
+    reg_param: float = 0.1
+    max_iter: int = 15
+    implicit: bool = False
+    alpha: float = 1.0
+
+    def label(self) -> str:
+        kind = f"implicit a={self.alpha:g}" if self.implicit else "explicit"
+        return f"{kind} rank={self.rank} reg={self.reg_param:g} iter={self.max_iter}"
+
+
+def als_estimator(params: ALSParams, *, seed: int = 42, rating_col: str = RATING,
+                  blocks: int | None = None):
+    from pyspark.ml.recommendation import ALS
+
+    als = ALS(
+        userCol=USER, itemCol=ITEM, ratingCol=rating_col, rank=params.rank,
+        regParam=params.reg_param, maxIter=params.max_iter, implicitPrefs=params.implicit,
+        alpha=params.alpha, nonnegative=False, coldStartStrategy="drop", seed=seed,
+        checkpointInterval=5,
+    )
+    if blocks:
+        als = als.setNumUserBlocks(blocks).setNumItemBlocks(blocks)
+    return als
+
+
+@dataclass
+class Factors:
+    """Factors of a fitted ALS model, plus the bias baseline under an explicit one."""
+
+    params: ALSParams
+    user_ids: np.ndarray
+    user_factors: np.ndarray
+    item_ids: np.ndarray
+    item_factors: np.ndarray
+    biases: Biases | None = None
+    scale: tuple[float, float] = (0.5, 5.0)
+
+    @property
+    def user_index(self) -> dict[int, int]:
+        return {int(u): i for i, u in enumerate(self.user_ids)}
+
+    @property
+    def item_index(self) -> dict[int, int]:
+        return {int(m): i for i, m in enumerate(self.item_ids)}
+
+    def predict(self, users, items) -> np.ndarray:
+        """Predicted ratings; unseen users or movies fall back to the biases."""
+        users, items = np.asarray(users), np.asarray(items)
+        uidx, iidx = self.user_index, self.item_index
+        ui = np.array([uidx.get(int(u), -1) for u in users])
+        ii = np.array([iidx.get(int(m), -1) for m in items])
+        known = (ui >= 0) & (ii >= 0)
+        dots = np.zeros(len(users))
+        dots[known] = np.einsum("ij,ij->i", self.user_factors[ui[known]],
+                                self.item_factors[ii[known]])
+        base = self.biases.predict(users, items) if self.biases else np.zeros(len(users))
+        return np.clip(base + dots, *self.scale)
+
+
+def fit_als(spark, ratings: pd.DataFrame, params: ALSParams, *, seed: int = 42,
+            scale: tuple[float, float] = (0.5, 5.0), blocks: int | None = None) -> Factors:
+    """Fit one ALS model in Spark and bring its factors back to the driver."""
+    frame = ratings[[USER, ITEM, RATING]].copy()
+    biases = None
+    if not params.implicit:
+        biases = Biases.fit(ratings)
+        frame[RATING] = frame[RATING] - biases.predict(frame[USER], frame[ITEM])
+    df = spark.createDataFrame(frame.astype({USER: "int32", ITEM: "int32", RATING: "float32"}))
+    model = als_estimator(params, seed=seed, blocks=blocks).fit(df)
+    users = model.userFactors.toPandas()
+    items = model.itemFactors.toPandas()
+    return Factors(
+        params=params,
+        user_ids=users["id"].to_numpy(), user_factors=np.vstack(users["features"]),
+        item_ids=items["id"].to_numpy(), item_factors=np.vstack(items["features"]),
+        biases=biases, scale=scale,
+    )
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def seen_items(train: pd.DataFrame) -> dict[int, np.ndarray]:
+    return {int(u): g.to_numpy() for u, g in train.groupby(USER)[ITEM]}
+
+
+def top_k(scores_for: callable, users: np.ndarray, item_ids: np.ndarray,
+          seen: dict[int, np.ndarray], k: int, batch: int = 1024) -> dict[int, list[int]]:
+    """Top-k items per user from a batch scoring function, already-seen items removed.
+
+    Args:
+        scores_for: maps an array of user ids to a (len(users), len(item_ids)) score matrix.
+        users: users to rank for.
+        item_ids: the candidate catalogue, in the score matrix's column order.
+        seen: user -> items rated in training (excluded).
+        k: list length.
+    """
+    position = {int(m): j for j, m in enumerate(item_ids)}
+    out: dict[int, list[int]] = {}
+    for start in range(0, len(users), batch):
+        chunk = users[start:start + batch]
+        scores = np.array(scores_for(chunk), dtype=np.float64, copy=True)
+        for row, user in enumerate(chunk):
+            cols = [position[m] for m in seen.get(int(user), ()) if int(m) in position]
+            scores[row, cols] = -np.inf
+        kk = min(k, scores.shape[1])
+        best = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        for row, user in enumerate(chunk):
+            order = best[row][np.argsort(-scores[row, best[row]], kind="stable")]
+            out[int(user)] = [int(item_ids[j]) for j in order if np.isfinite(scores[row, j])]
+    return out
+
+
+def factor_scorer(factors: Factors, item_ids: np.ndarray):
+    """Scores of the catalogue ``item_ids`` for a batch of users, from ALS factors.
+
+    Items the model has no factors for score -inf (never recommended); users it
+    does not know score 0 plus the item bias, if any.
+    """
+    uindex, iindex = factors.user_index, factors.item_index
+    columns = np.array([iindex.get(int(m), -1) for m in item_ids])
+    has_factors = columns >= 0
+    item_matrix = factors.item_factors[columns[has_factors]]
+    offset = np.full(len(item_ids), -np.inf)
+    offset[has_factors] = 0.0
+    if factors.biases is not None:
+        offset[has_factors] += np.array(
+            [factors.biases.item.get(int(m), 0.0) for m in item_ids[has_factors]])
+
+    def scores(users: np.ndarray) -> np.ndarray:
+        rows = np.array([uindex.get(int(u), -1) for u in users])
+        out = np.zeros((len(users), len(item_ids)))
+        known = rows >= 0
+        out[np.ix_(known, has_factors)] = factors.user_factors[rows[known]] @ item_matrix.T
+        return out + offset
+
+    return scores
+
+
+def popularity_scorer(train: pd.DataFrame, item_ids: np.ndarray):
+    counts = train.groupby(ITEM).size().reindex(item_ids, fill_value=0).to_numpy(float)
+    return lambda users: np.tile(counts, (len(users), 1))
+
+
+def bias_scorer(biases: Biases, item_ids: np.ndarray):
+    item_bias = np.array([biases.item.get(int(m), -np.inf) for m in item_ids])
+    return lambda users: np.tile(item_bias, (len(users), 1))
+
+
+# --------------------------------------------------------------------------- registered model
+
+
+def save_factors(folder: Path, explicit: Factors, implicit: Factors) -> None:
+    """Write both models' factors and biases as files (the model's artifacts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, f in (("explicit", explicit), ("implicit", implicit)):
+        pd.DataFrame({USER: f.user_ids, "features": list(f.user_factors)}).to_parquet(
+            folder / f"{name}_user_factors.parquet", index=False)
+        pd.DataFrame({ITEM: f.item_ids, "features": list(f.item_factors)}).to_parquet(
+            folder / f"{name}_movie_factors.parquet", index=False)
+    meta = {
+        "explicit_params": asdict(explicit.params), "implicit_params": asdict(implicit.params),
+        "scale": list(explicit.scale),
+        "biases": {"mu": explicit.biases.mu,
+                   "user": {str(k): v for k, v in explicit.biases.user.items()},
+                   "item": {str(k): v for k, v in explicit.biases.item.items()}},
+    }
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def load_factors(folder: Path) -> tuple[Factors, Factors]:
+    meta = json.loads((Path(folder) / "model.json").read_text())
+    b = meta["biases"]
+    biases = Biases(b["mu"], {int(k): v for k, v in b["user"].items()},
+                    {int(k): v for k, v in b["item"].items()})
+    loaded = []
+    for name in ("explicit", "implicit"):
+        users = pd.read_parquet(Path(folder) / f"{name}_user_factors.parquet")
+        items = pd.read_parquet(Path(folder) / f"{name}_movie_factors.parquet")
+        loaded.append(Factors(
+            params=ALSParams(**meta[f"{name}_params"]),
+            user_ids=users[USER].to_numpy(), user_factors=np.vstack(users["features"]),
+            item_ids=items[ITEM].to_numpy(), item_factors=np.vstack(items["features"]),
+            biases=biases if name == "explicit" else None, scale=tuple(meta["scale"]),
+        ))
+    return loaded[0], loaded[1]
+
+
+def iter_factor_rows(factors: Factors, which: str) -> Iterator[tuple[int, list[float]]]:
+    ids, vectors = ((factors.user_ids, factors.user_factors) if which == "user"
+                    else (factors.item_ids, factors.item_factors))
+    for i, v in zip(ids, vectors, strict=True):
+        yield int(i), [float(x) for x in v]
+
+
+try:  # the pyfunc wrapper needs mlflow; the rest of this module does not
+    import mlflow.pyfunc
+
+    class MoviesForYouALS(mlflow.pyfunc.PythonModel):
+        """The registered model: both ALS factor sets, no Spark needed to serve.
+
+        Input: a frame with ``user_id`` and ``movie_id``. Output: ``predicted_rating``
+        (explicit model, bias fallback) and ``ranking_score`` (implicit model; 0
+        for unknown ids).
+        """
+
+        def load_context(self, context) -> None:
+            self.explicit, self.implicit = load_factors(Path(context.artifacts["factors"]))
+
+        def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+            users, items = model_input[USER].to_numpy(), model_input[ITEM].to_numpy()
+            uidx, iidx = self.implicit.user_index, self.implicit.item_index
+            ranking = np.array([
+                float(self.implicit.user_factors[uidx[int(u)]] @
+                      self.implicit.item_factors[iidx[int(m)]])
+                if int(u) in uidx and int(m) in iidx else 0.0
+                for u, m in zip(users, items, strict=True)
+            ])
+            return pd.DataFrame({"predicted_rating": self.explicit.predict(users, items),
+                                 "ranking_score": ranking})
+except ImportError:  # pragma: no cover
+    pass

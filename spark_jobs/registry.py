@@ -1,0 +1,259 @@
+"""The MLflow model registry: registration, the champion gate, history and rollback.
+
+Tracking store
+    ``MLFLOW_TRACKING_URI`` when set (an MLflow server); otherwise a local,
+    database-backed store so that the registry works:
+    ``sqlite:///$MFY_HOME/mlflow/mlflow.db`` with artifacts in
+    ``$MFY_HOME/mlflow/artifacts``.
+Registered model
+    ``moviesforyou-als`` (``MFY_MODEL_NAME``). Every run adds a version with the
+    alias ``challenger``. Consumers load ``models:/moviesforyou-als@champion``.
+The gate
+    The challenger becomes ``champion`` only when, on the same holdout, its
+    implicit model's NDCG@k is higher than the champion's and its explicit
+    model's RMSE is no worse than the champion's plus a tolerance. "Same
+    holdout": when the champion was evaluated on the same snapshot and split,
+    its recorded figures are used; otherwise the champion's configuration is
+    re-fit on the challenger's training part and scored on its test part, so
+    neither model has seen the test ratings. Every decision is tagged on the
+    version and appended to ``ops.model_promotions``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from moviesforyou import warehouse
+from moviesforyou.config import Settings
+from moviesforyou.errors import MoviesForYouError
+from spark_jobs.models import ITEM, USER, ALSParams, Factors, save_factors
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "moviesforyou-als"
+
+
+class RegistryError(MoviesForYouError):
+    pass
+
+
+def model_name() -> str:
+    return os.environ.get("MFY_MODEL_NAME", "moviesforyou-als")
+
+
+def tracking_uri(settings: Settings) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}")
+
+
+def configure(settings: Settings):
+    """Point MLflow at the tracking store and the experiment. Returns an MlflowClient."""
+    import mlflow
+
+    uri = tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (settings.home / "mlflow" / "artifacts").as_uri()
+        client.create_experiment(EXPERIMENT, artifact_location=location,
+                                 tags={"mlflow.note.content": (
+                                     "ALS models of MoviesForYou. Parent runs train and gate; "
+                                     "baseline runs share their split.")})
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+def log_and_register(explicit: Factors, implicit: Factors, folder: Path,
+                     ratings: pd.DataFrame) -> str:
+    """Log both models as one pyfunc in the active run and register a new version.
+
+    Returns:
+        The new version number, which now carries the alias ``challenger``.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from spark_jobs.models import MoviesForYouALS
+
+    save_factors(folder, explicit, implicit)
+    example = ratings[[USER, ITEM]].head(5).reset_index(drop=True)
+    output = pd.DataFrame({"predicted_rating": explicit.predict(example[USER], example[ITEM]),
+                           "ranking_score": 0.0})
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=MoviesForYouALS(), artifacts={"factors": str(folder)},
+        signature=infer_signature(example, output), input_example=example,
+        registered_model_name=model_name(),
+        code_paths=[str(Path(__file__).parent)],
+        pip_requirements=["mlflow", "numpy", "pandas", "pyarrow"],
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(model_name(), "challenger", version)
+    client.set_model_version_tag(model_name(), version, "mfy.explicit_params",
+                                 json.dumps(asdict(explicit.params)))
+    client.set_model_version_tag(model_name(), version, "mfy.implicit_params",
+                                 json.dumps(asdict(implicit.params)))
+    return version
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    champion_before: str | None
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+
+
+def _champion(client):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name(), "champion")
+    except MlflowException:
+        return None
+
+
+def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, float],
+         challenger: tuple[ALSParams, ALSParams], split_id: str,
+         evaluate: Callable[[ALSParams, ALSParams], dict[str, float]], k: int,
+         rmse_tolerance: float, snapshot, run_id: str) -> Decision:
+    """Decide whether ``version`` replaces the champion, record why, and move the alias."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name, ndcg = model_name(), f"ndcg_at_{k}"
+    champion = _champion(client)
+    for key, value in challenger_metrics.items():
+        client.set_model_version_tag(name, version, f"mfy.metric.{key}", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "mfy.split_id", split_id)
+
+    champion_metrics = None
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        if champion.tags.get("mfy.split_id") == split_id:
+            champion_metrics = {k_[len("mfy.metric."):]: float(v)
+                                for k_, v in champion.tags.items() if k_.startswith("mfy.metric.")}
+            how = "its recorded figures on the same split"
+        else:
+            params = (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
+                      ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
+            champion_metrics = evaluate(*params)
+            how = "its configuration re-fit on this split"
+        better_ranking = challenger_metrics[ndcg] > champion_metrics[ndcg]
+        rmse_ok = challenger_metrics["rmse"] <= champion_metrics["rmse"] + rmse_tolerance
+        promoted = better_ranking and rmse_ok
+        figures = (f"NDCG@{k} {challenger_metrics[ndcg]:.4f} vs {champion_metrics[ndcg]:.4f}, "
+                   f"RMSE {challenger_metrics['rmse']:.4f} vs {champion_metrics['rmse']:.4f} "
+                   f"(tolerance {rmse_tolerance:g}); champion v{champion.version} by {how}")
+        if promoted:
+            reason = f"challenger better: {figures}"
+        elif not better_ranking:
+            reason = f"challenger ranks no better: {figures}"
+        else:
+            reason = f"challenger RMSE too high: {figures}"
+
+    client.set_model_version_tag(name, version, "mfy.gate", "promoted" if promoted else "rejected")
+    client.set_model_version_tag(name, version, "mfy.gate_reason", reason)
+    if promoted:
+        client.set_registered_model_alias(name, "champion", version)
+    before = champion.version if champion else None
+    _record(settings, challenger=version, before=before,
+            after=version if promoted else before, promoted=promoted, action="gate",
+            reason=reason, dataset=snapshot.dataset, snapshot_digest=snapshot.digest,
+            metrics={"challenger": challenger_metrics, "champion": champion_metrics},
+            run_id=run_id)
+    log.info("gate: version %s %s (%s)", version, "promoted" if promoted else "rejected", reason)
+    return Decision(promoted, reason, before, challenger_metrics, champion_metrics)
+
+
+def _record(settings: Settings, *, challenger, before, after, promoted, action, reason,
+            dataset=None, snapshot_digest=None, metrics=None, run_id=None) -> None:
+    conn = warehouse.connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """insert into ops.model_promotions (model_name, challenger_version,
+                       champion_version_before, champion_version_after, promoted, action, reason,
+                       dataset, snapshot_digest, metrics, mlflow_run_id)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                (model_name(), challenger, before, after, promoted, action, reason, dataset,
+                 snapshot_digest, json.dumps(metrics or {}), run_id),
+            )
+    finally:
+        conn.close()
+
+
+def history(settings: Settings, limit: int = 50) -> list[tuple]:
+    """Champion decisions, newest first, from ops.model_promotions."""
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """select promotion_id, decided_at, action, challenger_version,
+                          champion_version_before, champion_version_after, promoted, reason
+                   from ops.model_promotions where model_name = %s
+                   order by promotion_id desc limit %s""", (model_name(), limit))
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def rollback(settings: Settings, version: str, reason: str = "manual rollback") -> str | None:
+    """Point ``champion`` at an earlier version. Returns the version it replaced."""
+    configure(settings)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        target = client.get_model_version(model_name(), str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"{model_name()} has no version {version}") from exc
+    current = _champion(client)
+    client.set_registered_model_alias(model_name(), "champion", target.version)
+    client.set_model_version_tag(model_name(), target.version, "mfy.gate", "rolled back to")
+    _record(settings, challenger=None, before=current.version if current else None,
+            after=target.version, promoted=True, action="rollback", reason=reason)
+    return current.version if current else None
+
+
+def export_champion(settings: Settings, out: Path | None = None) -> Path:
+    """Download the champion's factors for the publishing step.
+
+    Writes ``<out>/<version>/`` (the factor Parquet files and ``model.json``) and
+    ``<out>/champion.json`` naming the version. Returns the version's folder.
+    """
+    configure(settings)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    champion = _champion(client)
+    if champion is None:
+        raise RegistryError(f"{model_name()} has no champion yet: run `moviesforyou train`")
+    out = out or settings.home / "models"
+    target = out / champion.version
+    if not (target / "model.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name()}/{champion.version}", dst_path=str(target))
+        factors = next(Path(local).rglob("model.json")).parent
+        for item in factors.iterdir():
+            item.replace(target / item.name)
+    (out / "champion.json").write_text(json.dumps(
+        {"model_name": model_name(), "version": champion.version, "run_id": champion.run_id,
+         "path": str(target)}, indent=2))
+    return target

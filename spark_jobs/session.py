@@ -1,0 +1,67 @@
+"""The SparkSession: ``local[*]`` by default, a cluster when a master URL is set.
+
+Settings (environment):
+
+| variable | default | meaning |
+|---|---|---|
+| ``MFY_SPARK_MASTER`` | ``local[*]`` | master URL (``spark://...``, ``yarn``, ``k8s://...``) |
+| ``MFY_SPARK_DRIVER_MEMORY`` | ``4g`` | driver memory (the JVM's heap in local mode) |
+| ``MFY_SPARK_SHUFFLE_PARTITIONS`` | 2 × cores | ``spark.sql.shuffle.partitions`` |
+| ``MFY_SPARK_CHECKPOINT_DIR`` | ``$MFY_HOME/spark/checkpoints`` | ALS needs one: long lineages overflow the stack |
+
+Under ``spark-submit`` the master and memory come from spark-submit instead;
+``getOrCreate`` keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def blas_in_use(spark) -> str:
+    """Which BLAS Spark's ALS will use: native (OpenBLAS, MKL) or the Java fallback."""
+    try:
+        blas = spark.sparkContext._jvm.dev.ludovic.netlib.blas.BLAS.getInstance()
+        return str(blas.getClass().getName())
+    except Exception as exc:  # the class moved between Spark versions
+        return f"unknown ({type(exc).__name__})"
+
+
+def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None = None):
+    """Create (or reuse) the SparkSession configured for ALS.
+
+    Args:
+        home: ``MFY_HOME``; checkpoints and scratch space go under ``home/spark``.
+        app_name: shown in the Spark UI.
+        master: overrides ``MFY_SPARK_MASTER``.
+    """
+    from pyspark.sql import SparkSession
+
+    cores = os.cpu_count() or 2
+    scratch = home / "spark"
+    checkpoints = Path(os.environ.get("MFY_SPARK_CHECKPOINT_DIR", scratch / "checkpoints"))
+    (scratch / "local").mkdir(parents=True, exist_ok=True)
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.driver.memory", os.environ.get("MFY_SPARK_DRIVER_MEMORY", "4g"))
+        .config("spark.sql.shuffle.partitions",
+                os.environ.get("MFY_SPARK_SHUFFLE_PARTITIONS", str(2 * cores)))
+        .config("spark.default.parallelism", str(2 * cores))
+        .config("spark.local.dir", str(scratch / "local"))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    master = master or os.environ.get("MFY_SPARK_MASTER")
+    if master or not os.environ.get("SPARK_SUBMIT_OPTS"):
+        builder = builder.master(master or "local[*]")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setCheckpointDir(str(checkpoints))
+    log.info("Spark %s on %s; BLAS: %s; checkpoints in %s", spark.version,
+             spark.sparkContext.master, blas_in_use(spark), checkpoints)
+    return spark

@@ -1,0 +1,514 @@
+"""Train, tune and evaluate ALS; log everything to MLflow; register; run the gate.
+
+Inputs
+    the warehouse's ``marts.fct_ratings`` for one release (exported to Parquet,
+    see :mod:`spark_jobs.snapshot`), and optionally a folder with the official
+    ml-100k folds (``u1.base``..``u5.test``, ``ua.base``, ``ua.test``).
+Outputs (MLflow, experiment ``moviesforyou-als``)
+    one parent run with the snapshot as a dataset input, the tuning grid as
+    nested runs, metrics, plots (``plots/``) and the model; one run per
+    baseline; a new version of the registered model ``moviesforyou-als`` with
+    the alias ``challenger``; the gate's decision as version tags and a row in
+    ``ops.model_promotions``.
+
+Steps:
+
+1. export the snapshot and record its identity (rows, newest rating, SHA-256);
+2. split: the official folds when given (u1-u5 for rating error, ua for
+   ranking); otherwise a seeded random 80/20 split for rating error and a
+   per-user chronological holdout of the latest ratings for ranking;
+3. tune explicit ALS with Spark's ``TrainValidationSplit`` (RMSE) over rank,
+   regParam and maxIter, and implicit ALS over rank, regParam and alpha on a
+   chronological validation carve-out by NDCG@k (Spark's tuning tools score
+   per-row predictions, so they cannot rank unseen candidates);
+4. evaluate the chosen configurations and the baselines on the same splits;
+5. fit both models on everything, log them as one pyfunc, register it;
+6. gate: the challenger becomes ``champion`` only if it beats the champion on
+   the same holdout (see :mod:`spark_jobs.registry`).
+
+Run it as ``moviesforyou train`` or ``spark-submit spark_jobs/train.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moviesforyou.config import Settings, find_project_root
+from moviesforyou.errors import MoviesForYouError
+from spark_jobs import metrics, registry
+from spark_jobs.models import (
+    ITEM,
+    RATING,
+    TIME,
+    USER,
+    ALSParams,
+    Biases,
+    Factors,
+    als_estimator,
+    bias_scorer,
+    factor_scorer,
+    fit_als,
+    popularity_scorer,
+    seen_items,
+    top_k,
+)
+from spark_jobs.snapshot import Snapshot, export_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(MoviesForYouError):
+    """The job cannot train on this input; nothing was registered."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; each field is logged as an MLflow parameter."""
+
+    folds_dir: Path | None = None
+    k: int = 10
+    relevance_threshold: float = 4.0
+    holdout_per_user: int = 10
+    test_fraction: float = 0.2
+    seed: int = 42
+    explicit_grid: dict = field(default_factory=lambda: {
+        "rank": [10, 30], "reg_param": [0.05, 0.1], "max_iter": [15]})
+    implicit_grid: dict = field(default_factory=lambda: {
+        "rank": [30, 60], "reg_param": [0.1], "alpha": [2.0, 8.0], "max_iter": [15]})
+    explicit: ALSParams | None = None  # fixed configuration: skip tuning
+    implicit: ALSParams | None = None
+    rmse_tolerance: float = 0.01
+    blocks: int | None = None
+
+    def grid(self, implicit: bool) -> list[ALSParams]:
+        spec = self.implicit_grid if implicit else self.explicit_grid
+        keys = list(spec)
+        return [ALSParams(implicit=implicit, **dict(zip(keys, values, strict=True)))
+                for values in itertools.product(*(spec[k] for k in keys))]
+
+
+@dataclass
+class Splits:
+    """Rating splits (one or the five official folds) and one ranking split."""
+
+    rating: list[tuple[pd.DataFrame, pd.DataFrame]]
+    ranking: tuple[pd.DataFrame, pd.DataFrame]
+    description: str
+
+    def identity(self, snapshot: Snapshot) -> str:
+        return hashlib.sha256(f"{snapshot.sha256}|{self.description}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Evaluation:
+    """Held-out figures of one model configuration."""
+
+    rmse: float | None = None
+    mae: float | None = None
+    ranking: dict[str, float] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, float]:
+        out = dict(self.ranking)
+        if self.rmse is not None:
+            out |= {"rmse": self.rmse, "mae": self.mae}
+        return out
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    version: str
+    promoted: bool
+    reason: str
+    explicit: ALSParams
+    implicit: ALSParams
+    metrics: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    snapshot: Snapshot
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def read_fold(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", names=[USER, ITEM, RATING, TIME])
+    return frame.astype({USER: "int32", ITEM: "int32", RATING: "float32"})
+
+
+def official_folds(folder: Path, ratings: pd.DataFrame) -> Splits:
+    names = [*(f"u{i}" for i in range(1, 6)), "ua"]
+    missing = [f"{n}.{part}" for n in names for part in ("base", "test")
+               if not (folder / f"{n}.{part}").exists()]
+    if missing:
+        raise TrainingError(f"{folder}: missing fold file(s) {', '.join(missing)}")
+    known = set(zip(ratings[USER], ratings[ITEM], strict=True))
+    folds = {}
+    for name in names:
+        base, test = read_fold(folder / f"{name}.base"), read_fold(folder / f"{name}.test")
+        outside = [p for p in zip(test[USER], test[ITEM], strict=True) if p not in known]
+        if outside:
+            raise TrainingError(f"{folder / (name + '.test')}: {len(outside)} ratings are not in "
+                                f"the snapshot (e.g. user {outside[0][0]}, movie {outside[0][1]})"
+                                ": these folds belong to another release")
+        folds[name] = (base, test)
+    return Splits([folds[f"u{i}"] for i in range(1, 6)], folds["ua"],
+                  f"official folds u1-u5, ua ({folder.name})")
+
+
+def chronological_holdout(ratings: pd.DataFrame, per_user: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's latest ``per_user`` ratings (for users with at least twice that) form the test."""
+    ordered = ratings.sort_values([USER, TIME, ITEM], kind="stable")
+    rank_from_end = ordered.groupby(USER).cumcount(ascending=False)
+    counts = ordered.groupby(USER)[ITEM].transform("size")
+    test_mask = (rank_from_end < per_user) & (counts >= 2 * per_user)
+    return ordered[~test_mask], ordered[test_mask]
+
+
+def random_split(ratings: pd.DataFrame, fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    test_mask = rng.random(len(ratings)) < fraction
+    return ratings[~test_mask], ratings[test_mask]
+
+
+def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
+    if config.folds_dir:
+        return official_folds(Path(config.folds_dir), ratings)
+    train, test = chronological_holdout(ratings, config.holdout_per_user)
+    if test.empty:
+        raise TrainingError(
+            f"no user has {2 * config.holdout_per_user} ratings: too little data for a "
+            "per-user chronological holdout")
+    return Splits([random_split(ratings, config.test_fraction, config.seed)], (train, test),
+                  f"random {config.test_fraction:g} seed {config.seed}; latest "
+                  f"{config.holdout_per_user} per user")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Evaluator:
+    """Scores configurations and baselines on fixed splits, the same way every time."""
+
+    def __init__(self, spark, splits: Splits, config: TrainConfig, scale: tuple[float, float]):
+        self.spark, self.splits, self.config, self.scale = spark, splits, config, scale
+        train, test = splits.ranking
+        self.catalogue = np.array(sorted(set(train[ITEM]) | set(test[ITEM])))
+        self.seen = seen_items(train)
+        liked = test[test[RATING] >= config.relevance_threshold]
+        self.relevant = {int(u): set(g.tolist()) for u, g in liked.groupby(USER)[ITEM]}
+        self.users = np.array(sorted(self.relevant))
+        self.item_users = train.groupby(ITEM)[USER].nunique().to_dict()
+        self.n_users = train[USER].nunique()
+
+    def rank(self, scorer) -> dict[str, float]:
+        k = self.config.k
+        recs = top_k(scorer, self.users, self.catalogue, self.seen, k)
+        return metrics.ranking_report(recs, self.relevant, k=k,
+                                      catalogue_size=len(self.catalogue),
+                                      item_users=self.item_users, n_users=self.n_users)
+
+    def rating_error(self, predict) -> tuple[float, float]:
+        rmses, maes = [], []
+        for train, test in self.splits.rating:
+            predicted = predict(train, test)
+            rmses.append(metrics.rmse(predicted, test[RATING]))
+            maes.append(metrics.mae(predicted, test[RATING]))
+        return float(np.mean(rmses)), float(np.mean(maes))
+
+    def explicit(self, params: ALSParams) -> Evaluation:
+        def predict(train, test):
+            model = fit_als(self.spark, train, params, seed=self.config.seed, scale=self.scale,
+                            blocks=self.config.blocks)
+            return model.predict(test[USER], test[ITEM])
+
+        rmse, mae = self.rating_error(predict)
+        return Evaluation(rmse=rmse, mae=mae)
+
+    def implicit(self, params: ALSParams, train: pd.DataFrame | None = None) -> Evaluation:
+        model = fit_als(self.spark, self.splits.ranking[0] if train is None else train, params,
+                        seed=self.config.seed, scale=self.scale, blocks=self.config.blocks)
+        return Evaluation(ranking=self.rank(factor_scorer(model, self.catalogue)))
+
+    def baselines(self) -> dict[str, Evaluation]:
+        train = self.splits.ranking[0]
+        mean_rmse, mean_mae = self.rating_error(
+            lambda tr, te: np.full(len(te), tr[RATING].mean()))
+        bias_rmse, bias_mae = self.rating_error(
+            lambda tr, te: np.clip(Biases.fit(tr).predict(te[USER], te[ITEM]), *self.scale))
+        return {
+            "global mean": Evaluation(rmse=mean_rmse, mae=mean_mae),
+            "user and item biases": Evaluation(
+                rmse=bias_rmse, mae=bias_mae,
+                ranking=self.rank(bias_scorer(Biases.fit(train), self.catalogue))),
+            "most popular": Evaluation(ranking=self.rank(popularity_scorer(train, self.catalogue))),
+        }
+
+
+# --------------------------------------------------------------------------- tuning
+
+
+def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[ALSParams, list]:
+    """Spark's TrainValidationSplit over the explicit grid, on bias residuals, by RMSE."""
+    from pyspark.ml.evaluation import RegressionEvaluator
+    from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+
+    train = splits.rating[0][0].copy()
+    train[RATING] = train[RATING] - Biases.fit(train).predict(train[USER], train[ITEM])
+    df = spark.createDataFrame(train[[USER, ITEM, RATING]].astype(
+        {USER: "int32", ITEM: "int32", RATING: "float32"}))
+    als = als_estimator(ALSParams(), seed=config.seed, blocks=config.blocks)
+    candidates = config.grid(implicit=False)
+    grid = (ParamGridBuilder()
+            .addGrid(als.rank, sorted({p.rank for p in candidates}))
+            .addGrid(als.regParam, sorted({p.reg_param for p in candidates}))
+            .addGrid(als.maxIter, sorted({p.max_iter for p in candidates}))
+            .build())
+    tvs = TrainValidationSplit(
+        estimator=als, estimatorParamMaps=grid, trainRatio=0.8, seed=config.seed,
+        evaluator=RegressionEvaluator(metricName="rmse", labelCol=RATING,
+                                      predictionCol="prediction"))
+    fitted = tvs.fit(df)
+    results = []
+    for point, score in zip(grid, fitted.validationMetrics, strict=True):
+        values = {p.name: v for p, v in point.items()}
+        params = ALSParams(rank=values["rank"], reg_param=values["regParam"],
+                           max_iter=values["maxIter"])
+        results.append((params, score))
+        with mlflow.start_run(run_name=f"tune {params.label()}", nested=True):
+            mlflow.log_params({**asdict(params), "tuner": "TrainValidationSplit"})
+            mlflow.log_metric("validation_rmse", score)
+    best = min(results, key=lambda r: r[1])[0]
+    return best, results
+
+
+def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[ALSParams, list]:
+    """Grid over implicit ALS, scored by NDCG@k on a chronological carve-out of the training part."""
+    train = evaluator.splits.ranking[0]
+    fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
+    inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,
+                      evaluator.scale)
+    results = []
+    for params in config.grid(implicit=True):
+        score = inner.implicit(params).ranking[f"ndcg_at_{config.k}"]
+        results.append((params, score))
+        with mlflow.start_run(run_name=f"tune {params.label()}", nested=True):
+            mlflow.log_params({**asdict(params), "tuner": "chronological validation"})
+            mlflow.log_metric(f"validation_ndcg_at_{config.k}", score)
+    best = max(results, key=lambda r: r[1])[0]
+    return best, results
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def write_plots(folder: Path, explicit_results, implicit_results, predicted, actual,
+                model_eval: dict[str, float], baselines: dict[str, Evaluation], k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for reg in sorted({p.reg_param for p, _ in explicit_results}):
+        pts = sorted((p.rank, s) for p, s in explicit_results if p.reg_param == reg)
+        axes[0].plot(*zip(*pts, strict=True), marker="o", label=f"regParam {reg:g}")
+    axes[0].set(title="Explicit ALS: validation RMSE", xlabel="rank", ylabel="RMSE")
+    axes[0].legend()
+    for alpha in sorted({p.alpha for p, _ in implicit_results}):
+        pts = sorted((p.rank, s) for p, s in implicit_results if p.alpha == alpha)
+        axes[1].plot(*zip(*pts, strict=True), marker="o", label=f"alpha {alpha:g}")
+    axes[1].set(title=f"Implicit ALS: validation NDCG@{k}", xlabel="rank", ylabel="NDCG")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "tuning.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.arange(0.25, 5.5, 0.25)
+    ax.hist(actual, bins=bins, alpha=0.6, label="actual", density=True)
+    ax.hist(predicted, bins=bins, alpha=0.6, label="predicted (explicit ALS)", density=True)
+    ax.set(title="Predicted against actual ratings (held out)", xlabel="stars", ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "predicted_vs_actual.png", dpi=110)
+    plt.close(fig)
+
+    names = ["ALS", *baselines]
+    rmse = [model_eval.get("rmse"), *(b.rmse for b in baselines.values())]
+    ndcg = [model_eval.get(f"ndcg_at_{k}"),
+            *(b.ranking.get(f"ndcg_at_{k}") for b in baselines.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].bar(names, [v if v is not None else 0 for v in rmse], color="#4c72b0")
+    axes[0].set(title="RMSE (lower is better)")
+    axes[1].bar(names, [v if v is not None else 0 for v in ndcg], color="#55a868")
+    axes[1].set(title=f"NDCG@{k} (higher is better)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(folder / "model_vs_baselines.png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                               text=True, cwd=find_project_root(), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:
+    ratings = pd.read_parquet(snapshot.path)
+    missing = {USER, ITEM, RATING, TIME} - set(ratings.columns)
+    if missing:
+        raise TrainingError(f"{snapshot.path}: missing column(s) {sorted(missing)}")
+    if ratings.empty:
+        raise TrainingError(f"{snapshot.path}: no ratings")
+    bad = ratings[~np.isfinite(ratings[RATING]) | (ratings[RATING] <= 0)]
+    if len(bad):
+        raise TrainingError(f"{snapshot.path}: {len(bad)} ratings are not positive finite numbers")
+    return ratings
+
+
+def train(settings: Settings, config: TrainConfig | None = None, *, spark=None) -> TrainResult:
+    """The whole job. Raises :class:`TrainingError` (nothing registered) on unusable input."""
+    import mlflow
+
+    from spark_jobs.session import get_spark
+
+    config = config or TrainConfig()
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="mfy-train-", dir=settings.home))
+    snapshot = export_snapshot(settings, work / "snapshot")
+    ratings = load_snapshot(snapshot)
+    scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
+    splits = make_splits(ratings, config)
+    spark = spark or get_spark(settings.home, app_name="moviesforyou-train")
+    evaluator = Evaluator(spark, splits, config, scale)
+
+    registry.configure(settings)
+    run_name = f"{snapshot.dataset} {snapshot.digest} {time.strftime('%Y-%m-%d %H:%M')}"
+    tags = {"mfy.dataset": snapshot.dataset, "mfy.snapshot": snapshot.digest,
+            "mfy.git_commit": git_commit(), "mfy.kind": "als"}
+    with mlflow.start_run(run_name=run_name, tags=tags) as parent:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():  # two local sources claim a plain path
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(snapshot.path))
+        dataset = MetaDataset(source=source,
+                              name=f"fct_ratings@{snapshot.dataset}", digest=snapshot.digest)
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_params({
+            "dataset": snapshot.dataset, "snapshot_rows": snapshot.rows,
+            "snapshot_users": snapshot.users, "snapshot_movies": snapshot.movies,
+            "snapshot_max_rated_at": snapshot.max_rated_at, "snapshot_sha256": snapshot.sha256,
+            "split": splits.description, "k": config.k,
+            "relevance_threshold": config.relevance_threshold, "seed": config.seed,
+            "spark_master": spark.sparkContext.master,
+        })
+
+        # tuning
+        if config.explicit:
+            best_explicit, explicit_results = config.explicit, [(config.explicit, float("nan"))]
+        else:
+            best_explicit, explicit_results = tune_explicit(spark, splits, config, mlflow)
+        if config.implicit:
+            best_implicit, implicit_results = config.implicit, [(config.implicit, float("nan"))]
+        else:
+            best_implicit, implicit_results = tune_implicit(evaluator, config, mlflow)
+        mlflow.log_params({f"explicit_{k}": v for k, v in asdict(best_explicit).items()})
+        mlflow.log_params({f"implicit_{k}": v for k, v in asdict(best_implicit).items()})
+
+        # held-out evaluation of the chosen configurations
+        explicit_eval = evaluator.explicit(best_explicit)
+        implicit_eval = evaluator.implicit(best_implicit)
+        explicit_model = fit_als(spark, splits.ranking[0], best_explicit, seed=config.seed,
+                                 scale=scale, blocks=config.blocks)
+        explicit_ranking = evaluator.rank(factor_scorer(explicit_model, evaluator.catalogue))
+        model_metrics = {**implicit_eval.ranking, "rmse": explicit_eval.rmse,
+                         "mae": explicit_eval.mae,
+                         f"explicit_ndcg_at_{config.k}": explicit_ranking[f"ndcg_at_{config.k}"]}
+        mlflow.log_metrics(model_metrics)
+
+        # baselines: their own runs, same experiment, same splits
+        baselines = evaluator.baselines()
+        client = mlflow.MlflowClient()
+        for name, evaluation in baselines.items():
+            # siblings of this run, not children: one click compares them in the UI
+            run = client.create_run(
+                parent.info.experiment_id, run_name=f"baseline: {name}",
+                tags={**tags, "mfy.kind": "baseline", "mfy.parent_run_id": parent.info.run_id})
+            for key, value in {"baseline": name, "split": splits.description,
+                               "snapshot_sha256": snapshot.sha256}.items():
+                client.log_param(run.info.run_id, key, value)
+            for key, value in evaluation.as_metrics().items():
+                client.log_metric(run.info.run_id, key, value)
+            client.set_terminated(run.info.run_id)
+
+        # plots
+        first_train, first_test = splits.rating[0]
+        predicted = fit_als(spark, first_train, best_explicit, seed=config.seed, scale=scale,
+                            blocks=config.blocks).predict(first_test[USER], first_test[ITEM])
+        write_plots(work / "plots", explicit_results, implicit_results, predicted,
+                    first_test[RATING].to_numpy(), model_metrics, baselines, config.k)
+        mlflow.log_artifacts(str(work / "plots"), artifact_path="plots")
+        mlflow.log_dict({name: e.as_metrics() for name, e in baselines.items()},
+                        "baselines.json")
+
+        # the final models, fit on everything
+        final_explicit = fit_als(spark, ratings, best_explicit, seed=config.seed, scale=scale,
+                                 blocks=config.blocks)
+        final_implicit = fit_als(spark, ratings, best_implicit, seed=config.seed, scale=scale,
+                                 blocks=config.blocks)
+        version = registry.log_and_register(final_explicit, final_implicit, work / "model",
+                                            ratings)
+        mlflow.log_metric("train_seconds", time.time() - started)
+
+        decision = registry.gate(
+            settings, version=version, challenger_metrics=model_metrics,
+            challenger=(best_explicit, best_implicit), split_id=splits.identity(snapshot),
+            evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
+                                   **evaluator.implicit(i).ranking},
+            k=config.k, rmse_tolerance=config.rmse_tolerance, snapshot=snapshot,
+            run_id=parent.info.run_id,
+        )
+        mlflow.set_tags({"mfy.model_version": version, "mfy.promoted": str(decision.promoted)})
+
+    return TrainResult(parent.info.run_id, version, decision.promoted, decision.reason,
+                       best_explicit, best_implicit, model_metrics,
+                       {n: e.as_metrics() for n, e in baselines.items()}, snapshot)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """spark-submit entry point: ``spark-submit spark_jobs/train.py [--folds DIR]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train and gate the MoviesForYou ALS models.")
+    parser.add_argument("--folds", type=Path, help="folder with the official ml-100k folds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = train(Settings.from_env(), TrainConfig(folds_dir=args.folds))
+    print(json.dumps({"version": result.version, "promoted": result.promoted,
+                      "reason": result.reason, "metrics": result.metrics}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
