@@ -88,7 +88,7 @@ def log_and_register(explicit: Factors, implicit: Factors, folder: Path,
     from spark_jobs.models import MoviesForYouALS
 
     save_factors(folder, explicit, implicit)
-    example = ratings[[USER, ITEM]].head(5).reset_index(drop=True)
+    example = ratings[[USER, ITEM]].head(5).reset_index(drop=True).astype("int64")
     output = pd.DataFrame({"predicted_rating": explicit.predict(example[USER], example[ITEM]),
                            "ranking_score": 0.0})
     info = mlflow.pyfunc.log_model(
@@ -170,7 +170,7 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
     client.set_model_version_tag(name, version, "mfy.gate_reason", reason)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
-    before = champion.version if champion else None
+    before = str(champion.version) if champion else None
     _record(settings, challenger=version, before=before,
             after=version if promoted else before, promoted=promoted, action="gate",
             reason=reason, dataset=snapshot.dataset, snapshot_digest=snapshot.digest,
@@ -224,11 +224,13 @@ def rollback(settings: Settings, version: str, reason: str = "manual rollback") 
     except MlflowException as exc:
         raise RegistryError(f"{model_name()} has no version {version}") from exc
     current = _champion(client)
-    client.set_registered_model_alias(model_name(), "champion", target.version)
-    client.set_model_version_tag(model_name(), target.version, "mfy.gate", "rolled back to")
-    _record(settings, challenger=None, before=current.version if current else None,
-            after=target.version, promoted=True, action="rollback", reason=reason)
-    return current.version if current else None
+    version = str(target.version)
+    client.set_registered_model_alias(model_name(), "champion", version)
+    client.set_model_version_tag(model_name(), version, "mfy.gate", "rolled back to")
+    before = str(current.version) if current else None
+    _record(settings, challenger=None, before=before, after=version, promoted=True,
+            action="rollback", reason=reason)
+    return before
 
 
 def export_champion(settings: Settings, out: Path | None = None) -> Path:
@@ -244,16 +246,17 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
     champion = _champion(client)
     if champion is None:
         raise RegistryError(f"{model_name()} has no champion yet: run `moviesforyou train`")
+    version = str(champion.version)
     out = out or settings.home / "models"
-    target = out / champion.version
+    target = out / version
     if not (target / "model.json").exists():
         target.mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name()}/{champion.version}", dst_path=str(target))
+            artifact_uri=f"models:/{model_name()}/{version}", dst_path=str(target))
         factors = next(Path(local).rglob("model.json")).parent
         for item in factors.iterdir():
             item.replace(target / item.name)
     (out / "champion.json").write_text(json.dumps(
-        {"model_name": model_name(), "version": champion.version, "run_id": champion.run_id,
+        {"model_name": model_name(), "version": version, "run_id": champion.run_id,
          "path": str(target)}, indent=2))
     return target

@@ -105,3 +105,15 @@ def query(connection, statement: str, params=()) -> list[tuple]:
     with connection, connection.cursor() as cur:
         cur.execute(statement, params)
         return cur.fetchall()
+
+
+@pytest.fixture(scope="session")
+def spark(state_dir: Path):
+    """One local SparkSession for the whole test session."""
+    os.environ.setdefault("MFY_SPARK_DRIVER_MEMORY", "2g")
+    os.environ.setdefault("MFY_SPARK_SHUFFLE_PARTITIONS", "4")
+    from spark_jobs.session import get_spark
+
+    session = get_spark(state_dir / "spark-home", app_name="moviesforyou-tests")
+    yield session
+    session.stop()

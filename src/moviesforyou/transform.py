@@ -146,9 +146,16 @@ def transform(settings: Settings, *, full_refresh: bool = False,
     warehouse.ensure(settings)
     if not _relation_exists(settings, "marts", "fct_ratings"):
         # dbt's unit tests of an incremental model read its columns from the
-        # existing table: create it empty once, then build for real
+        # existing table: create it empty once, then build it in full
         log.info("first build: creating fct_ratings empty for its unit tests")
         run_dbt(settings, ["run", "--select", "+fct_ratings", "--empty"])
+        full_refresh = True
+    elif not full_refresh and _release_reloaded(settings):
+        # merging a whole new release row by row through the indexes is many
+        # times slower than rebuilding the table
+        log.info("ingest loaded a new version of %s: rebuilding fct_ratings in full",
+                 settings.dataset)
+        full_refresh = True
     freshness = run_dbt(settings, ["source", "freshness"], check=False)
     if not freshness.success:
         log.warning("source freshness: %s", freshness.counts())
@@ -168,6 +175,23 @@ def _relation_exists(settings: Settings, schema: str, name: str) -> bool:
     try:
         with conn.cursor() as cur:
             cur.execute("select to_regclass(%s) is not null", (f"{schema}.{name}",))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _release_reloaded(settings: Settings) -> bool:
+    """True when ops.source_loads has a newer load of the release than fct_ratings holds."""
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """select
+                     (select coalesce(max(load_id), 0) from ops.source_loads
+                      where dataset = %(d)s and status = 'loaded')
+                   > (select coalesce(max(load_id), 0) from marts.fct_ratings
+                      where dataset = %(d)s and rating_source = 'movielens')""",
+                {"d": settings.dataset})
             return cur.fetchone()[0]
     finally:
         conn.close()

@@ -1,0 +1,83 @@
+"""Metrics checked by hand on tiny inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spark_jobs import metrics
+from spark_jobs.models import Biases, Factors, ALSParams, factor_scorer, top_k
+
+# user 1 liked a, c; user 2 liked b; user 3 liked nothing in the test (skipped)
+RECS = {1: ["a", "b", "c"], 2: ["c", "d", "b"], 3: ["a"]}
+RELEVANT = {1: {"a", "c"}, 2: {"b"}, 3: set()}
+
+
+def test_rating_errors():
+    assert metrics.rmse([3, 4, 5], [3, 2, 4]) == pytest.approx(math.sqrt((0 + 4 + 1) / 3))
+    assert metrics.mae([3, 4, 5], [3, 2, 4]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        metrics.rmse([], [])
+
+
+def test_precision_and_recall_at_k():
+    # user 1: hits a (1), c (3) -> p@2 = 1/2, r@2 = 1/2; user 2: hit b at 3 -> p@2 = 0, r@2 = 0
+    assert metrics.precision_at_k(RECS, RELEVANT, 2) == pytest.approx((0.5 + 0.0) / 2)
+    assert metrics.recall_at_k(RECS, RELEVANT, 2) == pytest.approx((0.5 + 0.0) / 2)
+    assert metrics.recall_at_k(RECS, RELEVANT, 3) == pytest.approx((1.0 + 1.0) / 2)
+
+
+def test_ndcg_at_k():
+    # user 1: DCG = 1/log2(2) + 1/log2(4) = 1.5, IDCG = 1 + 1/log2(3)
+    # user 2: DCG = 1/log2(4) = 0.5, IDCG = 1
+    u1 = 1.5 / (1 + 1 / math.log2(3))
+    assert metrics.ndcg_at_k(RECS, RELEVANT, 3) == pytest.approx((u1 + 0.5) / 2)
+
+
+def test_map_at_k():
+    # user 1: hits at 1 and 3 -> (1/1 + 2/3) / min(3, 2); user 2: hit at 3 -> (1/3) / 1
+    assert metrics.map_at_k(RECS, RELEVANT, 3) == pytest.approx(((1 + 2 / 3) / 2 + 1 / 3) / 2)
+
+
+def test_coverage_novelty_popularity():
+    assert metrics.coverage(RECS, catalogue_size=8, k=2) == pytest.approx(4 / 8)  # a b c d
+    item_users = {"a": 4, "b": 2, "c": 1, "d": 1}
+    # k=1: a, c, a over 4 users -> -log2(4/4), -log2(1/4), -log2(4/4)
+    assert metrics.novelty(RECS, item_users, n_users=4, k=1) == pytest.approx(2 / 3)
+    # shown a, c, a -> mean 3; liked a, c, b -> mean 7/3
+    assert metrics.popularity_bias(RECS, RELEVANT, item_users, k=1) == pytest.approx(3 / (7 / 3))
+
+
+def test_no_relevant_item_at_all_is_an_error():
+    with pytest.raises(ValueError, match="no user has a relevant item"):
+        metrics.ndcg_at_k(RECS, {1: set()}, 3)
+
+
+def test_top_k_excludes_seen_and_unscorable_items():
+    items = np.array([10, 20, 30, 40])
+    scores = lambda users: np.array([[4.0, 3.0, 2.0, -np.inf]] * len(users))  # noqa: E731
+
+    recs = top_k(scores, np.array([1, 2]), items, {1: np.array([10])}, k=3)
+
+    assert recs == {1: [20, 30], 2: [10, 20, 30]}
+
+
+def test_factor_scorer_follows_the_catalogue_order():
+    factors = Factors(ALSParams(rank=1), np.array([1]), np.array([[1.0]]),
+                      np.array([7, 8]), np.array([[2.0], [5.0]]))
+
+    scores = factor_scorer(factors, np.array([8, 9, 7]))(np.array([1, 99]))
+
+    assert scores.tolist() == [[5.0, -np.inf, 2.0], [0.0, -np.inf, 0.0]]
+
+
+def test_biases_by_hand():
+    ratings = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [1, 2, 1],
+                            "rating": [5.0, 3.0, 4.0]})
+    b = Biases.fit(ratings, reg_user=0.0, reg_item=0.0, iterations=50)
+    # no regularisation: the fit reproduces every training rating
+    assert b.predict([1, 1, 2], [1, 2, 1]) == pytest.approx([5.0, 3.0, 4.0], abs=1e-3)
+    assert b.mu == pytest.approx(4.0)

@@ -1,0 +1,170 @@
+"""Training on a real sample: real Spark, a real MLflow store, the real warehouse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import fresh_database, query
+from moviesforyou import ingest, sources, transform, warehouse
+from spark_jobs import registry
+from spark_jobs.models import ALSParams
+from spark_jobs.snapshot import SnapshotError
+from spark_jobs.train import TrainConfig, TrainingError, load_snapshot, official_folds, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
+
+SMALL = dict(explicit_grid={"rank": [5, 10], "reg_param": [0.1], "max_iter": [5]},
+             implicit_grid={"rank": [10], "reg_param": [0.1], "alpha": [1.0, 4.0],
+                            "max_iter": [5]})
+# worse: an overfitting explicit model (big rank, no regularisation) and a rank-1 ranker
+WORSE = (ALSParams(rank=30, reg_param=0.001, max_iter=5),
+         ALSParams(rank=1, reg_param=5.0, max_iter=1, implicit=True))
+BETTER = (ALSParams(rank=5, reg_param=1.0, max_iter=5),
+          ALSParams(rank=20, reg_param=0.1, max_iter=8, implicit=True, alpha=4.0))
+
+
+@pytest.fixture(scope="module")
+def sample_warehouse(embedded_settings, ml100k, tmp_path_factory):
+    """The real ml-100k restricted to its first 300 users, ingested and modelled."""
+    folder = tmp_path_factory.mktemp("ml-100k-sample")
+    for name in ("u.item", "u.user", "u.genre", "u.occupation"):
+        shutil.copy(ml100k / name, folder / name)
+    lines = (ml100k / "u.data").read_text().splitlines()
+    (folder / "u.data").write_text(
+        "\n".join(x for x in lines if int(x.split("\t")[0]) <= 300) + "\n")
+    home = tmp_path_factory.mktemp("home")
+    with fresh_database(embedded_settings) as settings:
+        settings = dataclasses.replace(settings, home=home)
+        conn = warehouse.connect(settings)
+        ingest.load_release(conn, sources.open_source(folder, home), "ml-100k")
+        conn.close()
+        transform.transform(settings, docs=False)
+        yield settings
+
+
+def config(pair=None, **kwargs) -> TrainConfig:
+    explicit, implicit = pair or (None, None)
+    return TrainConfig(explicit=explicit, implicit=implicit, holdout_per_user=5, **SMALL,
+                       **kwargs)
+
+
+def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
+    settings = dataclasses.replace(sample_warehouse, home=tmp_path)
+
+    result = train(settings, config(), spark=spark)
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    # snapshot identity as a dataset input and as parameters
+    assert run.inputs.dataset_inputs[0].dataset.digest == result.snapshot.digest
+    assert run.data.params["snapshot_rows"] == str(result.snapshot.rows)
+    assert run.data.tags["mfy.dataset"] == "ml-100k"
+    assert run.data.tags["mfy.git_commit"]
+    # every metric the issue names, on every run
+    for name in ("rmse", "mae", "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10",
+                 "coverage_at_10", "novelty_at_10", "popularity_bias_at_10"):
+        assert name in run.data.metrics, name
+    # the tuning grid as nested runs: 2 explicit points, 2 implicit points
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert len(children) == 4
+    # baselines: their own runs in the same experiment, linked to this one
+    baselines = client.search_runs(
+        [run.info.experiment_id], f"tags.`mfy.parent_run_id` = '{result.run_id}'")
+    assert {r.data.params["baseline"] for r in baselines} == {
+        "global mean", "user and item biases", "most popular"}
+    popular = next(r for r in baselines if r.data.params["baseline"] == "most popular")
+    assert result.metrics["ndcg_at_10"] > popular.data.metrics["ndcg_at_10"]
+    # plots
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert artifacts == {"plots/tuning.png", "plots/predicted_vs_actual.png",
+                         "plots/model_vs_baselines.png"}
+    # the registered model predicts through pyfunc, without Spark
+    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name()}@champion")
+    out = model.predict(pd.DataFrame({"user_id": [1, 1, 99999], "movie_id": [1, 50, 1]}))
+    assert list(out.columns) == ["predicted_rating", "ranking_score"]
+    assert out["predicted_rating"].between(1, 5).all()
+    assert out["ranking_score"].iloc[2] == 0.0  # unknown user
+
+
+def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
+    settings = dataclasses.replace(sample_warehouse, home=tmp_path)
+
+    first = train(settings, config(WORSE), spark=spark)
+    better = train(settings, config(BETTER), spark=spark)
+    worse = train(settings, config(WORSE), spark=spark)
+
+    assert (first.promoted, first.reason) == (True, "no champion yet")
+    assert better.promoted, better.reason
+    assert not worse.promoted
+    assert worse.reason.startswith("challenger ranks no better")
+    client = mlflow.MlflowClient()
+    name = registry.model_name()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == better.version
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == worse.version
+    tags = client.get_model_version(name, worse.version).tags
+    assert tags["mfy.gate"] == "rejected"
+    assert float(tags["mfy.metric.ndcg_at_10"]) == pytest.approx(worse.metrics["ndcg_at_10"], abs=1e-6)
+
+    replaced = registry.rollback(settings, first.version, reason="test rollback")
+
+    assert replaced == better.version
+    assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
+    conn = warehouse.connect(settings)
+    rows = query(conn, "select action, challenger_version, champion_version_before, "
+                       "champion_version_after, promoted from ops.model_promotions "
+                       "order by promotion_id")
+    metrics = query(conn, "select metrics from ops.model_promotions where challenger_version = %s",
+                    (worse.version,))[0][0]
+    conn.close()
+    assert rows == [
+        ("gate", first.version, None, first.version, True),
+        ("gate", better.version, first.version, better.version, True),
+        ("gate", worse.version, better.version, better.version, False),
+        ("rollback", None, better.version, first.version, True),
+    ]
+    assert metrics["champion"]["ndcg_at_10"] > metrics["challenger"]["ndcg_at_10"]
+    assert [h[2] for h in registry.history(settings)] == ["rollback", "gate", "gate", "gate"]
+
+    exported = registry.export_champion(settings)
+
+    assert json.loads((tmp_path / "models" / "champion.json").read_text())["version"] == \
+        first.version
+    assert {p.name for p in exported.iterdir()} >= {
+        "model.json", "implicit_user_factors.parquet", "implicit_movie_factors.parquet",
+        "explicit_user_factors.parquet", "explicit_movie_factors.parquet"}
+    with pytest.raises(registry.RegistryError, match="no version 99"):
+        registry.rollback(settings, "99")
+
+
+def test_no_ratings_means_a_clear_error_and_nothing_registered(sample_warehouse, spark,
+                                                                tmp_path):
+    settings = dataclasses.replace(sample_warehouse, home=tmp_path, dataset="ml-1m")
+
+    with pytest.raises(SnapshotError, match="no ratings for dataset 'ml-1m'"):
+        train(settings, config(WORSE), spark=spark)
+
+    registry.configure(settings)
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
+def test_corrupt_snapshot_and_foreign_folds_are_refused(tmp_path, ml100k):
+    from spark_jobs.snapshot import Snapshot
+
+    bad = tmp_path / "ratings.parquet"
+    pd.DataFrame({"user_id": [1], "movie_id": [1]}).to_parquet(bad)
+    snapshot = Snapshot(bad, "x", 1, 1, 1, "0", "0" * 64)
+    with pytest.raises(TrainingError, match=r"missing column\(s\) \['rated_at', 'rating'\]"):
+        load_snapshot(snapshot)
+
+    other = pd.DataFrame({"user_id": [1], "movie_id": [2], "rating": [3.0], "rated_at": [0]})
+    with pytest.raises(TrainingError, match="u1.test: .* ratings are not in the snapshot"):
+        official_folds(ml100k, other)
+    with pytest.raises(TrainingError, match="missing fold file"):
+        official_folds(tmp_path, other)
