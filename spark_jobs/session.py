@@ -7,7 +7,7 @@ Settings (environment):
 | ``MFY_SPARK_MASTER`` | ``local[*]`` | master URL (``spark://...``, ``yarn``, ``k8s://...``) |
 | ``MFY_SPARK_DRIVER_MEMORY`` | ``4g`` | driver memory (the JVM's heap in local mode) |
 | ``MFY_SPARK_SHUFFLE_PARTITIONS`` | 2 × cores | ``spark.sql.shuffle.partitions`` |
-| ``MFY_SPARK_CHECKPOINT_DIR`` | ``$MFY_HOME/spark/checkpoints`` | ALS needs one: long lineages overflow the stack |
+| ``MFY_SPARK_CHECKPOINT_DIR`` | ``$MFY_HOME/spark/checkpoints`` | needed by ALS (stack) |
 
 Under ``spark-submit`` the master and memory come from spark-submit instead;
 ``getOrCreate`` keeps them.

@@ -55,7 +55,6 @@ from spark_jobs.models import (
     USER,
     ALSParams,
     Biases,
-    Factors,
     als_estimator,
     bias_scorer,
     factor_scorer,
@@ -167,8 +166,9 @@ def official_folds(folder: Path, ratings: pd.DataFrame) -> Splits:
                   f"official folds u1-u5, ua ({folder.name})")
 
 
-def chronological_holdout(ratings: pd.DataFrame, per_user: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each user's latest ``per_user`` ratings (for users with at least twice that) form the test."""
+def chronological_holdout(ratings: pd.DataFrame,
+                          per_user: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's latest ``per_user`` ratings form the test (users with twice as many)."""
     ordered = ratings.sort_values([USER, TIME, ITEM], kind="stable")
     rank_from_end = ordered.groupby(USER).cumcount(ascending=False)
     counts = ordered.groupby(USER)[ITEM].transform("size")
@@ -294,7 +294,7 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
 
 
 def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[ALSParams, list]:
-    """Grid over implicit ALS, scored by NDCG@k on a chronological carve-out of the training part."""
+    """Grid over implicit ALS, by NDCG@k on a chronological carve-out of the training part."""
     train = evaluator.splits.ranking[0]
     fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
     inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,

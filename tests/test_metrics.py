@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from spark_jobs import metrics
-from spark_jobs.models import Biases, Factors, ALSParams, factor_scorer, top_k
+from spark_jobs.models import ALSParams, Biases, Factors, factor_scorer, top_k
 
 # user 1 liked a, c; user 2 liked b; user 3 liked nothing in the test (skipped)
 RECS = {1: ["a", "b", "c"], 2: ["c", "d", "b"], 3: ["a"]}

@@ -110,7 +110,8 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     assert str(client.get_model_version_by_alias(name, "challenger").version) == worse.version
     tags = client.get_model_version(name, worse.version).tags
     assert tags["mfy.gate"] == "rejected"
-    assert float(tags["mfy.metric.ndcg_at_10"]) == pytest.approx(worse.metrics["ndcg_at_10"], abs=1e-6)
+    assert float(tags["mfy.metric.ndcg_at_10"]) == pytest.approx(worse.metrics["ndcg_at_10"],
+                                                                 abs=1e-6)
 
     replaced = registry.rollback(settings, first.version, reason="test rollback")
 

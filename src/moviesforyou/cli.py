@@ -269,6 +269,106 @@ def docs_command(settings: Settings, port: int) -> None:
                                  "--no-browser"])
 
 
+# --------------------------------------------------------------------------- train
+
+
+@main.command("train")
+@click.option("--folds", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with the official ml-100k folds (u1-u5, ua) to evaluate on.")
+@click.option("--quick", is_flag=True, help="A small tuning grid, for a fast run.")
+@click.option("--seed", default=42, show_default=True)
+@click.pass_obj
+def train_command(settings: Settings, folds: Path | None, quick: bool, seed: int) -> None:
+    """Tune, evaluate and register ALS in MLflow, then run the champion gate."""
+    result = _train(settings, folds, quick, seed)
+    _print_train(result)
+
+
+def _train(settings: Settings, folds: Path | None, quick: bool, seed: int):
+    from spark_jobs.train import TrainConfig, train
+
+    config = TrainConfig(folds_dir=folds, seed=seed)
+    if quick:
+        config.explicit_grid = {"rank": [20], "reg_param": [0.1], "max_iter": [10]}
+        config.implicit_grid = {"rank": [50], "reg_param": [0.1], "alpha": [4.0],
+                                "max_iter": [10]}
+    return train(settings, config)
+
+
+def _print_train(result) -> None:
+    table = Table(title=f"model version {result.version}: "
+                        f"{'promoted to champion' if result.promoted else 'not promoted'}")
+    table.add_column("metric")
+    table.add_column("ALS", justify="right")
+    for name in result.baselines:
+        table.add_column(name, justify="right")
+    for metric in ("rmse", "mae", "ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10",
+                   "coverage_at_10", "novelty_at_10", "popularity_bias_at_10"):
+        cells = [result.metrics.get(metric)] + [b.get(metric) for b in result.baselines.values()]
+        table.add_row(metric, *("" if v is None else f"{v:.4f}" for v in cells))
+    console.print(table)
+    console.print(f"gate: {result.reason}")
+    console.print(f"explicit: {result.explicit.label()}; implicit: {result.implicit.label()}")
+
+
+@main.group("models")
+def models_group() -> None:
+    """The registered model: champion history, rollback, factor export."""
+
+
+@models_group.command("history")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def models_history(settings: Settings, limit: int) -> None:
+    """Champion decisions from ops.model_promotions, newest first."""
+    from spark_jobs import registry
+
+    table = Table(title=f"{registry.model_name()}: champion history")
+    for column in ("#", "at (UTC)", "action", "challenger", "champion before", "after",
+                   "promoted", "reason"):
+        table.add_column(column)
+    for pid, at, action, challenger, before, after, promoted, reason in registry.history(
+            settings, limit):
+        table.add_row(str(pid), f"{at:%Y-%m-%d %H:%M}", action, challenger or "", before or "",
+                      after or "", "yes" if promoted else "no", reason)
+    console.print(table)
+
+
+@models_group.command("rollback")
+@click.argument("version")
+@click.option("--reason", default="manual rollback", show_default=True)
+@click.pass_obj
+def models_rollback(settings: Settings, version: str, reason: str) -> None:
+    """Make VERSION the champion again."""
+    from spark_jobs import registry
+
+    before = registry.rollback(settings, version, reason)
+    console.print(f"champion: v{before} -> v{version}")
+
+
+@models_group.command("export")
+@click.pass_obj
+def models_export(settings: Settings) -> None:
+    """Download the champion's factors for publishing (to $MFY_HOME/models)."""
+    from spark_jobs import registry
+
+    console.print(f"champion factors in {registry.export_champion(settings)}")
+
+
+@main.command("mlflow-ui")
+@click.option("--port", default=5000, show_default=True)
+@click.pass_obj
+def mlflow_ui(settings: Settings, port: int) -> None:
+    """Start the MLflow UI on the tracking store (http://127.0.0.1:PORT)."""
+    from spark_jobs import registry
+
+    uri = registry.tracking_uri(settings)
+    registry.configure(settings)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--registry-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port)])
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -303,7 +403,7 @@ def synth_command(out: Path, ratings: int, layout: str, seed: int, users: int | 
 @click.option("--source", "-s", help="[default: MFY_SOURCE, else the GroupLens URL]")
 @click.pass_obj
 def run_command(settings: Settings, dataset: str | None, source: str | None) -> None:
-    """The nightly job: start the warehouse, ingest the release, build the marts."""
+    """The nightly job: warehouse, ingest, dbt build, train and gate the model."""
     from moviesforyou import transform
 
     dataset = dataset or settings.dataset
@@ -312,6 +412,7 @@ def run_command(settings: Settings, dataset: str | None, source: str | None) -> 
                      force=False)
     _print_load(result)
     _print_transform(transform.transform(settings))
+    _print_train(_train(settings, folds=None, quick=False, seed=42))
     conn = warehouse.connect(settings)
     try:
         with conn.cursor() as cur:
@@ -330,7 +431,9 @@ def run_command(settings: Settings, dataset: str | None, source: str | None) -> 
                   "  marts:    uv run moviesforyou warehouse psql -c 'select * from "
                   "marts.mart_top_movies limit 20'\n"
                   "  ledger:   uv run moviesforyou loads\n"
-                  "  dbt docs: uv run moviesforyou docs")
+                  "  dbt docs: uv run moviesforyou docs\n"
+                  "  MLflow:   uv run moviesforyou mlflow-ui\n"
+                  "  models:   uv run moviesforyou models history")
 
 
 if __name__ == "__main__":
