@@ -234,15 +234,32 @@ def _100k_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
         yield (user_id, gender, where.int(age, "age"), None, None, occupation, zip_code)
 
 
-def _tab_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
-    names = ("user_id", "movie_id", "rating", "timestamp")
-    for line in _lines(handle, "latin-1", where):
-        user, movie, rating, stamp = _split(line, "\t", names, where)
-        user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
-        _check_ids(user_id, movie_id, ctx, where)
-        yield (user_id, movie_id, _rating(rating, where, half_stars=False),
-               where.int(stamp, "timestamp"))
+def _delimited_ratings(sep: str) -> Callable[[IO[bytes], str, Context], Iterator[Row]]:
+    """Ratings of the 100K (tab) and 1M (``::``) layouts: whole stars, latin-1."""
+
+    def parse(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
+        where = _Where(path)
+        names = ("user_id", "movie_id", "rating", "timestamp")
+        for line in _lines(handle, "latin-1", where):
+            user, movie, rating, stamp = _split(line, sep, names, where)
+            user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
+            _check_ids(user_id, movie_id, ctx, where)
+            yield (user_id, movie_id, _rating(rating, where, half_stars=False),
+                   where.int(stamp, "timestamp"))
+
+    return parse
+
+
+def _movie_row(where: _Where, ctx: Context, fields: tuple[str, str, str], id_field: str,
+               allowed: tuple[str, ...]) -> Row:
+    """A movie of the 1M or CSV layout: id, title and a '|'-list of known genres."""
+    movie, title, genres = fields
+    movie_id = where.int(movie, id_field)
+    for genre in genres.split("|"):
+        if genre not in allowed:
+            raise where.fail(f"unknown genre {genre!r}", "genres")
+    _unique(movie_id, ctx.movie_ids, where, id_field)
+    return (movie_id, title, genres, None, None, None)
 
 
 # --------------------------------------------------------------------------- 1M
@@ -259,13 +276,8 @@ def _1m_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
     where = _Where(path)
     ctx.genres = GENRES_1M
     for line in _lines(handle, "latin-1", where):
-        movie, title, genres = _split(line, "::", ("movie_id", "title", "genres"), where)
-        movie_id = where.int(movie, "movie_id")
-        for genre in genres.split("|"):
-            if genre not in GENRES_1M:
-                raise where.fail(f"unknown genre {genre!r}", "genres")
-        _unique(movie_id, ctx.movie_ids, where, "movie_id")
-        yield (movie_id, title, genres, None, None, None)
+        fields = _split(line, "::", ("movie_id", "title", "genres"), where)
+        yield _movie_row(where, ctx, tuple(fields), "movie_id", GENRES_1M)
 
 
 def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
@@ -284,17 +296,6 @@ def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
             raise where.fail(f"occupation code {code} is not in 0..20", "occupation")
         _unique(user_id, ctx.user_ids, where, "user_id")
         yield (user_id, gender, None, age_code, code, OCCUPATIONS_1M[code], zip_code)
-
-
-def _1m_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
-    names = ("user_id", "movie_id", "rating", "timestamp")
-    for line in _lines(handle, "latin-1", where):
-        user, movie, rating, stamp = _split(line, "::", names, where)
-        user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
-        _check_ids(user_id, movie_id, ctx, where)
-        yield (user_id, movie_id, _rating(rating, where, half_stars=False),
-               where.int(stamp, "timestamp"))
 
 
 # --------------------------------------------------------------------------- CSV
@@ -326,13 +327,8 @@ def _csv_rows(handle: IO[bytes], where: _Where, header: tuple[str, ...]) -> Iter
 def _csv_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
     where = _Where(path)
     ctx.genres = GENRES_CSV
-    for movie, title, genres in _csv_rows(handle, where, ("movieId", "title", "genres")):
-        movie_id = where.int(movie, "movieId")
-        for genre in genres.split("|"):
-            if genre not in GENRES_CSV:
-                raise where.fail(f"unknown genre {genre!r}", "genres")
-        _unique(movie_id, ctx.movie_ids, where, "movieId")
-        yield (movie_id, title, genres, None, None, None)
+    for fields in _csv_rows(handle, where, ("movieId", "title", "genres")):
+        yield _movie_row(where, ctx, tuple(fields), "movieId", GENRES_CSV)
 
 
 def _csv_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
@@ -371,14 +367,14 @@ LAYOUTS: dict[str, tuple[TableSource, ...]] = {
         TableSource("occupations", "u.occupation", _100k_occupations),
         TableSource("movies", "u.item", _100k_movies),
         TableSource("users", "u.user", _100k_users),
-        TableSource("ratings", "u.data", _tab_ratings),
+        TableSource("ratings", "u.data", _delimited_ratings("\t")),
     ),
     "1m": (
         TableSource("genres", None, _fixed_list(GENRES_1M)),
         TableSource("occupations", None, _fixed_list(OCCUPATIONS_1M)),
         TableSource("movies", "movies.dat", _1m_movies),
         TableSource("users", "users.dat", _1m_users),
-        TableSource("ratings", "ratings.dat", _1m_ratings),
+        TableSource("ratings", "ratings.dat", _delimited_ratings("::")),
     ),
     "csv": (
         TableSource("genres", None, _fixed_list(GENRES_CSV)),
