@@ -108,9 +108,14 @@ def quality(work: Path) -> None:
     def plain_als(params: ALSParams):
         # Spark ALS as-is: plain ratings, no biases, no clipping beyond the scale
         def predict(train, test):
-            model = fit_als(spark, train, params, seed=42, scale=(-100.0, 100.0))
-            model.biases = None
-            return model.predict(test["user_id"], test["movie_id"])
+            model = fit_als(spark, train, params, seed=42, scale=(1.0, 5.0),
+                            on_residuals=False)
+            predicted = model.predict(test["user_id"], test["movie_id"])
+            uidx, iidx = model.user_index, model.item_index
+            unknown = np.array([int(u) not in uidx or int(m) not in iidx
+                                for u, m in zip(test["user_id"], test["movie_id"], strict=True)])
+            predicted[unknown] = train["rating"].mean()  # no factors: the global mean
+            return predicted
         return predict
 
     print("rating error, mean of u1-u5:", flush=True)

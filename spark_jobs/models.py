@@ -132,11 +132,17 @@ class Factors:
 
 
 def fit_als(spark, ratings: pd.DataFrame, params: ALSParams, *, seed: int = 42,
-            scale: tuple[float, float] = (0.5, 5.0), blocks: int | None = None) -> Factors:
-    """Fit one ALS model in Spark and bring its factors back to the driver."""
+            scale: tuple[float, float] = (0.5, 5.0), blocks: int | None = None,
+            on_residuals: bool = True) -> Factors:
+    """Fit one ALS model in Spark and bring its factors back to the driver.
+
+    Args:
+        on_residuals: fit an explicit model on the residuals of the bias
+            baseline (the default); False fits plain ratings, as Spark does as-is.
+    """
     frame = ratings[[USER, ITEM, RATING]].copy()
     biases = None
-    if not params.implicit:
+    if not params.implicit and on_residuals:
         biases = Biases.fit(ratings)
         frame[RATING] = frame[RATING] - biases.predict(frame[USER], frame[ITEM])
     df = spark.createDataFrame(frame.astype({USER: "int32", ITEM: "int32", RATING: "float32"}))

@@ -289,8 +289,8 @@ def _train(settings: Settings, folds: Path | None, quick: bool, seed: int):
 
     config = TrainConfig(folds_dir=folds, seed=seed)
     if quick:
-        config.explicit_grid = {"rank": [20], "reg_param": [0.1], "max_iter": [10]}
-        config.implicit_grid = {"rank": [50], "reg_param": [0.1], "alpha": [4.0],
+        config.explicit_grid = {"rank": [50], "reg_param": [0.15], "max_iter": [10]}
+        config.implicit_grid = {"rank": [64], "reg_param": [0.5], "alpha": [4.0],
                                 "max_iter": [10]}
     return train(settings, config)
 
