@@ -31,10 +31,13 @@ Run it as ``moviesforyou train`` or ``spark-submit spark_jobs/train.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import logging
+import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -390,14 +393,43 @@ def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:
 
 def train(settings: Settings, config: TrainConfig | None = None, *, spark=None) -> TrainResult:
     """The whole job. Raises :class:`TrainingError` (nothing registered) on unusable input."""
+    config = config or TrainConfig()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mfy-train-", dir=settings.home))
+    try:
+        snapshot = keep_snapshot(export_snapshot(settings, work / "snapshot"),
+                                 settings.home / "snapshots")
+        return _train(settings, config, snapshot, work, spark)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_snapshot(snapshot: Snapshot, folder: Path, keep: int = 3) -> Snapshot:
+    """Move a snapshot to ``folder/<digest>/`` (the run's dataset input points there).
+
+    The same data keeps one copy; only the ``keep`` most recent snapshots stay.
+    """
+    target = folder / snapshot.digest
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(snapshot.path.parent), target)
+    else:
+        os.utime(target)
+    for old in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    kept = dataclasses.replace(snapshot, path=target / snapshot.path.name)
+    (target / "snapshot.json").write_text(
+        json.dumps({**dataclasses.asdict(kept), "path": str(kept.path)}, indent=2))
+    return kept
+
+
+def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Path,
+           spark) -> TrainResult:
     import mlflow
 
     from spark_jobs.session import get_spark
 
-    config = config or TrainConfig()
     started = time.time()
-    work = Path(tempfile.mkdtemp(prefix="mfy-train-", dir=settings.home))
-    snapshot = export_snapshot(settings, work / "snapshot")
     ratings = load_snapshot(snapshot)
     scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
     splits = make_splits(ratings, config)

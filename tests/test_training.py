@@ -169,3 +169,26 @@ def test_corrupt_snapshot_and_foreign_folds_are_refused(tmp_path, ml100k):
         official_folds(ml100k, other)
     with pytest.raises(TrainingError, match="missing fold file"):
         official_folds(tmp_path, other)
+
+
+def test_snapshots_are_kept_by_digest_and_pruned(tmp_path):
+    import os
+    import time
+
+    from spark_jobs.snapshot import Snapshot
+    from spark_jobs.train import keep_snapshot
+
+    kept, base = [], time.time() - 100
+    for i, digest in enumerate(["a", "b", "a", "c", "d"]):
+        scratch = tmp_path / f"scratch{i}"
+        scratch.mkdir()
+        (scratch / "ratings.parquet").write_bytes(b"x")
+        snapshot = Snapshot(scratch / "ratings.parquet", "ml-100k", 1, 1, 1, "0",
+                            digest * 16 + "0" * 48)
+        kept.append(keep_snapshot(snapshot, tmp_path / "snapshots", keep=3))
+        os.utime(tmp_path / "snapshots" / snapshot.digest, (base + i, base + i))
+
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
+        "a" * 16, "c" * 16, "d" * 16]
+    assert kept[-1].path == tmp_path / "snapshots" / ("d" * 16) / "ratings.parquet"
+    assert kept[-1].path.exists()
