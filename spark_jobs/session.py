@@ -59,6 +59,8 @@ def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None 
     master = master or os.environ.get("MFY_SPARK_MASTER")
     if master or not os.environ.get("SPARK_SUBMIT_OPTS"):
         builder = builder.master(master or "local[*]")
+    if (master or "local").startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode stays on loopback
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     spark.sparkContext.setCheckpointDir(str(checkpoints))
