@@ -48,9 +48,17 @@ def model_name() -> str:
     return os.environ.get("MFY_MODEL_NAME", "moviesforyou-als")
 
 
+#: URIs we passed to mlflow.set_tracking_uri, which copies them into
+#: MLFLOW_TRACKING_URI: there they are ours, not the user's choice of server.
+_SET_BY_US: set[str] = set()
+
+
 def tracking_uri(settings: Settings) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}")
+    """``MLFLOW_TRACKING_URI`` as the user set it, else the local store under ``home``."""
+    chosen = os.environ.get("MLFLOW_TRACKING_URI")
+    if chosen and chosen not in _SET_BY_US:
+        return chosen
+    return f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}"
 
 
 def configure(settings: Settings):
@@ -60,6 +68,8 @@ def configure(settings: Settings):
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    if uri != os.environ.get("MLFLOW_TRACKING_URI"):
+        _SET_BY_US.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()

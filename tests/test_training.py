@@ -95,6 +95,9 @@ def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
 
 def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     settings = dataclasses.replace(sample_warehouse, home=tmp_path)
+    conn = warehouse.connect(settings)
+    (since,) = query(conn, "select coalesce(max(promotion_id), 0) from ops.model_promotions")[0]
+    conn.close()
 
     first = train(settings, config(WORSE), spark=spark)
     better = train(settings, config(BETTER), spark=spark)
@@ -120,9 +123,9 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     conn = warehouse.connect(settings)
     rows = query(conn, "select action, challenger_version, champion_version_before, "
                        "champion_version_after, promoted from ops.model_promotions "
-                       "order by promotion_id")
-    metrics = query(conn, "select metrics from ops.model_promotions where challenger_version = %s",
-                    (worse.version,))[0][0]
+                       "where promotion_id > %s order by promotion_id", (since,))
+    metrics = query(conn, "select metrics from ops.model_promotions where promotion_id > %s "
+                          "and challenger_version = %s", (since, worse.version))[0][0]
     conn.close()
     assert rows == [
         ("gate", first.version, None, first.version, True),
@@ -131,7 +134,8 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
         ("rollback", None, better.version, first.version, True),
     ]
     assert metrics["champion"]["ndcg_at_10"] > metrics["challenger"]["ndcg_at_10"]
-    assert [h[2] for h in registry.history(settings)] == ["rollback", "gate", "gate", "gate"]
+    assert [h[2] for h in registry.history(settings, limit=4)] == [
+        "rollback", "gate", "gate", "gate"]
 
     exported = registry.export_champion(settings)
 
@@ -192,3 +196,14 @@ def test_snapshots_are_kept_by_digest_and_pruned(tmp_path):
         "a" * 16, "c" * 16, "d" * 16]
     assert kept[-1].path == tmp_path / "snapshots" / ("d" * 16) / "ratings.parquet"
     assert kept[-1].path.exists()
+
+
+def test_each_home_has_its_own_tracking_store(tmp_path, monkeypatch):
+    from moviesforyou.config import Settings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = Settings(home=tmp_path / "a"), Settings(home=tmp_path / "b")
+    registry.configure(first)
+    assert registry.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert registry.tracking_uri(second) == "http://mlflow.example:5000"
