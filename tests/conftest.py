@@ -19,11 +19,13 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+import fixture_releases
 from moviesforyou import warehouse
 from moviesforyou.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"
+#: The hand-written mini releases of fixture_releases.py, written out once per session.
+FIXTURES = fixture_releases.write(Path(tempfile.mkdtemp(prefix="mfy-fixtures-")))
 ML100K = (ROOT.parent / "shared" / "data" / "ml-100k").resolve()
 
 

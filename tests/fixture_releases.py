@@ -1,0 +1,89 @@
+"""Hand-written miniature releases in the published ml-1m and ml-latest formats.
+
+The rows are invented; only the layouts follow the MovieLens READMEs (``::``-separated
+latin-1 for ml-1m, UTF-8 CSV with quoting for ml-latest). They are written out at test
+time rather than kept as files so that nothing in the repository looks like MovieLens
+data, whose licence forbids redistribution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ML_1M_MINI: dict[str, list[str]] = {
+    'movies.dat': [
+        "1::Toy Story (1995)::Animation|Children's|Comedy",
+        "2::Jumanji (1995)::Adventure|Children's|Fantasy",
+        '3::Misérables, Les (1995)::Drama|Musical',
+        '4::Crying Game, The (1992)::Drama|Romance|War',
+        '5::Cité des enfants perdus, La (1995)::Adventure|Sci-Fi',
+    ],
+    'users.dat': [
+        '1::F::1::10::48067',
+        '2::M::56::16::70072',
+        '3::M::25::15::55117',
+        '4::F::45::7::02460',
+    ],
+    'ratings.dat': [
+        '1::1::5::978300760',
+        '1::3::3::978302109',
+        '1::5::4::978301968',
+        '2::1::4::978298413',
+        '2::2::2::978299026',
+        '2::4::5::978299941',
+        '3::3::1::978297867',
+        '3::5::5::978298147',
+        '4::2::3::978294008',
+        '4::4::4::978294282',
+    ],
+}
+
+ML_LATEST_MINI: dict[str, list[str]] = {
+    'movies.csv': [
+        'movieId,title,genres',
+        '1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy',
+        '2,"Misérables, Les (1995)",Drama|War',
+        '3,"Amélie (Fabuleux destin d\'Amélie Poulain, Le) (2001)",Comedy|Romance',
+        '4,"Dark Knight, The (2008)",Action|Crime|Drama|IMAX',
+        '5,Babylon 5,Sci-Fi',
+        '6,Generic Documentary,(no genres listed)',
+    ],
+    'ratings.csv': [
+        'userId,movieId,rating,timestamp',
+        '1,1,4.0,964982703',
+        '1,3,4.5,964981247',
+        '1,4,5.0,964982224',
+        '2,2,3.0,1445714835',
+        '2,4,0.5,1445714885',
+        '2,5,2.5,1445715029',
+        '3,1,3.5,1306463578',
+        '3,6,1.0,1306464000',
+        '7,3,5.0,1106635946',
+    ],
+    'tags.csv': [
+        'userId,movieId,tag,timestamp',
+        '2,4,dark hero,1445714994',
+        '2,4,"Heath Ledger, ""Joker""",1445714996',
+        '3,1,pixar,1306463600',
+    ],
+    'links.csv': [
+        'movieId,imdbId,tmdbId',
+        '1,0114709,862',
+        '2,0113828,48750',
+        '3,0211915,194',
+        '4,0468569,155',
+        '5,0105946,',
+        '6,9999999,',
+    ],
+}
+
+
+def write(folder: Path) -> Path:
+    """Write both releases under ``folder`` (``ml-1m-mini/``, ``ml-latest-mini/``)."""
+    for name, files, encoding in (("ml-1m-mini", ML_1M_MINI, "latin-1"),
+                                  ("ml-latest-mini", ML_LATEST_MINI, "utf-8")):
+        release = folder / name
+        release.mkdir(parents=True, exist_ok=True)
+        for file, content in files.items():
+            (release / file).write_text("\n".join(content) + "\n", encoding=encoding)
+    return folder
