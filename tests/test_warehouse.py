@@ -105,6 +105,24 @@ def test_lifecycle_from_nothing_via_cli():
         subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
+def test_status_of_a_warehouse_never_started(tmp_path):
+    settings = Settings(home=tmp_path / "never", warehouse_port=warehouse._free_port(57432))
+
+    result = cli(settings, "warehouse", "status")
+
+    assert "running: no" in result.stdout
+    assert f"url: postgresql://mfy_owner@127.0.0.1:{settings.warehouse_port}/" in result.stdout
+    assert not (tmp_path / "never").exists()  # looking creates nothing
+
+
+def test_pgserver_binaries_are_found_without_debian(monkeypatch):
+    """A fresh machine without Debian's postgresql uses the wheel's bundled server."""
+    monkeypatch.setattr(warehouse.Path, "glob", lambda self, pattern: iter(()))
+    found = warehouse.find_pg_bin()
+    assert found.parts[-3:] == ("pgserver", "pginstall", "bin")
+    assert (found / "initdb").exists()
+
+
 def test_external_url_is_used_as_is(embedded_settings):
     server = warehouse.embedded(embedded_settings)
     settings = Settings(home=embedded_settings.home, warehouse_url=server.url("mfy_owner"))

@@ -235,7 +235,8 @@ class EmbeddedPostgres:
         kwargs = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
         return subprocess.run(
             [str(self.bin_dir / exe), *args],
-            capture_output=True, text=True, cwd=self.directory,
+            capture_output=True, text=True,
+            cwd=self.directory if self.directory.exists() else None,
             env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, **kwargs,
         )
 
