@@ -29,7 +29,7 @@ from rich.table import Table
 
 from moviesforyou import ingest, sources, warehouse
 from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.errors import MoviesForYouError, SourceError
 
 console = Console(stderr=True)
 
@@ -136,8 +136,14 @@ def _opened_release(settings: Settings, dataset: str, source: str | None, sha256
             bars.update(task, completed=done, total=total, visible=True)
 
         downloader = sources.Downloader(retries=settings.download_retries, progress=on_bytes)
-        files = sources.open_source(source or release_url, settings.downloads_dir,
-                                    sha256=sha256, downloader=downloader)
+        try:
+            files = sources.open_source(source or release_url, settings.downloads_dir,
+                                        sha256=sha256, downloader=downloader)
+        except SourceError as exc:
+            if source is None and "unreachable" in exc.message:
+                exc.message += ("; without internet access, point MFY_SOURCE (or --source) at "
+                                "a local copy of the release, a zip or a folder")
+            raise
     try:
         yield files
     finally:
