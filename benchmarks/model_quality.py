@@ -160,7 +160,8 @@ def fmt(result: dict) -> str:
     return "  ".join(f"{k.replace('_at_10', '@10')}={result[k]:.4f}" for k in keys if k in result)
 
 
-def speed(sizes: list[int], work: Path, rank: int, iterations: int) -> None:
+def speed(sizes: list[int], work: Path, rank: int, iterations: int,
+          block_counts: list[int]) -> None:
     from moviesforyou import synth
     from moviesforyou.config import Settings
     from spark_jobs.models import ALSParams, als_estimator
@@ -168,8 +169,10 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int) -> None:
 
     settings = Settings.from_env({"MFY_HOME": str(work / "home")})
     spark = get_spark(settings.home, app_name="moviesforyou-speed")
-    print(f"\nALS speed, rank {rank}, {iterations} iterations:")
-    print(f"{'ratings':>12} {'Spark s/iter':>13} {'implicit s/iter':>16} {'ratio':>7}")
+    print(f"\nALS speed, rank {rank}, {iterations} iterations, driver memory "
+          f"{os.environ.get('MFY_SPARK_DRIVER_MEMORY', '4g')}:")
+    print(f"{'ratings':>12} {'blocks':>6} {'Spark s/iter':>13} {'implicit s/iter':>16} "
+          f"{'ratio':>7}")
     for n in sorted(sizes):
         out = work / f"synth-{n}"
         synth.generate(out, synth.SynthSpec(n_ratings=n), layout="csv")
@@ -179,14 +182,16 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int) -> None:
             .withColumnRenamed("userId", "user_id").withColumnRenamed("movieId", "movie_id")
         df = df.repartition(2 * (os.cpu_count() or 2)).cache()
         df.count()
-        times = {}
-        for iters in (1, iterations):  # difference removes set-up cost
-            start = time.perf_counter()
-            params = ALSParams(rank=rank, reg_param=0.1, max_iter=iters, implicit=True)
-            model = als_estimator(params, blocks=2 * (os.cpu_count() or 2)).fit(df)
-            model.userFactors.count()
-            times[iters] = time.perf_counter() - start
-        spark_per_iter = (times[iterations] - times[1]) / (iterations - 1)
+        spark_per_iter = {}
+        for blocks in block_counts:
+            times = {}
+            for iters in (1, iterations):  # the difference removes set-up cost
+                start = time.perf_counter()
+                params = ALSParams(rank=rank, reg_param=0.1, max_iter=iters, implicit=True)
+                model = als_estimator(params, blocks=blocks).fit(df)
+                model.userFactors.count()
+                times[iters] = time.perf_counter() - start
+            spark_per_iter[blocks] = (times[iterations] - times[1]) / (iterations - 1)
         item_ids = np.sort(frame["movie_id"].unique())
         start = time.perf_counter()
         implicit_library_scorer(frame, item_ids, factors=rank, reg=0.1, alpha=1.0,
@@ -197,8 +202,9 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int) -> None:
                                 iterations=iterations)
         many = time.perf_counter() - start
         lib_per_iter = (many - one) / (iterations - 1)
-        print(f"{n:>12,} {spark_per_iter:>13.2f} {lib_per_iter:>16.2f} "
-              f"{spark_per_iter / lib_per_iter:>7.1f}", flush=True)
+        for blocks, per_iter in spark_per_iter.items():
+            print(f"{n:>12,} {blocks:>6} {per_iter:>13.2f} {lib_per_iter:>16.2f} "
+                  f"{per_iter / lib_per_iter:>7.1f}", flush=True)
         df.unpersist()
         shutil.rmtree(out)
     spark.stop()
@@ -210,6 +216,8 @@ def main() -> None:
     parser.add_argument("--speed", type=int, nargs="*", default=[])
     parser.add_argument("--rank", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[2 * (os.cpu_count() or 2)],
+                        help="ALS user/item block counts to time side by side")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="mfy-quality-"))
@@ -218,7 +226,7 @@ def main() -> None:
         if options.quality:
             quality(work)
         if options.speed:
-            speed(options.speed, work, options.rank, options.iterations)
+            speed(options.speed, work, options.rank, options.iterations, options.blocks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
