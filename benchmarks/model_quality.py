@@ -180,7 +180,7 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int,
             columns={"userId": "user_id", "movieId": "movie_id"})
         df = spark.read.csv(str(out / "ratings.csv"), header=True, inferSchema=True) \
             .withColumnRenamed("userId", "user_id").withColumnRenamed("movieId", "movie_id")
-        df = df.repartition(2 * (os.cpu_count() or 2)).cache()
+        df = df.repartition(os.cpu_count() or 2).cache()
         df.count()
         spark_per_iter = {}
         for blocks in block_counts:
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--speed", type=int, nargs="*", default=[])
     parser.add_argument("--rank", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[2 * (os.cpu_count() or 2)],
+    parser.add_argument("--blocks", type=int, nargs="+", default=[os.cpu_count() or 2],
                         help="ALS user/item block counts to time side by side")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

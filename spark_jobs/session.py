@@ -50,7 +50,6 @@ def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None 
         .config("spark.driver.memory", os.environ.get("MFY_SPARK_DRIVER_MEMORY", "4g"))
         .config("spark.sql.shuffle.partitions",
                 os.environ.get("MFY_SPARK_SHUFFLE_PARTITIONS", str(2 * cores)))
-        .config("spark.default.parallelism", str(2 * cores))
         .config("spark.local.dir", str(scratch / "local"))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
