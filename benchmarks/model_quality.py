@@ -111,10 +111,8 @@ def quality(work: Path) -> None:
             model = fit_als(spark, train, params, seed=42, scale=(1.0, 5.0),
                             on_residuals=False)
             predicted = model.predict(test["user_id"], test["movie_id"])
-            uidx, iidx = model.user_index, model.item_index
-            unknown = np.array([int(u) not in uidx or int(m) not in iidx
-                                for u, m in zip(test["user_id"], test["movie_id"], strict=True)])
-            predicted[unknown] = train["rating"].mean()  # no factors: the global mean
+            _, known = model.dots(test["user_id"], test["movie_id"])
+            predicted[~known] = train["rating"].mean()  # no factors: the global mean
             return predicted
         return predict
 

@@ -20,6 +20,7 @@ code ranks for ALS, the baselines and reference libraries.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +32,22 @@ import pandas as pd
 USER, ITEM, RATING, TIME = "user_id", "movie_id", "rating", "rated_at"
 
 
+# --------------------------------------------------------------------------- lookups
+
+
+def positions(index: pd.Index, ids) -> np.ndarray:
+    """Row of each id in ``index``, -1 where the id is unknown (vectorised)."""
+    return index.get_indexer(np.asarray(ids))
+
+
+def lookup(values: pd.Series, ids, default: float) -> np.ndarray:
+    """``values[id]`` for every id, ``default`` where the id is unknown."""
+    rows = positions(values.index, ids)
+    out = np.full(len(rows), default, dtype=np.float64)
+    out[rows >= 0] = values.to_numpy()[rows[rows >= 0]]
+    return out
+
+
 # --------------------------------------------------------------------------- biases
 
 
@@ -39,8 +56,8 @@ class Biases:
     """mu + b_u + b_i, fit by alternating regularised means."""
 
     mu: float
-    user: dict[int, float]
-    item: dict[int, float]
+    user: pd.Series  # user_id -> b_u
+    item: pd.Series  # movie_id -> b_i
 
     @classmethod
     def fit(cls, ratings: pd.DataFrame, *, reg_user: float = 15.0, reg_item: float = 10.0,
@@ -56,12 +73,10 @@ class Biases:
             residual = r.to_numpy() - mu - bi.reindex(items).to_numpy()
             grouped = pd.DataFrame({USER: users, "x": residual}).groupby(USER)["x"]
             bu = grouped.sum() / (grouped.count() + reg_user)
-        return cls(mu, bu.to_dict(), bi.to_dict())
+        return cls(mu, bu, bi)
 
     def predict(self, users, items) -> np.ndarray:
-        bu = np.array([self.user.get(int(u), 0.0) for u in users])
-        bi = np.array([self.item.get(int(i), 0.0) for i in items])
-        return self.mu + bu + bi
+        return self.mu + lookup(self.user, users, 0.0) + lookup(self.item, items, 0.0)
 
 
 # --------------------------------------------------------------------------- ALS
@@ -109,24 +124,27 @@ class Factors:
     biases: Biases | None = None
     scale: tuple[float, float] = (0.5, 5.0)
 
-    @property
-    def user_index(self) -> dict[int, int]:
-        return {int(u): i for i, u in enumerate(self.user_ids)}
+    @functools.cached_property
+    def user_index(self) -> pd.Index:
+        return pd.Index(self.user_ids)
 
-    @property
-    def item_index(self) -> dict[int, int]:
-        return {int(m): i for i, m in enumerate(self.item_ids)}
+    @functools.cached_property
+    def item_index(self) -> pd.Index:
+        return pd.Index(self.item_ids)
+
+    def dots(self, users, items) -> tuple[np.ndarray, np.ndarray]:
+        """p_u . q_i per pair, and which pairs the model has factors for."""
+        ui, ii = positions(self.user_index, users), positions(self.item_index, items)
+        known = (ui >= 0) & (ii >= 0)
+        dots = np.zeros(len(ui))
+        dots[known] = np.einsum("ij,ij->i", self.user_factors[ui[known]],
+                                self.item_factors[ii[known]])
+        return dots, known
 
     def predict(self, users, items) -> np.ndarray:
         """Predicted ratings; unseen users or movies fall back to the biases."""
         users, items = np.asarray(users), np.asarray(items)
-        uidx, iidx = self.user_index, self.item_index
-        ui = np.array([uidx.get(int(u), -1) for u in users])
-        ii = np.array([iidx.get(int(m), -1) for m in items])
-        known = (ui >= 0) & (ii >= 0)
-        dots = np.zeros(len(users))
-        dots[known] = np.einsum("ij,ij->i", self.user_factors[ui[known]],
-                                self.item_factors[ii[known]])
+        dots, _ = self.dots(users, items)
         base = self.biases.predict(users, items) if self.biases else np.zeros(len(users))
         return np.clip(base + dots, *self.scale)
 
@@ -175,14 +193,14 @@ def top_k(scores_for: callable, users: np.ndarray, item_ids: np.ndarray,
         seen: user -> items rated in training (excluded).
         k: list length.
     """
-    position = {int(m): j for j, m in enumerate(item_ids)}
+    catalogue = pd.Index(item_ids)
     out: dict[int, list[int]] = {}
     for start in range(0, len(users), batch):
         chunk = users[start:start + batch]
         scores = np.array(scores_for(chunk), dtype=np.float64, copy=True)
         for row, user in enumerate(chunk):
-            cols = [position[m] for m in seen.get(int(user), ()) if int(m) in position]
-            scores[row, cols] = -np.inf
+            cols = positions(catalogue, seen.get(int(user), ()))
+            scores[row, cols[cols >= 0]] = -np.inf
         kk = min(k, scores.shape[1])
         best = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
         for row, user in enumerate(chunk):
@@ -197,18 +215,16 @@ def factor_scorer(factors: Factors, item_ids: np.ndarray):
     Items the model has no factors for score -inf (never recommended); users it
     does not know score 0 plus the item bias, if any.
     """
-    uindex, iindex = factors.user_index, factors.item_index
-    columns = np.array([iindex.get(int(m), -1) for m in item_ids])
+    columns = positions(factors.item_index, item_ids)
     has_factors = columns >= 0
     item_matrix = factors.item_factors[columns[has_factors]]
     offset = np.full(len(item_ids), -np.inf)
     offset[has_factors] = 0.0
     if factors.biases is not None:
-        offset[has_factors] += np.array(
-            [factors.biases.item.get(int(m), 0.0) for m in item_ids[has_factors]])
+        offset[has_factors] += lookup(factors.biases.item, item_ids[has_factors], 0.0)
 
     def scores(users: np.ndarray) -> np.ndarray:
-        rows = np.array([uindex.get(int(u), -1) for u in users])
+        rows = positions(factors.user_index, users)
         out = np.zeros((len(users), len(item_ids)))
         known = rows >= 0
         out[np.ix_(known, has_factors)] = factors.user_factors[rows[known]] @ item_matrix.T
@@ -223,7 +239,7 @@ def popularity_scorer(train: pd.DataFrame, item_ids: np.ndarray):
 
 
 def bias_scorer(biases: Biases, item_ids: np.ndarray):
-    item_bias = np.array([biases.item.get(int(m), -np.inf) for m in item_ids])
+    item_bias = lookup(biases.item, item_ids, -np.inf)
     return lambda users: np.tile(item_bias, (len(users), 1))
 
 
@@ -251,8 +267,8 @@ def save_factors(folder: Path, explicit: Factors, implicit: Factors) -> None:
 def load_factors(folder: Path) -> tuple[Factors, Factors]:
     meta = json.loads((Path(folder) / "model.json").read_text())
     b = meta["biases"]
-    biases = Biases(b["mu"], {int(k): v for k, v in b["user"].items()},
-                    {int(k): v for k, v in b["item"].items()})
+    biases = Biases(b["mu"], pd.Series({int(k): v for k, v in b["user"].items()}),
+                    pd.Series({int(k): v for k, v in b["item"].items()}))
     loaded = []
     for name in ("explicit", "implicit"):
         users = pd.read_parquet(Path(folder) / f"{name}_user_factors.parquet")
@@ -289,13 +305,7 @@ try:  # the pyfunc wrapper needs mlflow; the rest of this module does not
 
         def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
             users, items = model_input[USER].to_numpy(), model_input[ITEM].to_numpy()
-            uidx, iidx = self.implicit.user_index, self.implicit.item_index
-            ranking = np.array([
-                float(self.implicit.user_factors[uidx[int(u)]] @
-                      self.implicit.item_factors[iidx[int(m)]])
-                if int(u) in uidx and int(m) in iidx else 0.0
-                for u, m in zip(users, items, strict=True)
-            ])
+            ranking, _ = self.implicit.dots(users, items)  # 0 for unknown ids
             return pd.DataFrame({"predicted_rating": self.explicit.predict(users, items),
                                  "ranking_score": ranking})
 except ImportError:  # pragma: no cover
