@@ -122,13 +122,13 @@ def quality(work: Path) -> None:
             rows.append(("rating", name, {"rmse": evaluation.rmse, "mae": evaluation.mae}))
             print(f"  rating  {name:<58} {fmt(rows[-1][2])}", flush=True)
     timed("Spark ALS as-is (rank 10, reg 0.1, 10 iter)", "rating",
-          lambda: dict(zip(("rmse", "mae"), ev.rating_error(
-              plain_als(ALSParams(rank=10, reg_param=0.1, max_iter=10))), strict=True)))
+          lambda: ev.rating_error(
+              plain_als(ALSParams(rank=10, reg_param=0.1, max_iter=10))).as_metrics())
     for params in (ALSParams(rank=20, reg_param=0.1, max_iter=15),
                    ALSParams(rank=50, reg_param=0.15, max_iter=15),
                    ALSParams(rank=100, reg_param=0.2, max_iter=20)):
         timed(f"ours: explicit on bias residuals, {params.label()}", "rating",
-              lambda p=params: {"rmse": (e := ev.explicit(p)).rmse, "mae": e.mae})
+              lambda p=params: ev.explicit(p).as_metrics())
 
     print("ranking on ua, k=10:", flush=True)
     train = splits.ranking[0]

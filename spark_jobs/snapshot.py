@@ -15,12 +15,12 @@ rows in a fixed order, so two exports of the same data have the same digest.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -50,6 +50,18 @@ class Snapshot:
         return self.sha256[:16]
 
 
+class _HashingWriter:
+    """A file COPY writes into, hashing the bytes on the way to disk."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+
 def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
     """COPY the release's ratings out of the warehouse into Parquet.
 
@@ -62,7 +74,7 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
         "extract(epoch from rated_at)::bigint from marts.fct_ratings where dataset = {} "
         "order by user_id, movie_id, rated_at) to stdout with (format csv)"
     )
-    buffer = io.BytesIO()
+    csv_path = out_dir / "ratings.csv"
     conn = warehouse.connect(settings)
     try:
         with conn.cursor() as cur:
@@ -71,27 +83,30 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
                 raise SnapshotError("marts.fct_ratings does not exist: run `moviesforyou "
                                     "transform` first")
             literal = cur.mogrify("%s", (settings.dataset,)).decode()
-            cur.copy_expert(statement.format(literal), buffer)
+            with open(csv_path, "wb") as raw:
+                sink = _HashingWriter(raw)
+                cur.copy_expert(statement.format(literal), sink)
     finally:
         conn.close()
-    raw = buffer.getvalue()
-    if not raw:
+    if sink.size == 0:
+        csv_path.unlink()
         raise SnapshotError(f"marts.fct_ratings has no ratings for dataset {settings.dataset!r}")
     table = pacsv.read_csv(
-        io.BytesIO(raw),
+        csv_path,
         read_options=pacsv.ReadOptions(column_names=list(COLUMNS)),
         convert_options=pacsv.ConvertOptions(column_types={
             "user_id": pa.int32(), "movie_id": pa.int32(), "rating": pa.float32(),
             "rated_at": pa.int64()}),
     )
+    csv_path.unlink()
     path = out_dir / "ratings.parquet"
     pq.write_table(table, path)
     snapshot = Snapshot(
         path=path, dataset=settings.dataset, rows=table.num_rows,
-        users=len(set(table.column("user_id").to_pylist())),
-        movies=len(set(table.column("movie_id").to_pylist())),
-        max_rated_at=str(max(table.column("rated_at").to_pylist())),
-        sha256=hashlib.sha256(raw).hexdigest(),
+        users=pc.count_distinct(table.column("user_id")).as_py(),
+        movies=pc.count_distinct(table.column("movie_id")).as_py(),
+        max_rated_at=str(pc.max(table.column("rated_at")).as_py()),
+        sha256=sink.digest.hexdigest(),
     )
     (out_dir / "snapshot.json").write_text(json.dumps({**asdict(snapshot), "path": str(path)},
                                                       indent=2))

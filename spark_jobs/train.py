@@ -122,6 +122,8 @@ class Evaluation:
     rmse: float | None = None
     mae: float | None = None
     ranking: dict[str, float] = field(default_factory=dict)
+    #: predictions on the first rating split's test part (for the plots)
+    predicted: np.ndarray | None = field(default=None, repr=False)
 
     def as_metrics(self) -> dict[str, float]:
         out = dict(self.ranking)
@@ -224,13 +226,15 @@ class Evaluator:
                                       catalogue_size=len(self.catalogue),
                                       item_users=self.item_users, n_users=self.n_users)
 
-    def rating_error(self, predict) -> tuple[float, float]:
-        rmses, maes = [], []
+    def rating_error(self, predict) -> Evaluation:
+        """Mean RMSE and MAE of ``predict(train, test)`` over the rating splits."""
+        rmses, maes, first = [], [], None
         for train, test in self.splits.rating:
             predicted = predict(train, test)
+            first = predicted if first is None else first
             rmses.append(metrics.rmse(predicted, test[RATING]))
             maes.append(metrics.mae(predicted, test[RATING]))
-        return float(np.mean(rmses)), float(np.mean(maes))
+        return Evaluation(rmse=float(np.mean(rmses)), mae=float(np.mean(maes)), predicted=first)
 
     def explicit(self, params: ALSParams) -> Evaluation:
         def predict(train, test):
@@ -238,25 +242,21 @@ class Evaluator:
                             blocks=self.config.blocks)
             return model.predict(test[USER], test[ITEM])
 
-        rmse, mae = self.rating_error(predict)
-        return Evaluation(rmse=rmse, mae=mae)
+        return self.rating_error(predict)
 
-    def implicit(self, params: ALSParams, train: pd.DataFrame | None = None) -> Evaluation:
-        model = fit_als(self.spark, self.splits.ranking[0] if train is None else train, params,
+    def implicit(self, params: ALSParams) -> Evaluation:
+        model = fit_als(self.spark, self.splits.ranking[0], params,
                         seed=self.config.seed, scale=self.scale, blocks=self.config.blocks)
         return Evaluation(ranking=self.rank(factor_scorer(model, self.catalogue)))
 
     def baselines(self) -> dict[str, Evaluation]:
         train = self.splits.ranking[0]
-        mean_rmse, mean_mae = self.rating_error(
-            lambda tr, te: np.full(len(te), tr[RATING].mean()))
-        bias_rmse, bias_mae = self.rating_error(
+        biases = self.rating_error(
             lambda tr, te: np.clip(Biases.fit(tr).predict(te[USER], te[ITEM]), *self.scale))
+        biases.ranking = self.rank(bias_scorer(Biases.fit(train), self.catalogue))
         return {
-            "global mean": Evaluation(rmse=mean_rmse, mae=mean_mae),
-            "user and item biases": Evaluation(
-                rmse=bias_rmse, mae=bias_mae,
-                ranking=self.rank(bias_scorer(Biases.fit(train), self.catalogue))),
+            "global mean": self.rating_error(lambda tr, te: np.full(len(te), tr[RATING].mean())),
+            "user and item biases": biases,
             "most popular": Evaluation(ranking=self.rank(popularity_scorer(train, self.catalogue))),
         }
 
@@ -502,11 +502,8 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             client.set_terminated(run.info.run_id)
 
         # plots
-        first_train, first_test = splits.rating[0]
-        predicted = fit_als(spark, first_train, best_explicit, seed=config.seed, scale=scale,
-                            blocks=config.blocks).predict(first_test[USER], first_test[ITEM])
-        write_plots(work / "plots", explicit_results, implicit_results, predicted,
-                    first_test[RATING].to_numpy(), model_metrics, baselines, config.k)
+        write_plots(work / "plots", explicit_results, implicit_results, explicit_eval.predicted,
+                    splits.rating[0][1][RATING].to_numpy(), model_metrics, baselines, config.k)
         mlflow.log_artifacts(str(work / "plots"), artifact_path="plots")
         mlflow.log_dict({name: e.as_metrics() for name, e in baselines.items()},
                         "baselines.json")
