@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moviesforyou import warehouse
 from moviesforyou.config import Settings, find_project_root
 from moviesforyou.errors import MoviesForYouError
 from spark_jobs import metrics, registry
@@ -394,6 +395,7 @@ def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:
 def train(settings: Settings, config: TrainConfig | None = None, *, spark=None) -> TrainResult:
     """The whole job. Raises :class:`TrainingError` (nothing registered) on unusable input."""
     config = config or TrainConfig()
+    warehouse.ensure(settings)  # ops.model_promotions and the rest exist
     settings.home.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mfy-train-", dir=settings.home))
     try:

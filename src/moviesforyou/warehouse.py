@@ -321,11 +321,15 @@ def embedded(settings: Settings) -> EmbeddedPostgres:
 
 
 def url(settings: Settings, *, start: bool = True) -> str:
-    """The owner's libpq URL; starts and bootstraps the embedded server when needed."""
+    """The owner's libpq URL; starts (and then bootstraps) the embedded server if it is down.
+
+    Bootstrapping on every call would grant and comment on every table each
+    time anything connects; commands call :func:`ensure` once when they begin.
+    """
     if settings.warehouse_url:
         return settings.warehouse_url
     server = embedded(settings)
-    if start:
+    if start and not server.is_running():
         ensure(settings)
     return server.url(user=settings.owner_role)
 
