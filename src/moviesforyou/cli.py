@@ -375,6 +375,92 @@ def mlflow_ui(settings: Settings, port: int) -> None:
                                "--port", str(port)])
 
 
+# --------------------------------------------------------------------------- publish and serve
+
+
+@main.command("publish")
+@click.pass_obj
+def publish_command(settings: Settings) -> None:
+    """Score the champion, validate the recs tables and swap them in atomically."""
+    _print_publish(_publish(settings))
+
+
+def _publish(settings: Settings):
+    from moviesforyou import publish
+
+    with console.status("scoring the champion and publishing the recs tables"):
+        return publish.publish(settings)
+
+
+def _print_publish(result) -> None:
+    table = Table(title=f"publish {result.publish_id}: model v{result.model_version} is live")
+    table.add_column("recs table")
+    table.add_column("rows", justify="right")
+    for name, count in result.row_counts.items():
+        table.add_row(f"recs.{name}", f"{count:,}")
+    console.print(table)
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    console.print(f"steps: {steps}; the swap held its locks {result.swap_lock_ms:.1f} ms")
+
+
+@main.group("recs")
+def recs_group() -> None:
+    """The published recommendation tables: versions and rollback."""
+
+
+@recs_group.command("versions")
+@click.pass_obj
+def recs_versions(settings: Settings) -> None:
+    """The live version and the ones kept for rollback."""
+    from moviesforyou import publish
+
+    table = Table(title="recs versions")
+    for column in ("publish", "", "model version", "went live (UTC)", "user recommendations"):
+        table.add_column(column)
+    for pid, where, version, at, counts in publish.versions(settings):
+        table.add_row(str(pid), where, version or "", f"{at:%Y-%m-%d %H:%M:%S}" if at else "",
+                      f"{(counts or {}).get('user_recommendations', 0):,}")
+    console.print(table)
+
+
+@recs_group.command("rollback")
+@click.argument("publish_id", required=False, type=int)
+@click.pass_obj
+def recs_rollback(settings: Settings, publish_id: int | None) -> None:
+    """Make a kept version live again (default: the newest kept one)."""
+    from moviesforyou import publish
+
+    target, lock_ms = publish.rollback(settings, publish_id)
+    console.print(f"publish {target} is live again (swap held its locks {lock_ms:.1f} ms)")
+
+
+@main.command("validate")
+@click.argument("layer", type=click.Choice(["raw", "marts", "recs"]))
+@click.pass_obj
+def validate_command(settings: Settings, layer: str) -> None:
+    """Run a layer's Great Expectations suites and update the Data Docs."""
+    from moviesforyou import quality
+
+    report = quality.validate(settings, layer)
+    console.print(f"{layer}: {report.evaluated} expectations passed in {report.seconds:.1f} s; "
+                  f"Data Docs: {report.docs}")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.pass_obj
+def serve_command(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run the API and web page (connects as the read-only role)."""
+    import uvicorn
+
+    os.environ.setdefault("MFY_API_DATABASE_URL", warehouse.reader_url(settings))
+    os.environ.setdefault("MFY_DATASET", settings.dataset)
+    uvicorn.run("serving.app:app", host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -409,7 +495,7 @@ def synth_command(out: Path, ratings: int, layout: str, seed: int, users: int | 
 @click.option("--source", "-s", help="[default: MFY_SOURCE, else the GroupLens URL]")
 @click.pass_obj
 def run_command(settings: Settings, dataset: str | None, source: str | None) -> None:
-    """The nightly job: warehouse, ingest, dbt build, train and gate the model."""
+    """The nightly job: warehouse, ingest, dbt build, train, gate and publish."""
     from moviesforyou import transform
 
     dataset = dataset or settings.dataset
@@ -419,6 +505,7 @@ def run_command(settings: Settings, dataset: str | None, source: str | None) -> 
     _print_load(result)
     _print_transform(transform.transform(settings))
     _print_train(_train(settings, folds=None, quick=False, seed=42))
+    _print_publish(_publish(settings))
     conn = warehouse.connect(settings)
     try:
         with conn.cursor() as cur:
@@ -439,7 +526,10 @@ def run_command(settings: Settings, dataset: str | None, source: str | None) -> 
                   "  ledger:   uv run moviesforyou loads\n"
                   "  dbt docs: uv run moviesforyou docs\n"
                   "  MLflow:   uv run moviesforyou mlflow-ui\n"
-                  "  models:   uv run moviesforyou models history")
+                  "  models:   uv run moviesforyou models history\n"
+                  "  recs:     uv run moviesforyou warehouse psql -c "
+                  "'select * from recs.recommend(1, 10)'\n"
+                  "  API:      uv run moviesforyou serve  (http://127.0.0.1:8000)")
 
 
 if __name__ == "__main__":

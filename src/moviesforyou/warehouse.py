@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 DATABASE = "moviesforyou"
 SUPERUSER = "postgres"
 #: Schemas, in the order a reader meets them. dbt writes staging, intermediate and marts.
-SCHEMAS = ("raw", "staging", "intermediate", "marts", "recs", "app", "ops")
+SCHEMAS = ("raw", "staging", "intermediate", "marts", "recs", "app", "ops",
+           # the next recs version is built here, and the last few are kept here (publish.py)
+           "recs_build", "recs_history")
 #: Schemas the reader role may read.
 READABLE_SCHEMAS = ("marts", "recs", "app", "ops")
 #: Tables people write through the application; dbt reads them as sources.
@@ -78,6 +80,39 @@ create table if not exists app.ratings (
 comment on table app.ratings is
     'Ratings submitted through the API; the next nightly dbt build adds them to marts.fct_ratings.';
 create index if not exists ratings_received_at_idx on app.ratings (received_at);
+
+-- The API connects as the read-only role; these two functions are its only way to
+-- write. They run as the owner, check what they are given, and touch nothing else.
+create or replace function app.sign_up(p_dataset text, p_age integer, p_gender text,
+        p_occupation text, p_zip_code text, p_preferred_genres text[])
+    returns integer language plpgsql security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+declare
+    new_id integer;
+begin
+    lock table app.users in exclusive mode;  -- one id at a time
+    select greatest(
+        coalesce((select max(user_id) from app.users), 0),
+        case when to_regclass('marts.dim_users') is null then 0
+             else coalesce((select max(user_id) from marts.dim_users), 0) end,
+        case when to_regclass('raw.users') is null then 0
+             else coalesce((select max(user_id) from raw.users where dataset = p_dataset), 0)
+        end) + 1
+        into new_id;
+    insert into app.users (user_id, dataset, gender, age, occupation, zip_code, preferred_genres)
+    values (new_id, p_dataset, p_gender, p_age, p_occupation, p_zip_code,
+            coalesce(p_preferred_genres, '{}'));
+    return new_id;
+end
+$fn$;
+create or replace function app.submit_rating(p_dataset text, p_user_id integer,
+        p_movie_id integer, p_rating numeric)
+    returns bigint language sql security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+    insert into app.ratings (dataset, user_id, movie_id, rating)
+    values (p_dataset, p_user_id, p_movie_id, p_rating)
+    returning app_rating_id
+$fn$;
 """
 
 #: Operational history the platform keeps beside MLflow.
@@ -99,6 +134,28 @@ create table if not exists ops.model_promotions (
 );
 comment on table ops.model_promotions is
     'Every champion decision: gate outcomes and rollbacks, with the figures behind them.';
+create table if not exists ops.publish_log (
+    publish_id bigserial primary key,
+    action text not null check (action in ('publish', 'rollback')),
+    status text not null
+        check (status in ('building', 'failed', 'live', 'archived', 'dropped')),
+    dataset text not null,
+    model_name text,
+    model_version text,
+    mlflow_run_id text,
+    started_at timestamptz not null default now(),
+    finished_at timestamptz,
+    went_live_at timestamptz,
+    row_counts jsonb not null default '{}'::jsonb,
+    timings jsonb not null default '{}'::jsonb,
+    validation jsonb,
+    metrics jsonb not null default '{}'::jsonb,
+    swap_lock_ms double precision,
+    error text
+);
+comment on table ops.publish_log is
+    'Every publish of the recs tables and every rollback: model version, row counts, '
+    'step timings, the Great Expectations result and how long the swap held its locks.';
 """
 
 #: System user that runs the embedded server when we are root (initdb refuses root).
@@ -420,6 +477,7 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
     try:
         with conn, conn.cursor() as db:
             _create_schemas(db, owner, reader)
+            _create_extension(db, "pg_trgm")  # fuzzy title search in the API
             db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
             ingest.create_tables(db)
             db.execute(_APP_DDL)
@@ -439,6 +497,16 @@ def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) ->
         cur.execute(sql.SQL("alter role {} password {}").format(
             sql.Identifier(name), sql.Literal(password)))
     return created
+
+
+def _create_extension(cur, name: str) -> None:
+    cur.execute("savepoint extension")
+    try:
+        cur.execute(sql.SQL("create extension if not exists {}").format(sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege:
+        cur.execute("rollback to savepoint extension")
+        log.warning("cannot create extension %s: ask a DBA to run `create extension %s`",
+                    name, name)
 
 
 def _create_schemas(cur, owner: str, reader: str | None) -> None:

@@ -1,0 +1,218 @@
+"""Great Expectations gates: one suite per table, per layer, run as a checkpoint.
+
+The suites are code, in version control: ``expectations/<layer>.yml`` lists,
+for each table of the layer, the expectations it must meet. Each entry is a GX
+expectation by its snake_case name with its arguments, or ``unexpected_rows``
+with a SQL query that returns the rows that break a rule (GX's
+``UnexpectedRowsExpectation``; ``{batch}`` is the table under validation).
+``{schema}``, ``{dataset}`` and the layer's ``params`` are filled in before GX
+sees the query, so a suite can check the build schema of the recs tables
+before they go live.
+
+The GX context is file based, under ``$MFY_HOME/gx``: data sources, suites,
+validation definitions and one checkpoint per layer are (re)written from the
+YAML on each run, and the checkpoint updates the Data Docs site at
+``$MFY_HOME/gx/gx/uncommitted/data_docs/local_site/index.html``
+(``moviesforyou quality docs`` prints the path). The warehouse URL reaches GX
+through the ``MFY_GX_WAREHOUSE_URL`` config variable, so no password is
+written into ``great_expectations.yml``.
+
+A failed validation raises :class:`ValidationFailed`, whose message names
+every failing table and expectation: callers (the publish step, Airflow tasks)
+fail with it rather than carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moviesforyou import warehouse
+from moviesforyou.config import Settings, find_project_root
+from moviesforyou.errors import MoviesForYouError
+
+log = logging.getLogger(__name__)
+# GX logs every metric at INFO; its progress bars are off via the context's config
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+LAYERS = ("raw", "marts", "recs")
+_URL_VARIABLE = "MFY_GX_WAREHOUSE_URL"
+
+
+class ValidationFailed(MoviesForYouError):
+    """A layer broke one or more of its expectations."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        lines = [f"{report.layer}: {len(report.failures)} expectation(s) failed"]
+        lines += [f"  - {f}" for f in report.failures]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Failure:
+    table: str
+    expectation: str
+    description: str
+    observed: Any
+
+    def __str__(self) -> str:
+        return f"{self.table}: {self.description} ({self.expectation}; observed {self.observed})"
+
+
+@dataclass
+class Report:
+    layer: str
+    success: bool
+    evaluated: int
+    failures: list[Failure] = field(default_factory=list)
+    seconds: float = 0.0
+    docs: str | None = None
+
+    def as_json(self) -> dict:
+        return {"layer": self.layer, "success": self.success, "evaluated": self.evaluated,
+                "failures": [f.__dict__ | {"observed": str(f.observed)} for f in self.failures],
+                "seconds": round(self.seconds, 3), "docs": self.docs}
+
+
+def suites_dir() -> Path:
+    return Path(os.environ.get("MFY_EXPECTATIONS_DIR",
+                               find_project_root() / "expectations"))
+
+
+def load_suite_spec(layer: str) -> dict:
+    path = suites_dir() / f"{layer}.yml"
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict) or not isinstance(spec.get("tables"), dict):
+        raise MoviesForYouError(f"{path}: expected a mapping with a 'tables' mapping")
+    return spec
+
+
+def context(settings: Settings):
+    """The file-based GX context under ``$MFY_HOME/gx``."""
+    import great_expectations as gx
+
+    root = settings.home / "gx"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ[_URL_VARIABLE] = _sqlalchemy_url(warehouse.url(settings))
+    ctx = gx.get_context(mode="file", project_root_dir=str(root))
+    bars = ctx.variables.progress_bars
+    globally = bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)
+    if globally is not False:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        ctx.variables.save()
+    return ctx
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return "postgresql+psycopg2://" + url.split("://", 1)[1]
+
+
+def _expectation(entry: dict, variables: dict[str, Any]):
+    import great_expectations as gx
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    entry = dict(entry)
+    kind = entry.pop("type")
+    description = entry.pop("description", None)
+    if kind == "unexpected_rows":
+        query = entry.pop("query")
+        for name, value in variables.items():
+            query = query.replace("{" + name + "}", str(value))
+        return gx.expectations.UnexpectedRowsExpectation(
+            unexpected_rows_query=query, description=description, **entry)
+    return get_expectation_impl(kind)(description=description, **entry)
+
+
+def validate(settings: Settings, layer: str, *, schema: str | None = None,
+             params: dict[str, Any] | None = None, raise_on_failure: bool = True) -> Report:
+    """Validate every table of ``layer`` (in ``schema``, default the layer's own).
+
+    Returns:
+        The report; with ``raise_on_failure`` a failure raises :class:`ValidationFailed`.
+    """
+    import great_expectations as gx
+
+    started = time.time()
+    spec = load_suite_spec(layer)
+    schema = schema or spec.get("schema", layer)
+    variables = {"schema": schema, "dataset": settings.dataset,
+                 **spec.get("params", {}), **(params or {})}
+    ctx = context(settings)
+    source = ctx.data_sources.add_or_update_postgres(
+        name="warehouse", connection_string="${" + _URL_VARIABLE + "}")
+    definitions = []
+    for table, table_spec in spec["tables"].items():
+        asset_name = f"{schema}.{table}"
+        asset = (source.get_asset(asset_name) if asset_name in {a.name for a in source.assets}
+                 else source.add_table_asset(asset_name, table_name=table, schema_name=schema))
+        batch = (asset.batch_definitions[0] if asset.batch_definitions
+                 else asset.add_batch_definition_whole_table("whole table"))
+        suite = gx.ExpectationSuite(
+            name=f"{layer}.{table}",
+            expectations=[_expectation(e, variables) for e in table_spec["expectations"]],
+            meta={"description": table_spec.get("description", "")},
+        )
+        suite = ctx.suites.add_or_update(suite)
+        definitions.append(ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{layer}.{table}@{schema}", data=batch, suite=suite)))
+    checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=f"{layer}@{schema}", validation_definitions=definitions,
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+        result_format="SUMMARY"))
+    result = checkpoint.run()
+
+    report = Report(layer=layer, success=bool(result.success), evaluated=0,
+                    docs=data_docs_index(settings))
+    for run in result.run_results.values():
+        table = run.suite_name.split(".", 1)[1]
+        for er in run.results:
+            report.evaluated += 1
+            if er.success:
+                continue
+            config = er.expectation_config
+            observed = (er.result or {}).get("observed_value",
+                                             (er.result or {}).get("unexpected_count"))
+            error = _exception_message(er.exception_info)
+            if error:
+                observed = f"error: {error.splitlines()[0]}"
+            report.failures.append(Failure(
+                table=f"{schema}.{table}", expectation=config.type,
+                description=config.description or _describe(config), observed=observed))
+    report.seconds = time.time() - started
+    log.info("%s: %d expectations on %d tables, %s in %.1f s", layer, report.evaluated,
+             len(spec["tables"]), "passed" if report.success else "FAILED", report.seconds)
+    if raise_on_failure and not report.success:
+        raise ValidationFailed(report)
+    return report
+
+
+def _exception_message(info) -> str | None:
+    """The first exception message in a result's exception_info (flat or keyed by metric)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return info.get("exception_message") or "unknown error"
+    for value in info.values():
+        found = _exception_message(value)
+        if found:
+            return found
+    return None
+
+
+def _describe(config) -> str:
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)}
+    return f"{config.type}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+def data_docs_index(settings: Settings) -> str:
+    return str(settings.home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+               / "index.html")

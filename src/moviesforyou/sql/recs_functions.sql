@@ -1,0 +1,104 @@
+-- SQL functions on the published recs tables: predictions in plain SQL.
+-- (Re)created by `moviesforyou publish` after each swap; they run as the caller,
+-- so the read-only role can use them in Metabase, Superset or psql.
+
+create or replace function recs.age_band(age integer) returns text
+language sql immutable parallel safe as $$
+    select case
+        when age is null then 'Unknown'
+        when age < 18 then 'Under 18'
+        when age < 25 then '18-24'
+        when age < 35 then '25-34'
+        when age < 45 then '35-44'
+        when age < 50 then '45-49'
+        when age < 56 then '50-55'
+        else '56+'
+    end
+$$;
+comment on function recs.age_band(integer) is
+    'The MovieLens age band of an age in years, as in marts.dim_users.age_band.';
+
+create or replace function recs.predict_rating(p_user_id integer, p_movie_id integer)
+returns double precision
+language sql stable parallel safe as $$
+    select greatest(pub.rating_min, least(pub.rating_max,
+        pub.global_mean + coalesce(u.bias, 0) + m.bias
+        + coalesce((select sum(a * b)
+                    from unnest(u.explicit_factors, m.explicit_factors) as t (a, b)), 0)))
+    from recs.publication as pub
+    join recs.movie_factors as m on m.movie_id = p_movie_id
+    left join recs.user_factors as u on u.user_id = p_user_id
+$$;
+comment on function recs.predict_rating(integer, integer) is
+    'Predicted star rating of a user for a movie by the published explicit ALS model '
+    '(global mean + biases + factors, clipped to the rating scale). A user the model does '
+    'not know gets the bias baseline; a movie it does not know gets null.';
+
+create or replace function recs.recommend(
+    p_user_id integer, k integer default 10, exclude_genres text[] default '{}')
+returns table (
+    rank integer, movie_id integer, title text, release_year integer, genres text[],
+    score double precision, predicted_rating double precision, source text,
+    model_version text, publish_id bigint
+)
+language plpgsql stable as $$
+begin
+    -- plpgsql rather than sql: each branch's plan is cached per session, which
+    -- keeps the API's lookup at a fraction of a millisecond
+    return query
+        select (row_number() over (order by r.rank))::integer, r.movie_id, m.title,
+               m.release_year, m.genres, r.score, r.predicted_rating, r.source,
+               r.model_version, r.publish_id
+        from recs.user_recommendations as r
+        join recs.movie_catalogue as m on m.movie_id = r.movie_id
+        where r.user_id = p_user_id
+            and not (m.genres && coalesce(exclude_genres, '{}'))
+            and not exists (select 1 from app.ratings as a
+                            where a.user_id = p_user_id and a.movie_id = r.movie_id)
+        order by r.rank
+        limit greatest(k, 0);
+    if found then
+        return;
+    end if;
+    -- newcomers: their preferred genres first (interleaved), then their
+    -- demographic segment, then their occupation, then the overall list
+    return query
+        with profile as (
+            select u.* from app.users as u where u.user_id = p_user_id
+        ),
+        cold as (
+            select p.movie_id, p.score, p.list_type || ':' || p.segment as source,
+                   p.rank as pos,
+                   case p.list_type when 'genre' then 1 when 'age_gender' then 2
+                                    when 'occupation' then 3 else 4 end as tier,
+                   p.model_version, p.publish_id
+            from recs.popular_movies as p
+            left join profile on true
+            where p.list_type = 'overall'
+                or (p.list_type = 'genre' and p.segment = any(profile.preferred_genres))
+                or (p.list_type = 'age_gender'
+                    and p.segment = recs.age_band(profile.age) || ' ' || profile.gender)
+                or (p.list_type = 'occupation' and p.segment = profile.occupation)
+        ),
+        candidates as (
+            select distinct on (c.movie_id) c.*, m.title, m.release_year, m.genres
+            from cold as c
+            join recs.movie_catalogue as m on m.movie_id = c.movie_id
+            where not (m.genres && coalesce(exclude_genres, '{}'))
+                and not exists (select 1 from app.ratings as a
+                                where a.user_id = p_user_id and a.movie_id = c.movie_id)
+            order by c.movie_id, c.tier, c.pos
+        )
+        select (row_number() over (order by c.tier, c.pos, c.movie_id))::integer,
+               c.movie_id, c.title, c.release_year, c.genres, c.score,
+               recs.predict_rating(p_user_id, c.movie_id), c.source, c.model_version,
+               c.publish_id
+        from candidates as c
+        order by c.tier, c.pos, c.movie_id
+        limit greatest(k, 0);
+end
+$$;
+comment on function recs.recommend(integer, integer, text[]) is
+    'Top-k recommendations for a user, without movies of the excluded genres. Users the '
+    'model knows get their ALS list; others (newcomers signed up through the API, unknown '
+    'ids) get cold-start lists: preferred genres, age band and gender, occupation, overall.';
