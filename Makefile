@@ -1,29 +1,57 @@
 # The two commands in README.md are `make run` and `make test`; both set up first.
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+MFY := $(UV) run moviesforyou
+# the project-local Airflow home `make run` records its runs in
+AIRFLOW_ENV = AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.mfy/airflow} \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
-.PHONY: setup run test lint warehouse-start warehouse-stop psql clean
+.PHONY: setup run test lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
+	up down compose-config clean
 
 setup:
 	@./scripts/setup
 
-run: setup          ## the nightly job on the embedded warehouse
-	$(UV) run moviesforyou run
+run: setup          ## the nightly job: the Airflow DAG once, on the embedded warehouse
+	$(MFY) run
 
 test: setup         ## the whole test suite on real components
 	$(UV) run pytest
 
 lint: setup
-	$(UV) run ruff check src tests scripts benchmarks
+	$(UV) run ruff check src spark_jobs serving dags tests scripts benchmarks
+	$(UV) run sqlfluff lint dbt_project/models
 
-warehouse-start: setup
-	$(UV) run moviesforyou warehouse start
+airflow: setup      ## Airflow UI (standalone) on http://127.0.0.1:8080, with `make run`'s history
+	$(AIRFLOW_ENV) $(UV) run airflow standalone
 
-warehouse-stop:
-	$(UV) run moviesforyou warehouse stop
+mlflow: setup       ## MLflow UI on http://127.0.0.1:5000
+	$(MFY) mlflow-ui
+
+api: setup          ## the API and web page on http://127.0.0.1:8000
+	$(MFY) serve
 
 psql: setup
-	$(UV) run moviesforyou warehouse psql
+	$(MFY) warehouse psql
+
+dbt-docs: setup     ## dbt docs on http://127.0.0.1:8081
+	$(MFY) docs
+
+warehouse-start: setup
+	$(MFY) warehouse start
+
+warehouse-stop:
+	$(MFY) warehouse stop
+
+up:                 ## the full stack in Docker (see README: docker compose)
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+compose-config:     ## validate docker-compose.yml without a Docker engine
+	docker-compose config --quiet
 
 clean:              ## stop the embedded warehouse and delete all local state (.mfy)
-	-$(UV) run moviesforyou warehouse stop
+	-$(MFY) warehouse stop
 	rm -rf .mfy

@@ -127,6 +127,17 @@ class Decision:
     champion_metrics: dict[str, float] | None
 
 
+def version_for_snapshot(client, digest: str) -> str | None:
+    """The newest version trained on the snapshot ``digest`` (its run's ``mfy.snapshot`` tag)."""
+    versions = client.search_model_versions(f"name = '{model_name()}'",
+                                            order_by=["version_number DESC"], max_results=50)
+    for version in versions:
+        run = client.get_run(version.run_id)
+        if run.data.tags.get("mfy.snapshot") == digest:
+            return str(version.version)
+    return None
+
+
 def _champion(client):
     from mlflow.exceptions import MlflowException
 

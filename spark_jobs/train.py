@@ -137,7 +137,7 @@ class Evaluation:
 class TrainResult:
     run_id: str
     version: str
-    promoted: bool
+    promoted: bool | None
     reason: str
     explicit: ALSParams
     implicit: ALSParams
@@ -392,18 +392,74 @@ def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:
     return ratings
 
 
-def train(settings: Settings, config: TrainConfig | None = None, *, spark=None) -> TrainResult:
-    """The whole job. Raises :class:`TrainingError` (nothing registered) on unusable input."""
+def train(settings: Settings, config: TrainConfig | None = None, *, spark=None,
+          snapshot: Snapshot | None = None, gate: bool = True) -> TrainResult:
+    """The whole job. Raises :class:`TrainingError` (nothing registered) on unusable input.
+
+    Args:
+        snapshot: train on this kept snapshot instead of exporting a new one.
+        gate: run the champion gate too; False leaves it to :func:`gate_challenger`
+            (the Airflow DAG runs them as two tasks), and ``promoted`` is None.
+    """
     config = config or TrainConfig()
     warehouse.ensure(settings)  # ops.model_promotions and the rest exist
     settings.home.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mfy-train-", dir=settings.home))
     try:
-        snapshot = keep_snapshot(export_snapshot(settings, work / "snapshot"),
-                                 settings.home / "snapshots")
-        return _train(settings, config, snapshot, work, spark)
+        snapshot = snapshot or export_and_keep_snapshot(settings, work)
+        return _train(settings, config, snapshot, work, spark, gate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def export_and_keep_snapshot(settings: Settings, work: Path | None = None) -> Snapshot:
+    """Export ``fct_ratings`` and keep it under ``$MFY_HOME/snapshots/<digest>``."""
+    work = work or Path(tempfile.mkdtemp(prefix="mfy-snapshot-", dir=settings.home))
+    return keep_snapshot(export_snapshot(settings, work / "snapshot"),
+                         settings.home / "snapshots")
+
+
+def read_kept_snapshot(path: Path) -> Snapshot:
+    """A kept snapshot from its ``snapshot.json`` (or the folder holding it)."""
+    path = Path(path)
+    meta = json.loads((path / "snapshot.json" if path.is_dir() else path).read_text())
+    return Snapshot(**{**meta, "path": Path(meta["path"])})
+
+
+def gate_challenger(settings: Settings, version: str, config: TrainConfig | None = None, *,
+                    spark=None) -> registry.Decision:
+    """Run the champion gate for a version trained with ``gate=False``.
+
+    The version's run names its snapshot and metrics; the same ``config`` as at
+    training rebuilds the same splits, so a re-fit champion is scored on the
+    challenger's holdout.
+    """
+    from spark_jobs.session import get_spark
+
+    config = config or TrainConfig()
+    client = registry.configure(settings)
+    model = client.get_model_version(registry.model_name(), str(version))
+    run = client.get_run(model.run_id)
+    snapshot = read_kept_snapshot(settings.home / "snapshots" / run.data.tags["mfy.snapshot"])
+    ratings = load_snapshot(snapshot)
+    spark = spark or get_spark(settings.home, app_name="moviesforyou-gate")
+    if config.blocks is None:
+        config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
+    scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
+    splits = make_splits(ratings, config)
+    evaluator = Evaluator(spark, splits, config, scale)
+    metrics = {k: v for k, v in run.data.metrics.items() if k != "train_seconds"}
+    params = (ALSParams(**json.loads(model.tags["mfy.explicit_params"])),
+              ALSParams(**json.loads(model.tags["mfy.implicit_params"])))
+    decision = registry.gate(
+        settings, version=str(version), challenger_metrics=metrics, challenger=params,
+        split_id=splits.identity(snapshot),
+        evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
+                               **evaluator.implicit(i).ranking},
+        k=config.k, rmse_tolerance=config.rmse_tolerance, snapshot=snapshot,
+        run_id=model.run_id)
+    client.set_tag(model.run_id, "mfy.promoted", str(decision.promoted))
+    return decision
 
 
 def keep_snapshot(snapshot: Snapshot, folder: Path, keep: int = 3) -> Snapshot:
@@ -426,7 +482,7 @@ def keep_snapshot(snapshot: Snapshot, folder: Path, keep: int = 3) -> Snapshot:
 
 
 def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Path,
-           spark) -> TrainResult:
+           spark, gate: bool = True) -> TrainResult:
     import mlflow
 
     from spark_jobs.session import get_spark
@@ -519,15 +575,19 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
                                             ratings)
         mlflow.log_metric("train_seconds", time.time() - started)
 
-        decision = registry.gate(
-            settings, version=version, challenger_metrics=model_metrics,
-            challenger=(best_explicit, best_implicit), split_id=splits.identity(snapshot),
-            evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
-                                   **evaluator.implicit(i).ranking},
-            k=config.k, rmse_tolerance=config.rmse_tolerance, snapshot=snapshot,
-            run_id=parent.info.run_id,
-        )
-        mlflow.set_tags({"mfy.model_version": version, "mfy.promoted": str(decision.promoted)})
+        mlflow.set_tags({"mfy.model_version": version})
+        if gate:
+            decision = registry.gate(
+                settings, version=version, challenger_metrics=model_metrics,
+                challenger=(best_explicit, best_implicit), split_id=splits.identity(snapshot),
+                evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
+                                       **evaluator.implicit(i).ranking},
+                k=config.k, rmse_tolerance=config.rmse_tolerance, snapshot=snapshot,
+                run_id=parent.info.run_id,
+            )
+            mlflow.set_tag("mfy.promoted", str(decision.promoted))
+        else:
+            decision = registry.Decision(None, "not gated yet", None, model_metrics, None)
 
     return TrainResult(parent.info.run_id, version, decision.promoted, decision.reason,
                        best_explicit, best_implicit, model_metrics,
@@ -535,14 +595,28 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """spark-submit entry point: ``spark-submit spark_jobs/train.py [--folds DIR]``."""
+    """spark-submit entry point: ``spark-submit spark_jobs/train.py [options]``.
+
+    The Airflow DAG submits it this way when ``MFY_SPARK_CONN_ID`` names a
+    Spark connection (a cluster); otherwise it calls :func:`train` in-process.
+    """
     import argparse
+
+    from moviesforyou.pipeline import train_config
 
     parser = argparse.ArgumentParser(description="Train and gate the MoviesForYou ALS models.")
     parser.add_argument("--folds", type=Path, help="folder with the official ml-100k folds")
+    parser.add_argument("--snapshot", type=Path, help="a kept snapshot folder "
+                        "(default: export one from the warehouse)")
+    parser.add_argument("--no-gate", action="store_true", help="register only; gate later")
+    parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON, e.g. "
+                        '\'{"explicit": {"rank": 20}}\'')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = train(Settings.from_env(), TrainConfig(folds_dir=args.folds))
+    config = train_config({**json.loads(args.config),
+                           **({"folds_dir": args.folds} if args.folds else {})})
+    snapshot = read_kept_snapshot(args.snapshot) if args.snapshot else None
+    result = train(Settings.from_env(), config, snapshot=snapshot, gate=not args.no_gate)
     print(json.dumps({"version": result.version, "promoted": result.promoted,
                       "reason": result.reason, "metrics": result.metrics}, indent=2))
 

@@ -24,6 +24,15 @@ from moviesforyou import warehouse
 from moviesforyou.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported: a throw-away home, this
+# project's DAGs, no examples. `airflow_db` creates the metadata database.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="mfy-airflow-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+})
 #: The hand-written mini releases of fixture_releases.py, written out once per session.
 FIXTURES = fixture_releases.write(Path(tempfile.mkdtemp(prefix="mfy-fixtures-")))
 ML100K = (ROOT.parent / "shared" / "data" / "ml-100k").resolve()
@@ -109,6 +118,12 @@ def query(connection, statement: str, params=()) -> list[tuple]:
         return cur.fetchall()
 
 
+def execute(connection, statement: str, params=()) -> None:
+    """Run a statement that returns no rows in its own transaction."""
+    with connection, connection.cursor() as cur:
+        cur.execute(statement, params)
+
+
 @pytest.fixture(scope="session")
 def spark(state_dir: Path):
     """One local SparkSession for the whole test session."""
@@ -119,3 +134,75 @@ def spark(state_dir: Path):
     session = get_spark(state_dir / "spark-home", app_name="moviesforyou-tests")
     yield session
     session.stop()
+
+
+#: A fixed, quick ALS configuration for tests that need a trained model, not a tuned one.
+QUICK_MODELS = dict(
+    explicit=None, implicit=None, holdout_per_user=5,
+    explicit_grid={"rank": [10], "reg_param": [0.1], "max_iter": [5]},
+    implicit_grid={"rank": [20], "reg_param": [0.1], "alpha": [4.0], "max_iter": [8]},
+)
+
+
+@pytest.fixture(scope="session")
+def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path):
+    """The real ml-100k ingested, modelled, trained and published, once per session.
+
+    Tests may publish again or roll back, but must leave a live version behind.
+    """
+    from moviesforyou import ingest, publish, sources, transform
+    from spark_jobs.train import TrainConfig, train
+
+    home = state_dir / "published-home"
+    with fresh_database(embedded_settings) as settings:
+        settings = dataclasses.replace(settings, home=home)
+        connection = warehouse.connect(settings)
+        ingest.load_release(connection, sources.open_source(ml100k, home), "ml-100k")
+        connection.close()
+        transform.transform(settings, docs=False)
+        train(settings, TrainConfig(**QUICK_MODELS), spark=spark)
+        publish.publish(settings, spark=spark)
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def api_server(published: Settings):
+    """The API as its own process (uvicorn), reading the published warehouse as the reader."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = warehouse._free_port(18000)
+    env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(published),
+           "MFY_DATASET": published.dataset}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/api/health", timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"the API did not start on {base}")
+            time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """Airflow's metadata database (SQLite) in the session's AIRFLOW_HOME."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+                          capture_output=True, text=True, env=os.environ)
+    if done.returncode:
+        pytest.fail(f"airflow db migrate failed: {done.stderr[-2000:]}")
+    return AIRFLOW_HOME

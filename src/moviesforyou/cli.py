@@ -7,9 +7,12 @@ environment (see :mod:`moviesforyou.config`); options override it per call.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from rich.table import Table
 
 from moviesforyou import ingest, sources, warehouse
 from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError, SourceError
+from moviesforyou.errors import MoviesForYouError
 
 console = Console(stderr=True)
 
@@ -126,24 +129,13 @@ def warehouse_psql(settings: Settings, reader: bool, psql_args: tuple[str, ...])
 
 @contextmanager
 def _opened_release(settings: Settings, dataset: str, source: str | None, sha256: str | None):
-    release_url = None
-    if source is None:
-        release_url = sources.release_for(dataset).url
     with _progress() as bars:
         task = bars.add_task(f"download {dataset}", total=None, visible=False)
 
         def on_bytes(done: int, total: int | None) -> None:
             bars.update(task, completed=done, total=total, visible=True)
 
-        downloader = sources.Downloader(retries=settings.download_retries, progress=on_bytes)
-        try:
-            files = sources.open_source(source or release_url, settings.downloads_dir,
-                                        sha256=sha256, downloader=downloader)
-        except SourceError as exc:
-            if source is None and "unreachable" in exc.message:
-                exc.message += ("; without internet access, point MFY_SOURCE (or --source) at "
-                                "a local copy of the release, a zip or a folder")
-            raise
+        files = sources.open_release(settings, dataset, source, sha256, on_bytes=on_bytes)
     try:
         yield files
     finally:
@@ -491,45 +483,85 @@ def synth_command(out: Path, ratings: int, layout: str, seed: int, users: int | 
 
 
 @main.command("run")
-@click.option("--dataset", "-d", help="[default: MFY_DATASET or ml-100k]")
-@click.option("--source", "-s", help="[default: MFY_SOURCE, else the GroupLens URL]")
+@click.option("--dataset", "-d", help="Release name [default: MFY_DATASET or ml-100k].")
+@click.option("--source", "-s", help="URL, zip or folder instead of the GroupLens URL "
+              "[default: MFY_SOURCE].")
+@click.option("--force", is_flag=True, help="Retrain and republish even if nothing changed.")
+@click.option("--conf", help="The DAG run's conf as JSON, e.g. '{\"train\": {...}}'.")
 @click.pass_obj
-def run_command(settings: Settings, dataset: str | None, source: str | None) -> None:
-    """The nightly job: warehouse, ingest, dbt build, train, gate and publish."""
-    from moviesforyou import transform
+def run_command(settings: Settings, dataset: str | None, source: str | None, force: bool,
+                conf: str | None) -> None:
+    """The nightly job: the movielens_nightly Airflow DAG, run once (`airflow dags test`).
 
-    dataset = dataset or settings.dataset
-    settings = dataclasses.replace(settings, dataset=dataset)
-    result = _ingest(settings, dataset, source or settings.source, settings.source_sha256,
-                     force=False)
-    _print_load(result)
-    _print_transform(transform.transform(settings))
-    _print_train(_train(settings, folds=None, quick=False, seed=42))
-    _print_publish(_publish(settings))
-    conn = warehouse.connect(settings)
-    try:
-        with conn.cursor() as cur:
-            counts = ingest.raw_counts(cur, dataset)
-    finally:
-        conn.close()
-    summary = Table(title=f"raw schema now holds {dataset}")
-    summary.add_column("table")
-    summary.add_column("rows", justify="right")
-    for name, count in counts.items():
-        if count:
-            summary.add_row(f"raw.{name}", f"{count:,}")
-    console.print(summary)
-    console.print(f"warehouse: {warehouse.redact(warehouse.url(settings, start=False))}\n"
-                  "  open it:  uv run moviesforyou warehouse psql\n"
-                  "  marts:    uv run moviesforyou warehouse psql -c 'select * from "
-                  "marts.mart_top_movies limit 20'\n"
-                  "  ledger:   uv run moviesforyou loads\n"
-                  "  dbt docs: uv run moviesforyou docs\n"
-                  "  MLflow:   uv run moviesforyou mlflow-ui\n"
-                  "  models:   uv run moviesforyou models history\n"
-                  "  recs:     uv run moviesforyou warehouse psql -c "
-                  "'select * from recs.recommend(1, 10)'\n"
-                  "  API:      uv run moviesforyou serve  (http://127.0.0.1:8000)")
+    Ingest, validate, dbt build, validate, train, gate, score, validate and publish,
+    with a project-local Airflow home; then where to look next.
+    """
+    from moviesforyou import orchestration
+
+    settings = dataclasses.replace(settings, dataset=dataset or settings.dataset,
+                                   source=source or settings.source)
+    warehouse.ensure(settings)
+    run_conf = json.loads(conf) if conf else {}
+    if force:
+        run_conf["force"] = True
+    started: dict[str, float] = {}
+
+    def on_line(line: str) -> None:
+        begin = re.search(r"\[DAG TEST\] starting task_id=(\w+)", line)
+        end = re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)
+        if begin:
+            started[begin.group(1)] = time.time()
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {begin.group(1)} ...")
+        elif end:
+            seconds = time.time() - started.get(end.group(1), time.time())
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {end.group(1)} done "
+                          f"({seconds:.1f} s)")
+        elif "Skipping task" in line or "[error" in line.lower():
+            console.print(f"[dim]{line.strip()[:160]}[/]")
+
+    console.print(f"running the {orchestration.DAG_ID} DAG once through Airflow "
+                  f"(log: {settings.home / 'airflow' / 'last_run.log'})")
+    status, log_path, seconds = orchestration.run_dag(settings, conf=run_conf or None,
+                                                      on_line=on_line)
+    summary = orchestration.last_run_summary(settings)
+    if summary:
+        table = Table(title=f"{orchestration.DAG_ID}: {summary['state']} in {seconds:.0f} s")
+        for column in ("task", "state", "seconds"):
+            table.add_column(column)
+        for name, info in sorted(summary["tasks"].items(),
+                                 key=lambda kv: _TASK_ORDER.get(kv[0], 99)):
+            table.add_row(name, info["state"] or "", f"{info['seconds'] or 0:.1f}")
+        console.print(table)
+        console.print(f"source: {summary['source_status']}; trained: {summary['trained']}; "
+                      f"promoted: {summary['promoted']}; published: {summary['published']}; "
+                      f"live model v{summary['model_version']} (publish {summary['publish_id']})"
+                      + (f"\n{summary['note']}" if summary["note"] else ""))
+    if status:
+        raise MoviesForYouError(f"the DAG run failed (exit {status}); its log: {log_path}")
+    _print_next_steps(settings)
+
+
+#: Task order in the DAG, for the summary table.
+_TASK_ORDER = {name: i for i, name in enumerate((
+    "extract_source", "validate_raw", "check_changes", "build_marts", "validate_marts",
+    "export_snapshot", "train_als", "gate_model", "score_recs", "validate_recs", "publish_recs",
+    "write_summary"))}
+
+
+def _print_next_steps(settings: Settings) -> None:
+    from moviesforyou import quality
+
+    console.print(
+        "\n[bold]Where to look next[/]\n"
+        "  Airflow UI (this run's history):  make airflow      -> http://127.0.0.1:8080\n"
+        "  MLflow UI (runs, registry):       make mlflow       -> http://127.0.0.1:5000\n"
+        "  API and web page:                 make api          -> http://127.0.0.1:8000 "
+        "(OpenAPI: /docs)\n"
+        "  recommendations in SQL:           make psql, then: "
+        "select * from recs.recommend(1, 10);\n"
+        "  dbt docs:                         make dbt-docs     -> http://127.0.0.1:8081\n"
+        f"  Great Expectations Data Docs:     {quality.data_docs_index(settings)}\n"
+        f"  warehouse: {warehouse.redact(warehouse.url(settings, start=False))}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def live_publish_id(cur) -> int | None:
 
 _DDL = """
 create table {s}.publication (
-    publish_id bigint primary key,
+    publish_id bigint not null,
     dataset text not null,
     model_name text not null,
     model_version text not null,
@@ -145,7 +145,8 @@ create table {s}.publication (
     rating_min double precision not null,
     rating_max double precision not null,
     ratings_through timestamptz,
-    source_loaded_at timestamptz
+    source_loaded_at timestamptz,
+    constraint publication_p{pid}_pkey primary key (publish_id)
 );
 create table {s}.user_recommendations (
     user_id integer not null,
@@ -504,7 +505,7 @@ def _create_functions(conn) -> None:
 
 @contextlib.contextmanager
 def _publish_lock(settings: Settings):
-    """One publish or rollback at a time, across processes."""
+    """One swap or rollback at a time, across processes."""
     conn = warehouse.connect(settings)
     try:
         with conn.cursor() as cur:
@@ -516,70 +517,153 @@ def _publish_lock(settings: Settings):
         conn.close()
 
 
-def publish(settings: Settings, config: PublishConfig | None = None, *, spark=None,
-            factors: Path | None = None) -> PublishResult:
-    """Score the champion and publish it. Raises and changes nothing live on failure."""
+class _Steps:
+    """Timings of a publish's steps, and failure bookkeeping in ops.publish_log."""
+
+    def __init__(self, settings: Settings, publish_id: int) -> None:
+        self.settings, self.publish_id, self.timings = settings, publish_id, {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 3)
+
+    def failed(self, exc: BaseException) -> None:
+        validation = exc.report.as_json() if isinstance(exc, quality.ValidationFailed) else None
+        _log_update(self.settings, self.publish_id, status="failed", finished_at="now",
+                    timings=self._merged(), error=str(exc)[:4000], validation=validation)
+
+    def _merged(self) -> dict:
+        with contextlib.closing(warehouse.connect(self.settings)) as conn, conn.cursor() as cur:
+            cur.execute("select timings from ops.publish_log where publish_id = %s",
+                        (self.publish_id,))
+            row = cur.fetchone()
+        return {**(row[0] if row else {}), **self.timings}
+
+    def save(self, **values) -> None:
+        _log_update(self.settings, self.publish_id, timings=self._merged(), **values)
+
+
+def prepare(settings: Settings, config: PublishConfig | None = None, *, spark=None,
+            factors: Path | None = None) -> int:
+    """Step 1: score the champion and build every recs table in ``recs_build``.
+
+    Returns:
+        The publish id (its ``ops.publish_log`` row is ``building``).
+    """
     from spark_jobs import registry
     from spark_jobs.score import ScoreConfig, score
     from spark_jobs.snapshot import export_snapshot
 
     config = config or PublishConfig.from_env()
     warehouse.ensure(settings)
-    timings: dict[str, float] = {}
-
-    def timed(name, fn, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            timings[name] = round(time.perf_counter() - t, 3)
-
+    started = time.perf_counter()
+    factors = factors or registry.export_champion(settings)
+    champion = json.loads((factors.parent / "champion.json").read_text())
     with _publish_lock(settings) as conn:
-        factors = factors or timed("export_champion", registry.export_champion, settings)
-        champion = json.loads((factors.parent / "champion.json").read_text())
         with conn, conn.cursor() as cur:
             publish_id = _log_start(cur, settings, "publish", model_name=champion["model_name"],
                                     model_version=champion["version"],
                                     run_id=champion.get("run_id"))
+        steps = _Steps(settings, publish_id)
+        steps.timings["export_champion"] = round(time.perf_counter() - started, 3)
         log.info("publish %d: model %s v%s", publish_id, champion["model_name"],
                  champion["version"])
         work = Path(tempfile.mkdtemp(prefix="mfy-publish-", dir=settings.home))
         try:
-            snapshot = timed("export_seen", export_snapshot, settings, work / "snapshot")
+            snapshot = steps.run("export_seen", export_snapshot, settings, work / "snapshot")
             if spark is None:
                 from spark_jobs.session import get_spark
                 spark = get_spark(settings.home, app_name="moviesforyou-score")
-            scored = timed("score", score, spark, factors, snapshot.path, work / "scored",
-                           ScoreConfig(n=config.n, similar_n=config.similar_n,
-                                       min_ratings=config.similar_min_ratings))
-            counts = timed("build", build, conn, settings, config, publish_id=publish_id,
-                           champion=champion, factors=factors, scored=scored)
-            report = timed("validate", quality.validate, settings, "recs", schema=BUILD,
-                           params={"n": config.n}, raise_on_failure=False)
+            scored = steps.run("score", score, spark, factors, snapshot.path, work / "scored",
+                               ScoreConfig(n=config.n, similar_n=config.similar_n,
+                                           min_ratings=config.similar_min_ratings))
+            counts = steps.run("build", build, conn, settings, config, publish_id=publish_id,
+                               champion=champion, factors=factors, scored=scored)
+        except BaseException as exc:
+            conn.rollback()
+            steps.failed(exc)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    steps.save(row_counts=counts)
+    return publish_id
+
+
+def _building(cur, publish_id: int) -> None:
+    """Check that ``recs_build`` holds this publish's tables, ready to validate or swap."""
+    cur.execute("select to_regclass('recs_build.publication') is not null")
+    built = None
+    if cur.fetchone()[0]:
+        cur.execute("select publish_id from recs_build.publication")
+        row = cur.fetchone()
+        built = row[0] if row else None
+    if built != publish_id:
+        raise PublishError(f"recs_build holds publish {built}, not {publish_id}: "
+                           "run the publish again")
+
+
+def validate_build(settings: Settings, publish_id: int,
+                   config: PublishConfig | None = None) -> quality.Report:
+    """Step 2: the recs suite on ``recs_build``. A failure drops the build and raises."""
+    config = config or PublishConfig.from_env()
+    steps = _Steps(settings, publish_id)
+    try:
+        with contextlib.closing(warehouse.connect(settings)) as conn:
+            with conn, conn.cursor() as cur:
+                _building(cur, publish_id)
+            report = steps.run("validate", quality.validate, settings, "recs", schema=BUILD,
+                               params={"n": config.n}, raise_on_failure=False)
             if not report.success:
                 with conn, conn.cursor() as cur:
                     _drop_schema_tables(cur, BUILD)
                 raise quality.ValidationFailed(report)
+    except BaseException as exc:
+        steps.failed(exc)
+        raise
+    steps.save(validation=report.as_json())
+    return report
+
+
+def go_live(settings: Settings, publish_id: int,
+            config: PublishConfig | None = None) -> PublishResult:
+    """Step 3: swap a validated build in, refresh the SQL functions, prune old versions."""
+    config = config or PublishConfig.from_env()
+    steps = _Steps(settings, publish_id)
+    with _publish_lock(settings) as conn:
+        try:
+            with conn.cursor() as cur:
+                _building(cur, publish_id)
+                cur.execute("select validation, model_version, row_counts "
+                            "from ops.publish_log where publish_id = %s", (publish_id,))
+                validation, version, counts = cur.fetchone()
+            conn.rollback()
+            if not (validation or {}).get("success"):
+                raise PublishError(f"publish {publish_id} has not passed validation")
             lock_ms, wait_ms = _swap(conn, config, incoming_schema=BUILD, incoming_suffix="",
                                      new_live=publish_id, log_sql=[])
-            timings["swap_wait"] = round(wait_ms / 1000, 3)
-            timed("functions", _create_functions, conn)
+            steps.timings["swap_wait"] = round(wait_ms / 1000, 3)
+            steps.run("functions", _create_functions, conn)
             dropped = _prune(conn, config.keep)
         except BaseException as exc:
             conn.rollback()
-            validation = (exc.report.as_json() if isinstance(exc, quality.ValidationFailed)
-                          else None)
-            _log_update(settings, publish_id, status="failed", finished_at="now",
-                        timings=timings, error=str(exc)[:4000], validation=validation)
+            steps.failed(exc)
             raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        _log_update(settings, publish_id, finished_at="now", row_counts=counts, timings=timings,
-                    validation=report.as_json(), swap_lock_ms=lock_ms)
+    steps.save(finished_at="now", swap_lock_ms=lock_ms)
     log.info("publish %d live: %s; swap held its locks %.1f ms; dropped old versions %s",
              publish_id, counts, lock_ms, dropped or "none")
-    return PublishResult(publish_id, champion["version"], counts, timings, lock_ms,
-                         report.as_json())
+    return PublishResult(publish_id, version, counts, steps._merged(), lock_ms, validation)
+
+
+def publish(settings: Settings, config: PublishConfig | None = None, *, spark=None,
+            factors: Path | None = None) -> PublishResult:
+    """All three steps. Raises, and changes nothing live, on any failure."""
+    config = config or PublishConfig.from_env()
+    publish_id = prepare(settings, config, spark=spark, factors=factors)
+    validate_build(settings, publish_id, config)
+    return go_live(settings, publish_id, config)
 
 
 def versions(settings: Settings) -> list[tuple]:

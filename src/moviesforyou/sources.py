@@ -404,3 +404,22 @@ def open_source(
     if sha256 and path.is_file() and file_digest(path, "sha256") != sha256.lower():
         raise SourceError(f"checksum mismatch: expected sha256 {sha256.lower()}", path=text)
     return ZipReleaseFiles(path)
+
+
+def open_release(settings, dataset: str, source: str | None = None, sha256: str | None = None,
+                 *, on_bytes: Progress | None = None) -> ReleaseFiles:
+    """Open ``dataset`` from ``source`` (URL, zip or folder), by default GroupLens' URL.
+
+    A download is conditional: a cached zip whose checksum still matches is reused.
+    The caller closes the returned files.
+    """
+    release_url = release_for(dataset).url if source is None else None
+    downloader = Downloader(retries=settings.download_retries, progress=on_bytes)
+    try:
+        return open_source(source or release_url, settings.downloads_dir, sha256=sha256,
+                           downloader=downloader)
+    except SourceError as exc:
+        if source is None and "unreachable" in exc.message:
+            exc.message += ("; without internet access, point MFY_SOURCE (or --source) at "
+                            "a local copy of the release, a zip or a folder")
+        raise

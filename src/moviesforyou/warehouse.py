@@ -153,6 +153,59 @@ create table if not exists ops.publish_log (
     swap_lock_ms double precision,
     error text
 );
+create table if not exists ops.pipeline_runs (
+    dag_id text not null,
+    run_id text not null,
+    logical_date timestamptz,
+    dataset text not null,
+    state text not null check (state in ('success', 'failed', 'skipped')),
+    started_at timestamptz,
+    finished_at timestamptz not null default now(),
+    source_status text,
+    trained boolean not null default false,
+    promoted boolean,
+    published boolean not null default false,
+    model_version text,
+    publish_id bigint,
+    tasks jsonb not null default '{}'::jsonb,
+    row_counts jsonb not null default '{}'::jsonb,
+    metrics jsonb not null default '{}'::jsonb,
+    note text,
+    primary key (dag_id, run_id)
+);
+comment on table ops.pipeline_runs is
+    'One row per nightly DAG run (re-runs overwrite it): each task''s state and seconds, '
+    'row counts, model metrics, the model version and whether recommendations were published.';
+create table if not exists ops.recs_quality (
+    publish_id bigint primary key,
+    model_version text,
+    measured_at timestamptz not null default now(),
+    users integer not null,
+    recommendations bigint not null,
+    catalogue_movies integer not null,
+    recommended_movies integer not null,
+    catalogue_coverage double precision not null,
+    mean_popularity_percentile double precision,
+    share_of_top_10pct double precision
+);
+comment on table ops.recs_quality is
+    'Per publish: catalogue coverage of the published lists and their popularity bias '
+    '(mean popularity percentile of recommended movies; share from the 10% most rated). '
+    'Written by the recs_freshness DAG after each publish.';
+create table if not exists ops.freshness_checks (
+    check_id bigserial primary key,
+    checked_at timestamptz not null default now(),
+    dataset text not null,
+    publish_id bigint,
+    published_hours_ago double precision,
+    ratings_through timestamptz,
+    source_checked_hours_ago double precision,
+    pending_app_ratings integer not null,
+    max_age_hours double precision not null,
+    is_fresh boolean not null
+);
+comment on table ops.freshness_checks is
+    'Each freshness check of the served recommendations (recs_freshness DAG).';
 comment on table ops.publish_log is
     'Every publish of the recs tables and every rollback: model version, row counts, '
     'step timings, the Great Expectations result and how long the swap held its locks.';

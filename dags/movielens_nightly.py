@@ -1,0 +1,217 @@
+"""
+### MovieLens nightly
+
+Pulls the MovieLens release, validates it, models it, trains and gates the ALS
+models, and publishes fresh recommendations, every night at 02:30 UTC.
+
+| # | task | what it does | stops the run when |
+|---|---|---|---|
+| 1 | `extract_source` | downloads the release only if its checksum changed, ingests it into `raw` | the source is unreadable or malformed |
+| 2 | `validate_raw` | Great Expectations suite `raw` | an expectation fails |
+| 3 | `check_changes` | nothing new (same release, no app ratings)? then skip 4-11 | - |
+| 4 | `build_marts` | `dbt build` of the star schema and marts, with dbt's tests | a model or test fails |
+| 5 | `validate_marts` | Great Expectations suite `marts` | an expectation fails |
+| 6 | `export_snapshot` | `marts.fct_ratings` to Parquet, with its digest | - |
+| 7 | `train_als` | tunes and registers a challenger in MLflow (Spark) | training fails |
+| 8 | `gate_model` | moves `champion` only if the challenger is better | - |
+| 9 | `score_recs` | scores the champion, builds the `recs` tables beside the live ones | - |
+| 10 | `validate_recs` | Great Expectations suite `recs` on the build | an expectation fails |
+| 11 | `publish_recs` | swaps the build in, atomically | - |
+| 12 | `write_summary` | one row in `ops.pipeline_runs`, whatever happened | an earlier task failed |
+
+The live recommendations change only in step 11, so any failure leaves them as
+they were. A worse challenger stays a challenger: the champion's recommendations
+are re-scored and published.
+
+**Why one dbt task**: `dbt build` already runs every model with its tests right
+after it, in dependency order, and stops downstream models on a failure; a task
+per model (astronomer-cosmos) would add a scheduler round-trip per model
+(seconds each, for 20 models of a few seconds) and a second DAG to keep in step
+with the dbt project. dbt's own logs and docs show the per-model detail.
+
+**Configuration**: connections `mfy_warehouse` (postgres) and `mfy_mlflow`
+(http); variables `mfy_dataset`, `mfy_source`, `mfy_source_sha256`; none are
+needed for the embedded warehouse. `MFY_SPARK_CONN_ID` (environment) names a
+Spark connection to submit training to a cluster; unset, Spark runs locally.
+
+**Run conf**: `{"force": true}` retrains and republishes even if nothing changed;
+`{"train": {...}}` overrides the training configuration (e.g. fixed ALS params).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk.bases.operator import TriggerRule
+
+RAW = Asset(name="warehouse_raw", uri="mfy://warehouse/raw", group="warehouse")
+MARTS = Asset(name="warehouse_marts", uri="mfy://warehouse/marts", group="warehouse")
+MODEL = Asset(name="model_moviesforyou_als", uri="mfy://mlflow/models/moviesforyou-als",
+              group="model")
+RECS = Asset(name="warehouse_recs", uri="mfy://warehouse/recs", group="warehouse")
+
+#: A Spark connection id: training goes through the Spark provider's operator.
+SPARK_CONN_ID = os.environ.get("MFY_SPARK_CONN_ID")
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _conf() -> dict:
+    return (get_current_context()["dag_run"].conf or {})
+
+
+def _settings():
+    from moviesforyou.pipeline import settings_from_airflow
+
+    return settings_from_airflow()
+
+
+@dag(
+    dag_id="movielens_nightly",
+    schedule="30 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    default_args={
+        "owner": "data-team",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=3),
+    },
+    tags=["moviesforyou", "movielens", "nightly"],
+    doc_md=__doc__,
+)
+def movielens_nightly():
+    @task(outlets=[RAW])
+    def extract_source() -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.extract(_settings(), force=bool(_conf().get("force_ingest")))
+
+    @task(retries=0)
+    def validate_raw(load: dict) -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.validate(_settings(), "raw")
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def check_changes(load: dict) -> bool:
+        from moviesforyou import pipeline
+
+        changes = pipeline.check_changes(_settings(), load, force=bool(_conf().get("force")))
+        get_current_context()["ti"].xcom_push(key="changes", value=changes)
+        return changes["changed"]
+
+    @task(outlets=[MARTS])
+    def build_marts() -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.build_marts(_settings())
+
+    @task(retries=0)
+    def validate_marts() -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.validate(_settings(), "marts")
+
+    @task
+    def export_snapshot() -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.export_snapshot(_settings())
+
+    @task(outlets=[MODEL])
+    def gate_model(trained: dict | None, snapshot: dict) -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.gate(_settings(), trained, snapshot, _conf().get("train"))
+
+    @task
+    def score_recs() -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.score(_settings())
+
+    @task(retries=0)
+    def validate_recs(scored: dict) -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.validate_recs(_settings(), scored)
+
+    @task(outlets=[RECS])
+    def publish_recs(scored: dict) -> dict:
+        from moviesforyou import pipeline
+
+        return pipeline.publish_recs(_settings(), scored)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def write_summary() -> dict:
+        from airflow.sdk.exceptions import AirflowException
+
+        from moviesforyou import pipeline
+
+        context = get_current_context()
+        ti, run = context["ti"], context["dag_run"]
+        tasks = {b["task_id"]: {"state": b["state"], "seconds": b["duration"]}
+                 for b in ti.get_task_breadcrumbs(run.dag_id, run.run_id)}
+        names = ("extract_source", "check_changes", "build_marts", "export_snapshot",
+                 "train_als", "gate_model", "publish_recs")
+        results = {name: ti.xcom_pull(task_ids=name) for name in names}
+        results["check_changes"] = ti.xcom_pull(task_ids="check_changes", key="changes")
+        failed = sorted(t for t, v in tasks.items()
+                        if v["state"] in ("failed", "upstream_failed"))
+        state = "failed" if failed else (
+            "success" if tasks.get("publish_recs", {}).get("state") == "success" else "skipped")
+        summary = pipeline.write_summary(
+            _settings(), dag_id=run.dag_id, run_id=run.run_id,
+            logical_date=run.logical_date, started_at=run.start_date, tasks=tasks,
+            results=results, state=state)
+        if failed:
+            raise AirflowException(f"the run failed at {', '.join(failed)}; the live "
+                                   "recommendations are unchanged")
+        return summary
+
+    load = extract_source()
+    raw_ok = validate_raw(load)
+    changed = check_changes(load)
+    raw_ok >> changed
+    marts = build_marts()
+    changed >> marts >> validate_marts() >> (snapshot := export_snapshot())
+
+    if SPARK_CONN_ID:
+        from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+        train = SparkSubmitOperator(
+            task_id="train_als", conn_id=SPARK_CONN_ID,
+            application=os.path.join(PROJECT, "spark_jobs", "train.py"),
+            application_args=[
+                "--snapshot", "{{ ti.xcom_pull(task_ids='export_snapshot')['path'] }}",
+                "--no-gate", "--config", "{{ (dag_run.conf or {}).get('train', {}) | tojson }}"],
+            name="moviesforyou-train", outlets=[MODEL])
+        snapshot >> train
+        trained = None
+    else:
+        @task(outlets=[MODEL])
+        def train_als(snapshot: dict) -> dict:
+            from moviesforyou import pipeline
+
+            return pipeline.train(_settings(), snapshot, _conf().get("train"))
+
+        train = trained = train_als(snapshot)
+    gated = gate_model(trained, snapshot)
+    train >> gated
+    scored = score_recs()
+    gated >> scored
+    published = publish_recs(scored)
+    validate_recs(scored) >> published
+    # all_done: the summary is written whatever happened upstream, then fails the run
+    # if anything failed
+    published >> write_summary()
+
+
+movielens_nightly()

@@ -1,0 +1,384 @@
+"""The MoviesForYou API and web page.
+
+Run it with ``moviesforyou serve`` (or ``uvicorn serving.app:app``); the
+OpenAPI page is at ``/docs``, the web page at ``/``. It reads the published
+``recs`` tables as the read-only role (see ``serving/db.py`` for settings), so
+it answers from the last good publish while a new one is being built; every
+answer that carries recommendations names the ``model_version`` and
+``publish_id`` that made it. The only writes, sign-up and ratings, go through
+two narrow ``security definer`` functions of the warehouse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, field_validator
+
+from serving import db
+
+STATIC = Path(__file__).parent / "static"
+PAGE_SIZE = 10
+
+MovieId = Annotated[int, PathParam(ge=1, le=2_147_483_647, description="MovieLens movie id")]
+UserId = Annotated[int, PathParam(ge=1, le=2_147_483_647, description="MovieLens or app user id")]
+K = Annotated[int, Query(ge=1, le=100, description="How many movies")]
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = db.ApiSettings.from_env()
+    app.state.settings = settings
+    app.state.pool = await db.create_pool(settings)
+    try:
+        yield
+    finally:
+        await app.state.pool.close()
+
+
+app = FastAPI(
+    title="MoviesForYou",
+    version="1.0",
+    summary="Personalised movie recommendations, refreshed nightly from MovieLens.",
+    description=("Lookups on the published `recs` tables of the warehouse. Recommendation "
+                 "answers carry the `model_version` and `publish_id` that produced them."),
+    lifespan=lifespan,
+)
+app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+@app.exception_handler(RequestValidationError)
+async def readable_validation_error(request: Request, exc: RequestValidationError):
+    """422 with one readable sentence per problem, plus FastAPI's structured list."""
+    problems, errors = [], []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        problems.append(f"{where}: {error.get('msg')}")
+        errors.append({"loc": list(error.get("loc", ())), "msg": error.get("msg"),
+                       "type": error.get("type"), "input": str(error.get("input"))[:200]})
+    return JSONResponse(status_code=422, content={"detail": "; ".join(problems),
+                                                  "errors": errors})
+
+
+def _pool(request: Request):
+    return request.app.state.pool
+
+
+def _dataset(request: Request) -> str:
+    return request.app.state.settings.dataset
+
+
+def _movie(row) -> dict:
+    return {"movie_id": row["movie_id"], "title": row["title"], "year": row["release_year"],
+            "genres": list(row["genres"] or []),
+            "mean_rating": None if row["mean_rating"] is None else round(row["mean_rating"], 3),
+            "bayesian_rating": (None if row["bayesian_rating"] is None
+                                else round(row["bayesian_rating"], 3)),
+            "rating_count": row["rating_count"], "imdb_url": row["imdb_url"]}
+
+
+async def _version_of(conn, rows) -> dict:
+    """The model and publish behind an answer: from its rows, else the live publication."""
+    if rows:
+        return {"model_version": rows[0]["model_version"], "publish_id": rows[0]["publish_id"]}
+    live = await conn.fetchrow(db.PUBLICATION)
+    if live is None:
+        raise HTTPException(503, "no recommendations are published yet")
+    return {"model_version": live["model_version"], "publish_id": live["publish_id"]}
+
+
+async def _require_movie(conn, movie_id: int):
+    row = await conn.fetchrow(db.MOVIE, movie_id)
+    if row is None:
+        raise HTTPException(404, f"movie {movie_id} is not in the catalogue")
+    return row
+
+
+async def _require_user(conn, user_id: int, dataset: str) -> None:
+    if not await conn.fetchval(db.USER_EXISTS, user_id, dataset):
+        raise HTTPException(404, f"user {user_id} does not exist")
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+@app.get("/api/movies", tags=["catalogue"])
+async def list_movies(request: Request, page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+                      genre: Annotated[str | None, Query(max_length=40)] = None):
+    """The catalogue, 10 movies per page, optionally one genre only."""
+    async with _pool(request).acquire() as conn:
+        rows = await conn.fetch(db.MOVIES_PAGE, PAGE_SIZE, (page - 1) * PAGE_SIZE, genre)
+    total = rows[0]["total"] if rows else 0
+    return {"page": page, "per_page": PAGE_SIZE, "total": total,
+            "pages": (total + PAGE_SIZE - 1) // PAGE_SIZE, "movies": [_movie(r) for r in rows]}
+
+
+@app.get("/api/movies/search", tags=["catalogue"])
+async def search_movies(request: Request,
+                        q: Annotated[str, Query(min_length=1, max_length=200)],
+                        limit: K = 10):
+    """Fuzzy title search: typos, a missing year or article still match."""
+    async with _pool(request).acquire() as conn:
+        rows = await _search(conn, q, limit)
+    return {"query": q, "movies": [_movie(r) | {"match": round(_closeness(_normalise(q), r), 3)}
+                                   for r in rows]}
+
+
+@app.get("/api/movies/{movie_id}", tags=["catalogue"])
+async def get_movie(request: Request, movie_id: MovieId):
+    """One movie's details."""
+    async with _pool(request).acquire() as conn:
+        return _movie(await _require_movie(conn, movie_id))
+
+
+@app.get("/api/genres", tags=["catalogue"])
+async def list_genres(request: Request):
+    async with _pool(request).acquire() as conn:
+        return {"genres": [r["genre"] for r in await conn.fetch(db.GENRES)]}
+
+
+@app.get("/api/occupations", tags=["catalogue"])
+async def list_occupations(request: Request):
+    async with _pool(request).acquire() as conn:
+        return {"occupations": [r["occupation"] for r in await conn.fetch(db.OCCUPATIONS)]}
+
+
+def _normalise(text: str) -> str:
+    """Lower case, punctuation to spaces: 'Game, The (1997)' -> 'game the 1997'."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+_ARTICLES = ("the ", "a ", "an ", "les ", "la ", "le ", "il ", "el ", "das ", "die ")
+
+
+def _closeness(query: str, row) -> float:
+    """How close a typed title is to a movie, by edit similarity (0..1).
+
+    The best of the title with and without its article and with and without
+    the year, so "gmae", "game 1997" and "the game" all find "Game, The (1997)".
+    """
+    title = _normalise(row["title"])
+    bare = next((title[len(a):] for a in _ARTICLES if title.startswith(a)), title)
+    year = str(row["release_year"] or "")
+    variants = {title, bare, f"{title} {year}", f"{bare} {year}",
+                _normalise(row["original_title"] or "")}
+    return max(difflib.SequenceMatcher(None, query, v).ratio() for v in variants if v)
+
+
+async def _search(conn, text: str, limit: int) -> list:
+    """Trigram candidates from Postgres, re-ranked by edit similarity."""
+    query = _normalise(text)
+    if not query:
+        return []
+    candidates = await conn.fetch(db.SEARCH, query, max(limit, 30))
+    ranked = sorted(candidates, key=lambda r: (-_closeness(query, r), -r["match"],
+                                               -r["rating_count"], r["movie_id"]))
+    return ranked[:limit]
+
+
+# --------------------------------------------------------------------------- recommendations
+
+
+async def _similar(conn, movie_id: int, k: int) -> dict:
+    rows = await conn.fetch(db.SIMILAR, movie_id, k)
+    return {**await _version_of(conn, rows),
+            "similar": [{"rank": r["rank"], **_movie(r), "similarity": round(r["similarity"], 4)}
+                        for r in rows]}
+
+
+@app.get("/api/movies/{movie_id}/similar", tags=["recommendations"])
+async def similar_to_movie(request: Request, movie_id: MovieId, k: K = 10):
+    """Movies like this one (cosine similarity of the model's movie factors)."""
+    async with _pool(request).acquire() as conn:
+        movie = await _require_movie(conn, movie_id)
+        return {"movie": _movie(movie), **await _similar(conn, movie_id, k)}
+
+
+@app.get("/api/similar", tags=["recommendations"])
+async def similar_to_title(request: Request,
+                           title: Annotated[str, Query(min_length=1, max_length=200)],
+                           k: K = 10):
+    """"You liked this film": the best title match, and movies like it."""
+    async with _pool(request).acquire() as conn:
+        matches = await _search(conn, title, 5)
+        if not matches:
+            raise HTTPException(404, f"no movie title looks like {title!r}")
+        best = matches[0]
+        return {"query": title, "movie": _movie(best),
+                "other_matches": [_movie(r) for r in matches[1:]],
+                **await _similar(conn, best["movie_id"], k)}
+
+
+def _genre_list(values: list[str] | None) -> list[str]:
+    """Genres from repeated or comma-separated query values."""
+    return sorted({g.strip() for v in values or [] for g in v.split(",") if g.strip()})
+
+
+@app.get("/api/users/{user_id}/recommendations", tags=["recommendations"],
+         response_class=Response,
+         responses={200: {"content": {"application/json": {"example": {
+             "user_id": 1, "model_version": "3", "publish_id": 12, "exclude_genres": ["Drama"],
+             "recommendations": [{"rank": 1, "movie_id": 474, "title": "Dr. Strangelove",
+                                  "year": 1963, "genres": ["Sci-Fi", "War"], "score": 0.87,
+                                  "predicted_rating": 4.46, "source": "als"}]}}}}})
+async def recommend(request: Request, user_id: UserId, k: K = 10,
+                    exclude_genres: Annotated[list[str] | None, Query(max_length=20)] = None):
+    """Top-k movies for a user; newcomers get cold-start lists (``source`` says which)."""
+    excluded = _genre_list(exclude_genres)
+    async with _pool(request).acquire() as conn:
+        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
+        if not row["personal"]:
+            await _require_user(conn, user_id, _dataset(request))
+            if not row["n"]:
+                await _version_of(conn, [])  # 503 when nothing is published yet
+    return Response(content=row["body"], media_type="application/json")
+
+
+@app.get("/api/users/{user_id}/predicted-rating/{movie_id}", tags=["recommendations"])
+async def predicted_rating(request: Request, user_id: UserId, movie_id: MovieId):
+    """The rating the model expects this user to give this movie."""
+    async with _pool(request).acquire() as conn:
+        await _require_user(conn, user_id, _dataset(request))
+        movie = await _require_movie(conn, movie_id)
+        value = await conn.fetchval(db.PREDICT, user_id, movie_id)
+        version = await _version_of(conn, [])
+    if value is None:
+        raise HTTPException(404, f"the model has no factors for movie {movie_id}")
+    return {"user_id": user_id, "movie_id": movie_id, "title": movie["title"],
+            "predicted_rating": round(value, 3), **version}
+
+
+@app.get("/api/users/{user_id}/ratings", tags=["users"])
+async def user_ratings(request: Request, user_id: UserId,
+                       page: Annotated[int, Query(ge=1, le=100_000)] = 1):
+    """The movies a user rated, newest first, 10 per page; ``pending`` ratings came
+    through the API and reach the marts with the next nightly run."""
+    async with _pool(request).acquire() as conn:
+        await _require_user(conn, user_id, _dataset(request))
+        rows = await conn.fetch(db.USER_RATINGS, user_id, _dataset(request), PAGE_SIZE,
+                                (page - 1) * PAGE_SIZE)
+    total = rows[0]["total"] if rows else 0
+    return {"user_id": user_id, "page": page, "per_page": PAGE_SIZE, "total": total,
+            "ratings": [{"movie_id": r["movie_id"], "title": r["title"],
+                         "year": r["release_year"], "genres": list(r["genres"] or []),
+                         "rating": r["rating"], "rated_at": r["rated_at"],
+                         "pending": r["pending"]} for r in rows]}
+
+
+# --------------------------------------------------------------------------- writes
+
+
+class NewUser(BaseModel):
+    age: int = Field(ge=1, le=120, description="Age in years")
+    gender: Literal["M", "F"] | None = Field(None, description="M or F, as in MovieLens")
+    occupation: str | None = Field(None, max_length=40)
+    zip_code: str | None = Field(None, max_length=10, pattern=r"^[A-Za-z0-9 -]+$")
+    preferred_genres: list[str] = Field(default_factory=list, max_length=19)
+
+    @field_validator("occupation")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value else None
+
+
+class NewRating(BaseModel):
+    movie_id: int = Field(ge=1, le=2_147_483_647)
+    rating: float = Field(ge=0.5, le=5, description="Stars, in half steps from 0.5 to 5")
+
+    @field_validator("rating")
+    @classmethod
+    def _half_steps(cls, value: float) -> float:
+        if value * 2 != int(value * 2):
+            raise ValueError("ratings go in half-star steps (0.5, 1, ..., 5)")
+        return value
+
+
+class NewRatings(BaseModel):
+    ratings: list[NewRating] = Field(min_length=1, max_length=500)
+
+
+@app.post("/api/users", status_code=201, tags=["users"])
+async def sign_up(request: Request, user: NewUser, k: K = 10):
+    """Sign a newcomer up; the answer has their first (cold-start) recommendations."""
+    async with _pool(request).acquire() as conn:
+        known = {r["genre"] for r in await conn.fetch(db.GENRES)}
+        unknown = sorted(set(user.preferred_genres) - known)
+        if unknown:
+            raise HTTPException(422, f"preferred_genres: unknown genre(s) {', '.join(unknown)}; "
+                                     f"known: {', '.join(sorted(known))}")
+        async with conn.transaction():
+            user_id = await conn.fetchval(db.SIGN_UP, _dataset(request), user.age, user.gender,
+                                          user.occupation, user.zip_code,
+                                          user.preferred_genres)
+    answer = json.loads((await recommend(request, user_id, k)).body)
+    return {**answer, "profile": user.model_dump()}
+
+
+@app.post("/api/users/{user_id}/ratings", status_code=202, tags=["users"])
+async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Body()]):
+    """Store ratings for the next nightly run (they change recommendations after it)."""
+    movie_ids = [r.movie_id for r in body.ratings]
+    async with _pool(request).acquire() as conn:
+        await _require_user(conn, user_id, _dataset(request))
+        known = {r["movie_id"] for r in await conn.fetch(db.KNOWN_MOVIES, movie_ids)}
+        missing = sorted(set(movie_ids) - known)
+        if missing:
+            raise HTTPException(404, f"movie(s) not in the catalogue: "
+                                     f"{', '.join(map(str, missing))}")
+        async with conn.transaction():
+            ids = [await conn.fetchval(db.SUBMIT_RATING, _dataset(request), user_id,
+                                       r.movie_id, r.rating) for r in body.ratings]
+    return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,
+            "message": ("Thanks! Your ratings are stored and will shape your recommendations "
+                        "after the next nightly run.")}
+
+
+# --------------------------------------------------------------------------- health
+
+
+@app.get("/api/health", tags=["health"])
+async def health(request: Request):
+    """Liveness plus what is being served: model version, publish time, data freshness."""
+    async with _pool(request).acquire() as conn:
+        live = await conn.fetchrow(db.PUBLICATION)
+        if live is None:
+            return JSONResponse(status_code=503, content={
+                "status": "no recommendations published yet"})
+        extra = await conn.fetchrow(db.HEALTH, live["publish_id"], live["dataset"])
+    now = dt.datetime.now(dt.UTC)
+    published_at = extra["published_at"]
+    return {"status": "ok", "dataset": live["dataset"], "model_name": live["model_name"],
+            "model_version": live["model_version"], "publish_id": live["publish_id"],
+            "mlflow_run_id": live["mlflow_run_id"], "published_at": published_at,
+            "published_hours_ago": (None if published_at is None
+                                    else round((now - published_at).total_seconds() / 3600, 2)),
+            "recommendations_per_user": live["recommendations_per_user"],
+            "data_freshness": {"ratings_through": live["ratings_through"],
+                               "source_loaded_at": live["source_loaded_at"],
+                               "last_source_check_at": extra["last_source_check_at"],
+                               "last_app_rating_at": extra["last_app_rating_at"]}}
+
+
+# --------------------------------------------------------------------------- web page
+
+
+@app.get("/", include_in_schema=False)
+@app.get("/signup", include_in_schema=False)
+async def page() -> FileResponse:
+    """The single-page app; its script picks the view from the path."""
+    return FileResponse(STATIC / "index.html")
+
+
+@app.get("/users/{user_id}", include_in_schema=False)
+async def user_page(user_id: UserId) -> FileResponse:
+    return FileResponse(STATIC / "index.html")

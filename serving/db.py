@@ -1,0 +1,159 @@
+"""Warehouse access for the API: one asyncpg pool, as the read-only role.
+
+Configuration (environment only):
+
+| variable | default | meaning |
+|---|---|---|
+| ``MFY_API_DATABASE_URL`` | the embedded warehouse's reader URL | libpq URL of the read-only role |
+| ``MFY_API_POOL_MIN`` / ``MFY_API_POOL_MAX`` | 2 / 10 | pool size per worker process |
+| ``MFY_DATASET`` | ``ml-100k`` | the release whose users, ratings and movies are served |
+
+Every statement is parameterised (asyncpg sends values separately from the
+SQL and caches the prepared statements per connection); identifiers are never
+built from client input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    database_url: str
+    dataset: str
+    pool_min: int
+    pool_max: int
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        url = os.environ.get("MFY_API_DATABASE_URL")
+        if not url:
+            from moviesforyou import warehouse
+            from moviesforyou.config import Settings
+
+            url = warehouse.reader_url(Settings.from_env())
+        return cls(database_url=url, dataset=os.environ.get("MFY_DATASET", "ml-100k"),
+                   pool_min=int(os.environ.get("MFY_API_POOL_MIN", "2")),
+                   pool_max=int(os.environ.get("MFY_API_POOL_MAX", "10")))
+
+
+async def create_pool(settings: ApiSettings):
+    import asyncpg
+
+    return await asyncpg.create_pool(
+        settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max,
+        command_timeout=30, server_settings={
+            "application_name": "moviesforyou-api",
+            # looser than pg_trgm's defaults (0.6 and 0.3), so that typos still match:
+            # "gmae the" finds "The Game"; the ranking puts the closest first
+            "pg_trgm.word_similarity_threshold": "0.3",
+            "pg_trgm.similarity_threshold": "0.2",
+        })
+
+
+# --------------------------------------------------------------------------- queries
+
+MOVIE_COLUMNS = ("m.movie_id, m.title, m.release_year, m.genres, m.mean_rating, "
+                 "m.bayesian_rating, m.rating_count, m.imdb_url")
+
+MOVIES_PAGE = f"""
+select {MOVIE_COLUMNS}, count(*) over () as total
+from recs.movie_catalogue as m
+where $3::text is null or $3 = any(m.genres)
+order by m.movie_id
+limit $1 offset $2
+"""
+
+MOVIE = f"select {MOVIE_COLUMNS} from recs.movie_catalogue as m where m.movie_id = $1"
+
+#: Candidates by trigram similarity (index-assisted); app.py re-ranks them by edit
+#: distance, which trigrams miss for transposed letters ("gmae").
+SEARCH = f"""
+select {MOVIE_COLUMNS}, m.original_title,
+       word_similarity($1, m.search_text) + similarity(m.search_text, $1) as match
+from recs.movie_catalogue as m
+where m.search_text % $1 or $1 <% m.search_text
+order by match desc, m.rating_count desc, m.movie_id
+limit $2
+"""
+
+SIMILAR = f"""
+select s.rank, {MOVIE_COLUMNS}, s.similarity, s.model_version, s.publish_id
+from recs.similar_movies as s
+join recs.movie_catalogue as m on m.movie_id = s.similar_movie_id
+where s.movie_id = $1
+order by s.rank
+limit $2
+"""
+
+USER_EXISTS = """
+select exists (select 1 from marts.dim_users where user_id = $1)
+    or exists (select 1 from app.users where user_id = $1 and dataset = $2)
+"""
+
+USER_RATINGS = """
+with rated as (
+    select f.movie_id, f.rating::float8 as rating, f.rated_at, false as pending
+    from marts.fct_ratings as f
+    where f.user_id = $1 and f.dataset = $2
+    union all
+    select a.movie_id, a.rating::float8, a.rated_at, true
+    from app.ratings as a
+    where a.user_id = $1 and a.dataset = $2
+        and a.received_at > coalesce((select max(ingested_at) from marts.fct_ratings
+                                      where rating_source = 'app' and dataset = $2),
+                                     '-infinity')
+)
+select r.movie_id, m.title, m.release_year, m.genres, r.rating, r.rated_at, r.pending,
+       count(*) over () as total
+from rated as r
+left join recs.movie_catalogue as m on m.movie_id = r.movie_id
+order by r.rated_at desc, r.movie_id
+limit $3 offset $4
+"""
+
+#: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
+RECOMMEND_JSON = """
+select count(*) as n, bool_and(source = 'als') as personal,
+       json_build_object(
+           'user_id', $1::integer,
+           'model_version', min(model_version),
+           'publish_id', min(publish_id),
+           'exclude_genres', $3::text[],
+           'recommendations', coalesce(json_agg(json_build_object(
+               'rank', rank, 'movie_id', movie_id, 'title', title, 'year', release_year,
+               'genres', genres, 'score', score,
+               'predicted_rating', round(predicted_rating::numeric, 2),
+               'source', source) order by rank), '[]'::json))::text as body
+from recs.recommend($1, $2, $3::text[])
+"""
+
+PREDICT = "select recs.predict_rating($1, $2)"
+
+PUBLICATION = """
+select publish_id, dataset, model_name, model_version, mlflow_run_id, generated_at,
+       recommendations_per_user, ratings_through, source_loaded_at
+from recs.publication
+"""
+
+HEALTH = """
+select (select went_live_at from ops.publish_log where publish_id = $1) as published_at,
+       (select max(loaded_at) from ops.source_loads
+        where dataset = $2 and status in ('loaded', 'unchanged')) as last_source_check_at,
+       (select max(received_at) from app.ratings where dataset = $2) as last_app_rating_at
+"""
+
+GENRES = "select genre from marts.dim_genres order by genre"
+
+OCCUPATIONS = """
+select distinct occupation from marts.dim_users
+where occupation is not null and occupation <> 'unknown' order by occupation
+"""
+
+SIGN_UP = "select app.sign_up($1, $2, $3, $4, $5, $6::text[])"
+
+SUBMIT_RATING = "select app.submit_rating($1, $2, $3, $4::numeric)"
+
+KNOWN_MOVIES = "select movie_id from recs.movie_catalogue where movie_id = any($1::int[])"

@@ -1,0 +1,213 @@
+// MoviesForYou web page: three views over the JSON API, no framework.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    headers: { "Content-Type": "application/json" }, ...options,
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+
+function showError(error) {
+  const box = $("#error");
+  box.textContent = error ? String(error.message || error) : "";
+  box.hidden = !error;
+}
+
+function servedBy(answer) {
+  if (answer && answer.model_version) {
+    $("#served-by").textContent =
+      `Model version ${answer.model_version}, publish ${answer.publish_id}`;
+  }
+}
+
+function movieLabel(movie) {
+  return movie.year ? `${movie.title} (${movie.year})` : movie.title;
+}
+
+function stars(value) {
+  return value == null ? "–" : Number(value).toFixed(1);
+}
+
+function movieItem(movie, extra) {
+  return el("li", { class: "movie", "data-movie-id": movie.movie_id },
+    el("span", { class: "title" }, movieLabel(movie)),
+    el("span", { class: "genres" }, (movie.genres || []).join(", ")),
+    el("span", { class: "extra" }, extra || ""));
+}
+
+// ------------------------------------------------------------------ search view
+
+async function searchTitle(title) {
+  showError(null);
+  try {
+    const answer = await api(`/api/similar?title=${encodeURIComponent(title)}&k=10`);
+    const movie = answer.movie;
+    $("#your-movie-card").replaceChildren(
+      el("strong", { id: "your-movie-title" }, movieLabel(movie)),
+      el("div", {}, `Genres: ${movie.genres.join(", ") || "none"}`),
+      el("div", {}, `Mean rating: ${stars(movie.mean_rating)} from ${movie.rating_count} ratings`));
+    $("#other-matches").textContent = answer.other_matches.length
+      ? `Did you mean: ${answer.other_matches.map(movieLabel).join("; ")}` : "";
+    $("#similar-list").replaceChildren(...answer.similar.map((m) =>
+      movieItem(m, `similarity ${m.similarity.toFixed(2)}`)));
+    $("#your-movie").hidden = false;
+    servedBy(answer);
+  } catch (error) {
+    $("#your-movie").hidden = true;
+    showError(error);
+  }
+}
+
+// ------------------------------------------------------------------ user view
+
+let genres = [];
+
+async function loadGenres() {
+  if (!genres.length) genres = (await api("/api/genres")).genres;
+  return genres;
+}
+
+function genreBoxes(container, name) {
+  const legend = container.querySelector("legend");
+  container.replaceChildren(legend, ...genres.map((genre) =>
+    el("label", { class: "genre" },
+      el("input", { type: "checkbox", name, value: genre }), genre)));
+}
+
+async function showUser(userId) {
+  await loadGenres();
+  const filters = $("#genre-filters");
+  if (!filters.querySelector("input")) {
+    genreBoxes(filters, "exclude");
+    filters.addEventListener("change", () => loadUserRecs(userId));
+  }
+  $("#user-title").textContent = `Recommendations for user ${userId}`;
+  await loadUserRecs(userId);
+  try {
+    const rated = await api(`/api/users/${userId}/ratings`);
+    $("#user-ratings").replaceChildren(...rated.ratings.map((r) =>
+      el("li", {}, `${movieLabel(r)}: ${stars(r.rating)}${r.pending ? " (pending)" : ""}`)));
+  } catch (error) {
+    $("#user-ratings").replaceChildren();
+  }
+}
+
+async function loadUserRecs(userId) {
+  showError(null);
+  const excluded = [...document.querySelectorAll("#genre-filters input:checked")]
+    .map((box) => box.value);
+  const query = excluded.map((g) => `&exclude_genres=${encodeURIComponent(g)}`).join("");
+  try {
+    const answer = await api(`/api/users/${userId}/recommendations?k=20${query}`);
+    $("#user-recs tbody").replaceChildren(...answer.recommendations.map((r) =>
+      el("tr", { "data-movie-id": r.movie_id },
+        el("td", {}, r.rank), el("td", {}, movieLabel(r)),
+        el("td", {}, r.genres.join(", ")), el("td", {}, stars(r.predicted_rating)))));
+    servedBy(answer);
+  } catch (error) {
+    $("#user-recs tbody").replaceChildren();
+    showError(error);
+  }
+}
+
+// ------------------------------------------------------------------ sign-up view
+
+async function showSignup() {
+  await loadGenres();
+  const box = $("#signup-genres");
+  if (!box.querySelector("input")) genreBoxes(box, "preferred");
+  const select = $("#occupation-select");
+  if (select.options.length === 1) {
+    const { occupations } = await api("/api/occupations");
+    select.append(...occupations.map((o) => el("option", { value: o }, o)));
+  }
+}
+
+async function signUp(form) {
+  showError(null);
+  const data = new FormData(form);
+  const body = {
+    age: Number(data.get("age")),
+    gender: data.get("gender") || null,
+    occupation: data.get("occupation") || null,
+    preferred_genres: data.getAll("preferred"),
+  };
+  try {
+    const answer = await api("/api/users?k=10", { method: "POST", body: JSON.stringify(body) });
+    $("#signup-welcome").textContent =
+      `Welcome, user ${answer.user_id}! Films picked for you:`;
+    $("#signup-list").replaceChildren(...answer.recommendations.map((r) =>
+      movieItem(r, r.source.replace(":", ": "))));
+    $("#signup-result").hidden = false;
+    servedBy(answer);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ------------------------------------------------------------------ routing
+
+function route() {
+  const path = window.location.pathname;
+  for (const view of document.querySelectorAll("main > section")) view.hidden = true;
+  const user = path.match(/^\/users\/(\d+)/);
+  if (user) {
+    $("#view-user").hidden = false;
+    showUser(Number(user[1])).catch(showError);
+  } else if (path === "/signup") {
+    $("#view-signup").hidden = false;
+    showSignup().catch(showError);
+  } else {
+    $("#view-search").hidden = false;
+    const title = new URLSearchParams(window.location.search).get("title");
+    if (title) {
+      $("#search-input").value = title;
+      searchTitle(title);
+    }
+  }
+}
+
+function go(url) {
+  history.pushState({}, "", url);
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    go(`/?title=${encodeURIComponent($("#search-input").value)}`);
+  });
+  $("#user-jump").addEventListener("submit", (event) => {
+    event.preventDefault();
+    go(`/users/${Number($("#user-id").value)}`);
+  });
+  $("#signup-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signUp(event.target);
+  });
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      go(link.getAttribute("href"));
+    });
+  }
+  window.addEventListener("popstate", route);
+  route();
+});

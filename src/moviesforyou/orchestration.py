@@ -1,0 +1,118 @@
+"""Airflow on one machine: a project-local AIRFLOW_HOME and the nightly DAG run once.
+
+``moviesforyou run`` runs ``airflow dags test movielens_nightly`` with
+``AIRFLOW_HOME=$MFY_HOME/airflow`` (SQLite metadata database, created on first
+use) and the project's ``dags/`` folder. The run is recorded in that metadata
+database, so ``make airflow`` (``airflow standalone`` with the same home) shows
+it in the Airflow UI afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from moviesforyou.config import Settings, find_project_root
+from moviesforyou.errors import MoviesForYouError
+
+DAG_ID = "movielens_nightly"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """The environment for any airflow command on this project (keeps the caller's)."""
+    home = settings.home / "airflow"
+    env = dict(os.environ)
+    env.setdefault("AIRFLOW_HOME", str(home))
+    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(find_project_root() / "dags"))
+    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
+    env.setdefault("AIRFLOW__API__PORT", "8080")
+    env["MFY_HOME"] = str(settings.home)
+    if settings.warehouse_url:
+        env["MFY_WAREHOUSE_URL"] = settings.warehouse_url
+    if settings.source:
+        env["MFY_SOURCE"] = settings.source
+    env["MFY_DATASET"] = settings.dataset
+    return env
+
+
+def _airflow(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "airflow"), *args]
+    return subprocess.run(command, env=env, **kwargs)
+
+
+def ensure_metadata_db(env: dict[str, str]) -> None:
+    """Create or upgrade Airflow's metadata database (``airflow db migrate``) once."""
+    home = Path(env["AIRFLOW_HOME"])
+    marker = home / ".migrated"
+    version = _airflow_version()
+    if marker.exists() and marker.read_text() == version:
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    done = _airflow(env, "db", "migrate", capture_output=True, text=True)
+    if done.returncode:
+        raise MoviesForYouError(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
+    marker.write_text(version)
+
+
+def _airflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("apache-airflow")
+
+
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
+_TASK_STATE = re.compile(r"task_id=(\w+).*?new_state=(\w+)|new_state=(\w+)")
+
+
+def run_dag(settings: Settings, *, conf: dict | None = None, logical_date: str | None = None,
+            on_line: Callable[[str], None] | None = None) -> tuple[int, Path, float]:
+    """``airflow dags test`` the nightly DAG. Returns (exit status, log file, seconds)."""
+    env = airflow_env(settings)
+    ensure_metadata_db(env)
+    log_path = Path(env["AIRFLOW_HOME"]) / "last_run.log"
+    args = ["dags", "test", DAG_ID]
+    if logical_date:
+        args.append(logical_date)
+    if conf:
+        args += ["-c", json.dumps(conf)]
+    started = time.time()
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), *args],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1)
+        for line in process.stdout:
+            log_file.write(line)
+            if on_line:
+                on_line(line)
+        status = process.wait()
+    return status, log_path, time.time() - started
+
+
+def last_run_summary(settings: Settings) -> dict | None:
+    """The newest row of ``ops.pipeline_runs``."""
+    from moviesforyou import warehouse
+
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select to_regclass('ops.pipeline_runs') is not null")
+            if not cur.fetchone()[0]:
+                return None
+            cur.execute("""select run_id, state, source_status, trained, promoted, published,
+                                  model_version, publish_id, tasks, metrics, note
+                           from ops.pipeline_runs where dag_id = %s
+                           order by finished_at desc limit 1""", (DAG_ID,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            names = [d[0] for d in cur.description]
+            return dict(zip(names, row, strict=True))
+    finally:
+        conn.close()

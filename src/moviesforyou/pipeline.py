@@ -1,0 +1,354 @@
+"""The nightly pipeline's steps, one function per Airflow task of ``movielens_nightly``.
+
+Each step takes :class:`~moviesforyou.config.Settings`, does one thing, logs its
+progress as plain lines (Airflow's task log) and returns a small JSON-able dict
+for XCom and the run summary. The DAG file only wires them together; tests can
+call them directly.
+
+Configuration follows Airflow conventions (:func:`settings_from_airflow`):
+
+| Airflow | sets | default |
+|---|---|---|
+| connection ``mfy_warehouse`` (postgres) | ``MFY_WAREHOUSE_URL`` | the embedded warehouse |
+| connection ``mfy_mlflow`` (http) | ``MLFLOW_TRACKING_URI`` | SQLite under ``MFY_HOME`` |
+| variable ``mfy_dataset`` | ``MFY_DATASET`` | ``ml-100k`` |
+| variable ``mfy_source`` | ``MFY_SOURCE`` | GroupLens' URL |
+| variable ``mfy_source_sha256`` | ``MFY_SOURCE_SHA256`` | GroupLens' published ``.md5`` |
+
+Connections and variables come from the metadata database or, conventionally,
+from ``AIRFLOW_CONN_MFY_WAREHOUSE`` / ``AIRFLOW_VAR_MFY_DATASET`` and so on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from moviesforyou import ingest, publish, quality, sources, transform, warehouse
+from moviesforyou.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Airflow variable -> environment variable.
+_VARIABLES = {"mfy_dataset": "MFY_DATASET", "mfy_source": "MFY_SOURCE",
+              "mfy_source_sha256": "MFY_SOURCE_SHA256"}
+
+
+def settings_from_airflow() -> Settings:
+    """Settings from the environment, overridden by the Airflow connections and variables."""
+    from airflow.sdk import Connection, Variable
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    env = dict(os.environ)
+    with contextlib.suppress(AirflowNotFoundException):
+        conn = Connection.get("mfy_warehouse")
+        env["MFY_WAREHOUSE_URL"] = conn.get_uri().replace("postgres://", "postgresql://", 1)
+    with contextlib.suppress(AirflowNotFoundException):
+        conn = Connection.get("mfy_mlflow")
+        scheme = conn.schema or "http"
+        os.environ["MLFLOW_TRACKING_URI"] = (
+            f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else ""))
+    for variable, name in _VARIABLES.items():
+        value = Variable.get(variable, default=None)
+        if value:
+            env[name] = value
+    return Settings.from_env(env)
+
+
+def _every_tenth(label: str):
+    """A progress callback that logs at each 10% step."""
+    last = {"step": -1}
+
+    def report(done: int, total: int | None) -> None:
+        if not total:
+            return
+        step = min(10, int(10 * done / total))
+        if step != last["step"]:
+            last["step"] = step
+            log.info("%s: %d%% (%s of %s bytes)", label, 10 * step, f"{done:,}", f"{total:,}")
+
+    return report
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def extract(settings: Settings, *, force: bool = False) -> dict:
+    """Download (only when the checksum changed) and ingest the release into raw."""
+    started = time.time()
+    files = sources.open_release(settings, settings.dataset, settings.source,
+                                 settings.source_sha256,
+                                 on_bytes=_every_tenth(f"download {settings.dataset}"))
+    reporters: dict[str, object] = {}
+
+    def on_file(table: str, name: str, done: int, size: int) -> None:
+        if table not in reporters:
+            reporters[table] = _every_tenth(f"raw.{table} from {name}")
+        reporters[table](done, size)
+
+    try:
+        with contextlib.closing(warehouse.connect(settings, dsn=warehouse.ensure(settings))) as c:
+            result = ingest.load_release(c, files, settings.dataset, force=force,
+                                         progress=on_file)
+    finally:
+        files.close()
+    log.info("ingest %s: %s, %s", settings.dataset, result.status, result.row_counts)
+    return {"load_id": result.load_id, "status": result.status,
+            "row_counts": result.row_counts, "seconds": round(time.time() - started, 2)}
+
+
+def validate(settings: Settings, layer: str) -> dict:
+    """A layer's Great Expectations suites; a failure raises with every failing expectation."""
+    try:
+        report = quality.validate(settings, layer)
+    except quality.ValidationFailed as exc:
+        log.error("%s", exc)
+        raise
+    return report.as_json()
+
+
+def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dict:
+    """Whether anything new arrived since the last build: a new release load, new app
+    ratings, or nothing published yet. Returns {"changed": bool, "reason": str}."""
+    reasons = []
+    if force:
+        reasons.append("forced by the run's conf")
+    if load.get("status") == "loaded":
+        reasons.append("the source changed")
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('marts.fct_ratings') is not null, "
+                    "to_regclass('recs.publication') is not null")
+        built, published = cur.fetchone()
+        if not built:
+            reasons.append("the marts are not built yet")
+        else:
+            cur.execute("""select (select count(*) from app.ratings where dataset = %(d)s),
+                                  (select count(*) from marts.fct_ratings
+                                   where dataset = %(d)s and rating_source = 'app')""",
+                        {"d": settings.dataset})
+            app, modelled = cur.fetchone()
+            if app != modelled:
+                reasons.append(f"{app - modelled} new app rating(s)")
+        if not published:
+            reasons.append("nothing is published yet")
+    changed = bool(reasons)
+    reason = "; ".join(reasons) if changed else (
+        "the source is unchanged and no app ratings arrived: training and publishing skipped")
+    log.info("changes: %s", reason)
+    return {"changed": changed, "reason": reason}
+
+
+def build_marts(settings: Settings) -> dict:
+    """dbt build (models, unit and data tests) and source freshness."""
+    started = time.time()
+    summary = transform.transform(settings, docs=True)
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from marts.fct_ratings where dataset = %s",
+                    (settings.dataset,))
+        rows = cur.fetchone()[0]
+    return {"dbt": summary.build.counts(), "fct_ratings": rows,
+            "seconds": round(time.time() - started, 2)}
+
+
+def export_snapshot(settings: Settings) -> dict:
+    from spark_jobs.train import export_and_keep_snapshot
+
+    snapshot = export_and_keep_snapshot(settings)
+    log.info("snapshot %s: %d ratings, %d users, %d movies", snapshot.digest, snapshot.rows,
+             snapshot.users, snapshot.movies)
+    return {"path": str(snapshot.path.parent), "digest": snapshot.digest, "rows": snapshot.rows,
+            "users": snapshot.users, "movies": snapshot.movies}
+
+
+def train_config(overrides: dict | None = None):
+    """A TrainConfig from the run's conf (``{"train": {...}}``), e.g. fixed ALS params."""
+    from spark_jobs.models import ALSParams
+    from spark_jobs.train import TrainConfig
+
+    values = dict(overrides or {})
+    for key in ("explicit", "implicit"):
+        if values.get(key):
+            values[key] = ALSParams(**{**values[key], "implicit": key == "implicit"})
+    return TrainConfig(**values)
+
+
+def train(settings: Settings, snapshot: dict, overrides: dict | None = None) -> dict:
+    """Tune, evaluate and register a challenger on the snapshot (no gate)."""
+    from spark_jobs.train import read_kept_snapshot
+    from spark_jobs.train import train as train_models
+
+    result = train_models(settings, train_config(overrides),
+                          snapshot=read_kept_snapshot(Path(snapshot["path"])), gate=False)
+    log.info("challenger v%s (run %s): %s", result.version, result.run_id, result.metrics)
+    return {"version": result.version, "run_id": result.run_id, "metrics": result.metrics,
+            "explicit": dataclasses.asdict(result.explicit),
+            "implicit": dataclasses.asdict(result.implicit)}
+
+
+def gate(settings: Settings, trained: dict | None, snapshot: dict,
+         overrides: dict | None = None) -> dict:
+    """The champion gate for the challenger trained in this run.
+
+    ``trained`` is None when training ran through spark-submit (no XCom): the
+    challenger is then the newest version trained on this run's snapshot.
+    """
+    from spark_jobs import registry
+    from spark_jobs.train import gate_challenger
+
+    version = (trained or {}).get("version") or registry.version_for_snapshot(
+        registry.configure(settings), snapshot["digest"])
+    if version is None:
+        raise RuntimeError(f"no model version was trained on snapshot {snapshot['digest']}")
+    decision = gate_challenger(settings, version, train_config(overrides))
+    return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
+            "champion_before": decision.champion_before,
+            "champion": version if decision.promoted else decision.champion_before}
+
+
+def score(settings: Settings) -> dict:
+    publish_id = publish.prepare(settings)
+    return {"publish_id": publish_id}
+
+
+def validate_recs(settings: Settings, scored: dict) -> dict:
+    return publish.validate_build(settings, scored["publish_id"]).as_json()
+
+
+def publish_recs(settings: Settings, scored: dict) -> dict:
+    result = publish.go_live(settings, scored["publish_id"])
+    return {"publish_id": result.publish_id, "model_version": result.model_version,
+            "row_counts": result.row_counts, "swap_lock_ms": round(result.swap_lock_ms, 2)}
+
+
+def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
+                  started_at, tasks: dict[str, dict], results: dict[str, dict | None],
+                  state: str) -> dict:
+    """Upsert this run's row of ``ops.pipeline_runs`` (a re-run replaces it)."""
+    load = results.get("extract_source") or {}
+    marts = results.get("build_marts") or {}
+    trained = results.get("train_als") or {}
+    gated = results.get("gate_model") or {}
+    published = results.get("publish_recs") or {}
+    changes = results.get("check_changes") or {}
+    row = {
+        "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
+        "dataset": settings.dataset, "state": state, "started_at": started_at,
+        "source_status": load.get("status"), "trained": bool(trained),
+        "promoted": gated.get("promoted"), "published": bool(published),
+        "model_version": published.get("model_version") or gated.get("champion"),
+        "publish_id": published.get("publish_id"),
+        "tasks": json.dumps(tasks),
+        "row_counts": json.dumps({"raw": load.get("row_counts", {}),
+                                  "fct_ratings": marts.get("fct_ratings"),
+                                  "recs": published.get("row_counts", {})}),
+        "metrics": json.dumps(trained.get("metrics", {})),
+        "note": changes.get("reason"),
+    }
+    columns = list(row)
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
+        if not published:  # what stays live
+            cur.execute("select to_regclass('recs.publication') is not null")
+            if cur.fetchone()[0]:
+                cur.execute("select model_version, publish_id from recs.publication")
+                live = cur.fetchone()
+                if live:
+                    row["model_version"] = row["model_version"] or live[0]
+                    row["publish_id"] = live[1]
+        cur.execute(
+            f"insert into ops.pipeline_runs ({', '.join(columns)}) "
+            f"values ({', '.join('%(' + c + ')s' for c in columns)}) "
+            "on conflict (dag_id, run_id) do update set "
+            + ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
+            + ", finished_at = now()", row)
+    log.info("run summary: %s", {k: v for k, v in row.items() if k not in ("tasks",)})
+    return {k: row[k] for k in ("state", "trained", "promoted", "published", "model_version",
+                                "publish_id")}
+
+
+# --------------------------------------------------------------------------- follower DAG
+
+
+_RECS_QUALITY = """
+insert into ops.recs_quality (publish_id, model_version, users, recommendations,
+    catalogue_movies, recommended_movies, catalogue_coverage, mean_popularity_percentile,
+    share_of_top_10pct)
+with popularity as (
+    select movie_id, percent_rank() over (order by rating_count) as percentile
+    from recs.movie_catalogue
+),
+recommended as (
+    select r.movie_id, p.percentile
+    from recs.user_recommendations as r
+    join popularity as p on p.movie_id = r.movie_id
+)
+select pub.publish_id, pub.model_version,
+       (select count(distinct user_id) from recs.user_recommendations),
+       (select count(*) from recommended),
+       (select count(*) from recs.movie_catalogue where rating_count > 0),
+       (select count(distinct movie_id) from recommended),
+       (select count(distinct movie_id) from recommended)::float8
+           / nullif((select count(*) from recs.movie_catalogue where rating_count > 0), 0),
+       (select avg(percentile) from recommended),
+       (select avg((percentile >= 0.9)::int) from recommended)
+from recs.publication as pub
+on conflict (publish_id) do update set measured_at = now(), users = excluded.users,
+    recommendations = excluded.recommendations,
+    catalogue_movies = excluded.catalogue_movies,
+    recommended_movies = excluded.recommended_movies,
+    catalogue_coverage = excluded.catalogue_coverage,
+    mean_popularity_percentile = excluded.mean_popularity_percentile,
+    share_of_top_10pct = excluded.share_of_top_10pct
+returning publish_id, catalogue_coverage, mean_popularity_percentile, share_of_top_10pct
+"""
+
+
+def measure_recs(settings: Settings) -> dict:
+    """Coverage and popularity bias of the live recommendations, into ops.recs_quality."""
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
+        cur.execute(_RECS_QUALITY)
+        publish_id, coverage, percentile, top = cur.fetchone()
+    log.info("publish %s: coverage %.1f%%, mean popularity percentile %.2f, %.0f%% from the "
+             "top 10%%", publish_id, 100 * coverage, percentile, 100 * top)
+    return {"publish_id": publish_id, "catalogue_coverage": coverage,
+            "mean_popularity_percentile": percentile, "share_of_top_10pct": top}
+
+
+class StaleRecommendations(RuntimeError):
+    pass
+
+
+def check_freshness(settings: Settings, max_age_hours: float | None = None) -> dict:
+    """How old the served recommendations are; raises past ``MFY_MAX_RECS_AGE_HOURS`` (36)."""
+    max_age = float(max_age_hours or os.environ.get("MFY_MAX_RECS_AGE_HOURS", "36"))
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
+        cur.execute("""
+            insert into ops.freshness_checks (dataset, publish_id, published_hours_ago,
+                ratings_through, source_checked_hours_ago, pending_app_ratings, max_age_hours,
+                is_fresh)
+            select %(d)s, pub.publish_id,
+                   extract(epoch from now() - log.went_live_at) / 3600,
+                   pub.ratings_through,
+                   extract(epoch from now() - (select max(loaded_at) from ops.source_loads
+                                               where dataset = %(d)s)) / 3600,
+                   (select count(*) from app.ratings where dataset = %(d)s
+                        and received_at > coalesce(pub.generated_at, '-infinity')),
+                   %(max)s,
+                   coalesce(extract(epoch from now() - log.went_live_at) / 3600 <= %(max)s,
+                            false)
+            from recs.publication as pub
+            left join ops.publish_log as log on log.publish_id = pub.publish_id
+            returning publish_id, published_hours_ago, pending_app_ratings, is_fresh""",
+                    {"d": settings.dataset, "max": max_age})
+        publish_id, age, pending, fresh = cur.fetchone()
+    result = {"publish_id": publish_id, "published_hours_ago": age,
+              "pending_app_ratings": pending, "is_fresh": fresh}
+    log.info("freshness: %s", result)
+    if not fresh:
+        raise StaleRecommendations(f"the live recommendations (publish {publish_id}) are "
+                                   f"{age:.1f} h old, over {max_age:g} h")
+    return result

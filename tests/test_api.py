@@ -1,0 +1,326 @@
+"""The serving API as a real process on a published ml-100k model, and its web page."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT, query
+from moviesforyou import publish, warehouse
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def wh(published):
+    connection = warehouse.connect(published)
+    yield connection
+    connection.close()
+
+
+def test_movies_are_paginated_ten_per_page_with_genres(api_server):
+    status, page = call(api_server, "/api/movies?page=1")
+    assert status == 200
+    assert page["total"] == 1682 and page["pages"] == 169 and len(page["movies"]) == 10
+    assert page["movies"][0] == page["movies"][0] | {"movie_id": 1, "title": "Toy Story",
+                                                     "year": 1995}
+    assert set(page["movies"][0]["genres"]) == {"Animation", "Children", "Comedy"}
+    _, last = call(api_server, "/api/movies?page=169")
+    assert len(last["movies"]) == 2
+    _, westerns = call(api_server, "/api/movies?genre=Western")
+    assert all("Western" in m["genres"] for m in westerns["movies"])
+
+
+def test_movie_details_and_unknown_ids(api_server):
+    status, movie = call(api_server, "/api/movies/50")
+    assert status == 200 and movie["title"] == "Star Wars" and movie["rating_count"] == 583
+    assert call(api_server, "/api/movies/99999")[0] == 404
+    assert call(api_server, "/api/users/99999/ratings")[0] == 404
+    assert call(api_server, "/api/users/99999/recommendations")[0] == 404
+    assert call(api_server, "/api/movies/99999/similar")[0] == 404
+
+
+def test_bad_parameters_get_a_readable_422(api_server):
+    status, answer = call(api_server, "/api/users/1/recommendations?k=1000")
+    assert status == 422 and answer["detail"].startswith("query.k: ")
+    status, answer = call(api_server, "/api/movies/abc")
+    assert status == 422 and "path.movie_id" in answer["detail"]
+    status, answer = call(api_server, "/api/movies?page=0")
+    assert status == 422
+    status, answer = call(api_server, "/api/users", {"age": 300, "gender": "X"})
+    assert status == 422 and "age" in answer["detail"] and "gender" in answer["detail"]
+    status, answer = call(api_server, "/api/users/1/ratings", {"ratings": [
+        {"movie_id": 1, "rating": 3.3}]})
+    assert status == 422 and "half-star" in answer["detail"]
+
+
+def test_hostile_input_stays_data(api_server, wh):
+    hostile = "x'); drop table recs.user_recommendations; --"
+    status, answer = call(api_server, "/api/movies/search?q=" + urllib.parse.quote(hostile))
+    assert status == 200
+    status, _ = call(api_server, "/api/users/1/recommendations?exclude_genres="
+                     + urllib.parse.quote(hostile))
+    assert status == 200
+    assert query(wh, "select count(*) > 0 from recs.user_recommendations") == [(True,)]
+
+
+def test_user_ratings(api_server):
+    status, answer = call(api_server, "/api/users/1/ratings")
+    assert status == 200 and answer["total"] == 272 and len(answer["ratings"]) == 10
+    assert {"movie_id", "title", "rating", "rated_at", "pending"} <= set(answer["ratings"][0])
+
+
+def test_recommendations_for_a_user(api_server, wh):
+    status, answer = call(api_server, "/api/users/1/recommendations?k=15&exclude_genres=Drama"
+                                      "&exclude_genres=Comedy,Romance")
+    assert status == 200
+    recs = answer["recommendations"]
+    assert [r["rank"] for r in recs] == list(range(1, 16))
+    assert all(not {"Drama", "Comedy", "Romance"} & set(r["genres"]) for r in recs)
+    assert answer["exclude_genres"] == ["Comedy", "Drama", "Romance"]
+    live = query(wh, "select publish_id, model_version from recs.publication")[0]
+    assert (answer["publish_id"], answer["model_version"]) == live
+    seen = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings where user_id = 1")}
+    assert not seen & {r["movie_id"] for r in recs}
+    assert all(0.5 <= r["predicted_rating"] <= 5 for r in recs)
+
+
+def test_predicted_rating(api_server, wh):
+    status, answer = call(api_server, "/api/users/1/predicted-rating/50")
+    (expected,), = query(wh, "select recs.predict_rating(1, 50)")
+    assert status == 200 and answer["predicted_rating"] == pytest.approx(expected, abs=1e-3)
+    assert call(api_server, "/api/users/1/predicted-rating/99999")[0] == 404
+
+
+def test_similar_movies_by_id_and_by_fuzzy_title(api_server):
+    status, by_id = call(api_server, "/api/movies/50/similar?k=10")
+    assert status == 200 and len(by_id["similar"]) == 10 and by_id["publish_id"]
+    # a typo, no year, the article in front: still "Game, The (1997)"
+    for title in ("the game", "Gmae, The", "gmae 1997", "game 1997", "The Game (1997)"):
+        status, answer = call(api_server, "/api/similar?title=" + urllib.parse.quote(title))
+        assert status == 200, title
+        assert (answer["movie"]["movie_id"], answer["movie"]["year"]) == (333, 1997), title
+        assert len(answer["similar"]) == 10
+    assert call(api_server, "/api/similar?title=qqqqqqqqqqzzzz")[0] == 404
+
+
+def test_sign_up_gives_cold_start_recommendations_at_once(api_server, wh):
+    status, answer = call(api_server, "/api/users?k=10", {
+        "age": 23, "gender": "F", "occupation": "Student",
+        "preferred_genres": ["Horror", "Sci-Fi"]})
+    assert status == 201
+    user_id = answer["user_id"]
+    assert user_id > 943
+    recs = answer["recommendations"]
+    assert len(recs) == 10
+    assert {r["source"] for r in recs[:4]} == {"genre:Horror", "genre:Sci-Fi"}
+    assert all({"Horror", "Sci-Fi"} & set(r["genres"]) for r in recs[:4])
+    assert answer["publish_id"]
+    stored = query(wh, "select age, gender, occupation, preferred_genres from app.users "
+                       "where user_id = %s", (user_id,))
+    assert stored == [(23, "F", "student", ["Horror", "Sci-Fi"])]
+    # a newcomer without genres gets their segment's list
+    _, plain = call(api_server, "/api/users", {"age": 30, "gender": "M"})
+    assert plain["recommendations"][0]["source"] == "age_gender:25-34 M"
+    status, answer = call(api_server, "/api/users", {"age": 30, "preferred_genres": ["Polka"]})
+    assert status == 422 and "Polka" in answer["detail"]
+
+
+def test_posted_ratings_reach_app_ratings(api_server, wh):
+    _, user = call(api_server, "/api/users", {"age": 40, "preferred_genres": ["Drama"]})
+    user_id = user["user_id"]
+    first = user["recommendations"][0]["movie_id"]
+    status, answer = call(api_server, f"/api/users/{user_id}/ratings",
+                          {"ratings": [{"movie_id": first, "rating": 4.5},
+                                       {"movie_id": 50, "rating": 5}]})
+    assert status == 202 and answer["stored"] == 2
+    assert "next nightly run" in answer["message"]
+    rows = query(wh, "select movie_id, rating::float8 from app.ratings where user_id = %s "
+                     "order by movie_id", (user_id,))
+    assert rows == sorted([(first, 4.5), (50, 5.0)])
+    _, rated = call(api_server, f"/api/users/{user_id}/ratings")
+    assert rated["total"] == 2 and all(r["pending"] for r in rated["ratings"])
+    # a rated movie no longer comes back as a recommendation
+    _, again = call(api_server, f"/api/users/{user_id}/recommendations?k=50")
+    assert first not in {r["movie_id"] for r in again["recommendations"]}
+    status, answer = call(api_server, f"/api/users/{user_id}/ratings",
+                          {"ratings": [{"movie_id": 99999, "rating": 3}]})
+    assert status == 404 and "99999" in answer["detail"]
+
+
+def test_health_names_model_publish_and_freshness(api_server, wh):
+    status, health = call(api_server, "/api/health")
+    assert status == 200 and health["status"] == "ok"
+    live = query(wh, "select publish_id, model_version from recs.publication")[0]
+    assert (health["publish_id"], health["model_version"]) == live
+    assert health["published_at"] and health["data_freshness"]["ratings_through"].startswith(
+        "1998-04-22")
+    assert call(api_server, "/openapi.json")[1]["info"]["title"] == "MoviesForYou"
+
+
+def test_readers_never_fail_during_back_to_back_publishes(api_server, published, spark):
+    """Readers hammer the lookup (HTTP and SQL) while two publishes run back to back."""
+    stop = threading.Event()
+    seen_versions: Counter = Counter()
+    problems: list[str] = []
+
+    def http_reader(user: int) -> None:
+        while not stop.is_set():
+            status, answer = call(api_server, f"/api/users/{user}/recommendations?k=10")
+            if status != 200:
+                problems.append(f"HTTP {status}: {answer}")
+            elif len(answer["recommendations"]) != 10:
+                problems.append(f"{len(answer['recommendations'])} recommendations")
+            else:
+                seen_versions[answer["publish_id"]] += 1
+
+    def sql_reader(user: int) -> None:
+        reader = warehouse.connect(dataclasses.replace(
+            published, warehouse_url=warehouse.reader_url(published)))
+        try:
+            while not stop.is_set():
+                rows = query(reader, "select count(*), count(distinct publish_id), "
+                                     "min(publish_id) from recs.recommend(%s, 10)", (user,))
+                n, versions, pid = rows[0]
+                if n != 10 or versions != 1:
+                    problems.append(f"SQL: {n} rows from {versions} versions")
+                seen_versions[pid] += 1
+        except Exception as exc:  # any error is a failure of the test
+            problems.append(f"SQL error: {exc}")
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=http_reader, args=(u,)) for u in (1, 2, 3, 4)]
+    threads += [threading.Thread(target=sql_reader, args=(u,)) for u in (5, 6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        results = [publish.publish(published, spark=spark) for _ in range(2)]
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert problems == []
+    new_ids = {r.publish_id for r in results}
+    assert new_ids <= set(seen_versions), "readers never saw the new versions"
+    assert sum(seen_versions.values()) > 100
+    assert all(r.swap_lock_ms < 1000 for r in results)
+
+
+# --------------------------------------------------------------------------- the web page
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, text: str | None = None, timeout: float = 15):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    try:
+        if text is None:
+            return wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "body").text
+        logs = driver.get_log("browser")
+        raise AssertionError(f"{css} {text!r} not shown in {timeout} s at {driver.current_url}."
+                             f"\nPage:\n{page[:1500]}\nConsole: {logs}") from None
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def test_page_search_shows_your_movie_and_similar_ones(browser, api_server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(api_server + "/")
+    box = wait_for(browser, "#search-input")
+    box.send_keys("gmae 1997")
+    browser.find_element(By.ID, "search-button").click()
+    title = wait_for(browser, "#your-movie-title", "The Game (1997)")
+    assert title.text == "The Game (1997)"
+    card = browser.find_element(By.ID, "your-movie-card").text
+    assert "Mystery, Thriller" in card and "Mean rating: 3.6" in card
+    items = browser.find_elements(By.CSS_SELECTOR, "#similar-list li.movie")
+    assert len(items) == 10
+    assert "Model version" in browser.find_element(By.ID, "served-by").text
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "search.png"))
+
+
+def test_page_user_recommendations_with_genre_filter(browser, api_server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(api_server + "/")
+    wait_for(browser, "#user-id").send_keys("1")
+    browser.find_element(By.CSS_SELECTOR, "#user-jump button").click()
+    wait_for(browser, "#user-title", "user 1")
+    wait_for(browser, "#user-recs tbody tr")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#user-recs tbody tr")
+    assert len(rows) == 20
+    assert any("Drama" in r.text for r in rows)
+    browser.find_element(By.CSS_SELECTOR, "#genre-filters input[value='Drama']").click()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#user-recs tbody tr")
+        texts = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
+        if len(rows) == 20 and not any("Drama" in t for t in texts):
+            break
+        time.sleep(0.2)
+    assert len(rows) == 20 and not any("Drama" in t for t in texts)
+    predicted = [float(r.find_elements(By.TAG_NAME, "td")[3].text) for r in rows]
+    assert all(0.5 <= p <= 5 for p in predicted)
+    browser.save_screenshot(str(SCREENSHOTS / "user.png"))
+
+
+def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(api_server + "/signup")
+    wait_for(browser, "#signup-genres input[value='Western']").click()
+    browser.find_element(By.ID, "signup-button").click()
+    wait_for(browser, "#signup-welcome", "Welcome, user")
+    items = browser.find_elements(By.CSS_SELECTOR, "#signup-list li.movie")
+    assert len(items) == 10
+    assert "Western" in items[0].find_element(By.CLASS_NAME, "genres").text
+    browser.save_screenshot(str(SCREENSHOTS / "signup.png"))
+

@@ -1,0 +1,306 @@
+"""The Airflow DAGs: integrity, and real end-to-end runs with ``dag.test()`` on ml-100k."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK_MODELS, ROOT, execute, fresh_database, query
+from moviesforyou import warehouse
+
+DAG_FILES = sorted(p for p in (ROOT / "dags").glob("*.py"))
+#: The run's conf for a quick training (the grids of conftest.QUICK_MODELS).
+QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
+               "explicit_grid": QUICK_MODELS["explicit_grid"],
+               "implicit_grid": QUICK_MODELS["implicit_grid"]}
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_dags_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert {Path(f).stem for f in DAG_FILES} == set(dagbag.dag_ids)
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.stem)
+def test_dag_follows_the_house_rules(dagbag, dag_file):
+    dag = dagbag.dags[dag_file.stem]  # the DAG id is the file name
+    assert dag.tags and "moviesforyou" in dag.tags
+    assert dag.doc_md and len(dag.doc_md) > 200
+    assert dag.catchup is False
+    assert dag.start_date.tzinfo is not None
+    assert dag.schedule is not None or dag.timetable is not None
+    for task in dag.tasks:
+        assert task.owner not in ("", "airflow"), task.task_id
+        assert task.retries >= 0
+    assert dag.default_args["retries"] >= 1
+    assert dag.default_args["retry_exponential_backoff"] is True
+
+
+def test_nightly_dag_shape(dagbag):
+    dag = dagbag.dags["movielens_nightly"]
+    assert dag.timetable.summary == "30 2 * * *"
+    edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
+    assert edges == {
+        ("extract_source", "validate_raw"), ("extract_source", "check_changes"),
+        ("validate_raw", "check_changes"), ("check_changes", "build_marts"),
+        ("build_marts", "validate_marts"), ("validate_marts", "export_snapshot"),
+        ("export_snapshot", "train_als"), ("train_als", "gate_model"),
+        ("export_snapshot", "gate_model"), ("gate_model", "score_recs"),
+        ("score_recs", "validate_recs"), ("score_recs", "publish_recs"),
+        ("validate_recs", "publish_recs"), ("publish_recs", "write_summary")}
+    assert {"validate_recs", "score_recs"} == dag.get_task("publish_recs").upstream_task_ids
+    assert dag.get_task("write_summary").trigger_rule == "all_done"
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
+    assert outlets == {"extract_source": ["warehouse_raw"], "build_marts": ["warehouse_marts"],
+                       "train_als": ["model_moviesforyou_als"],
+                       "gate_model": ["model_moviesforyou_als"],
+                       "publish_recs": ["warehouse_recs"]}
+
+
+def test_follower_dag_is_data_aware(dagbag):
+    dag = dagbag.dags["recs_freshness"]
+    assert "warehouse_recs" in str(dag.timetable.asset_condition)
+
+
+def _import_in_fresh_python(code: str, env: dict | None = None) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.stem)
+def test_no_heavy_work_at_parse_time(dag_file):
+    out = _import_in_fresh_python(
+        "import runpy, sys, time; t = time.time(); "
+        f"runpy.run_path({str(dag_file)!r}); "
+        "heavy = [m for m in ('pyspark', 'mlflow', 'great_expectations', 'psycopg2', 'dbt', "
+        "'pandas', 'moviesforyou.warehouse') if m in sys.modules]; "
+        "print(heavy, round(time.time() - t, 2))")
+    heavy, seconds = out.rsplit(" ", 1)
+    assert heavy == "[]", f"imported at parse time: {heavy}"
+    assert float(seconds) < 10
+
+
+def test_spark_connection_switches_training_to_spark_submit():
+    out = _import_in_fresh_python(
+        "import runpy; ns = runpy.run_path('dags/movielens_nightly.py'); "
+        "from airflow.sdk import DAG; "
+        "dag = [v for v in ns.values() if isinstance(v, DAG)][0]; "
+        "t = dag.get_task('train_als'); print(type(t).__name__, t.conn_id, t.application)",
+        env={"MFY_SPARK_CONN_ID": "spark_cluster"})
+    kind, conn_id, application = out.split()
+    assert kind == "SparkSubmitOperator" and conn_id == "spark_cluster"
+    assert application.endswith("spark_jobs/train.py")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclasses.dataclass
+class Nightly:
+    settings: object
+    dag: object
+    env: dict
+
+    def run(self, conf: dict | None = None, logical_date=None):
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return self.dag.test(run_conf=conf, logical_date=logical_date)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    def states(self, run) -> dict[str, str]:
+        return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+@pytest.fixture(scope="module")
+def nightly(dagbag, embedded_settings, ml100k, spark):
+    """A fresh warehouse, MLflow store and Airflow configuration for the DAG runs."""
+    home = Path(tempfile.mkdtemp(prefix="mfy-nightly-"))
+    home.chmod(0o755)
+    with fresh_database(embedded_settings) as settings:
+        settings = dataclasses.replace(settings, home=home)
+        env = {"MFY_HOME": str(home),
+               # the conventional way: an Airflow connection and variables from the environment
+               "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
+               "AIRFLOW_VAR_MFY_DATASET": "ml-100k",
+               "AIRFLOW_VAR_MFY_SOURCE": str(ml100k)}
+        yield Nightly(settings, dagbag.dags["movielens_nightly"], env)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def wh(nightly):
+    connection = warehouse.connect(nightly.settings)
+    yield connection
+    connection.close()
+
+
+def champion_version(settings) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    from spark_jobs import registry
+
+    client = registry.configure(settings)
+    with contextlib.suppress(MlflowException):
+        return str(client.get_model_version_by_alias(registry.model_name(), "champion").version)
+    return None
+
+
+def live(connection) -> tuple:
+    return query(connection, "select publish_id, model_version from recs.publication")[0]
+
+
+def summary(connection, run) -> dict:
+    rows = query(connection, """select state, source_status, trained, promoted, published,
+                                       model_version, publish_id, tasks, note
+                                from ops.pipeline_runs where run_id = %s""", (run.run_id,))
+    assert len(rows) == 1
+    keys = ("state", "source_status", "trained", "promoted", "published", "model_version",
+            "publish_id", "tasks", "note")
+    return dict(zip(keys, rows[0], strict=True))
+
+
+@pytest.mark.integration
+@pytest.mark.spark
+@pytest.mark.slow
+class TestNightlyRuns:
+    """Runs in order on one warehouse: first run, unchanged re-run, corrupt source,
+    a worse model, new app ratings."""
+
+    first_run_id = None
+
+    def test_first_run_builds_trains_publishes_and_summarises(self, nightly, wh):
+        run = nightly.run({"train": QUICK_TRAIN})
+        assert run.state == "success", nightly.states(run)
+        assert set(nightly.states(run).values()) == {"success"}
+        assert query(wh, "select count(*) from marts.dim_movies") == [(1682,)]
+        assert query(wh, "select count(*) from marts.fct_ratings") == [(100_000,)]
+        champion = champion_version(nightly.settings)
+        assert champion is not None
+        assert live(wh)[1] == champion
+        assert query(wh, "select count(*) from recs.user_recommendations") == [(943 * 50,)]
+        row = summary(wh, run)
+        assert row["state"] == "success" and row["source_status"] == "loaded"
+        assert row["trained"] and row["promoted"] and row["published"]
+        assert row["model_version"] == champion and row["publish_id"] == live(wh)[0]
+        assert len(row["tasks"]) == 11  # every task but the summary itself
+        assert all(t["seconds"] is not None for t in row["tasks"].values())
+        # the Data Docs site the README points to
+        assert (nightly.settings.home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
+                / "index.html").exists()
+        TestNightlyRuns.first_run_id = run.run_id
+        TestNightlyRuns.first_logical_date = run.logical_date
+
+    def test_follower_measures_the_published_recommendations(self, nightly, dagbag, wh):
+        follower = Nightly(nightly.settings, dagbag.dags["recs_freshness"], nightly.env)
+        run = follower.run()
+        assert run.state == "success", follower.states(run)
+        (pid, coverage, percentile, top), = query(wh, """
+            select publish_id, catalogue_coverage, mean_popularity_percentile,
+                   share_of_top_10pct from ops.recs_quality""")
+        assert pid == live(wh)[0]
+        assert 0 < coverage <= 1 and 0 < percentile < 1 and 0 <= top <= 1
+        (fresh, pending), = query(wh, "select is_fresh, pending_app_ratings "
+                                      "from ops.freshness_checks")
+        assert fresh is True and pending == 0
+
+    def test_rerun_of_the_same_date_is_idempotent_and_skips_visibly(self, nightly, wh):
+        before = live(wh)
+        versions_before = query(wh, "select count(*) from ops.model_promotions")
+        run = nightly.run(logical_date=TestNightlyRuns.first_logical_date)
+        assert run.run_id == TestNightlyRuns.first_run_id
+        states = nightly.states(run)
+        assert run.state == "success"
+        for name in ("build_marts", "train_als", "gate_model", "score_recs", "publish_recs"):
+            assert states[name] == "skipped", name
+        assert live(wh) == before
+        assert query(wh, "select count(*) from ops.model_promotions") == versions_before
+        row = summary(wh, run)  # one row per run id: the re-run replaced it
+        assert row["state"] == "skipped" and not row["trained"] and not row["published"]
+        assert "training and publishing skipped" in row["note"]
+        assert row["model_version"] == before[1]
+
+    def test_corrupt_source_fails_at_the_raw_gate(self, nightly, wh, ml100k, tmp_path, capfd):
+        before = live(wh)
+        corrupt = tmp_path / "ml-100k-corrupt"
+        corrupt.mkdir()
+        for name in ("u.item", "u.user", "u.genre", "u.occupation"):
+            shutil.copy(ml100k / name, corrupt / name)
+        lines = (ml100k / "u.data").read_text().splitlines()
+        # every line parses, but the table is wrong: a rating in 2150 and repeated ratings
+        user, movie, rating, _ = lines[0].split("\t")
+        lines += lines[:50] + [f"{user}\t{movie}\t{rating}\t5680281600"]
+        (corrupt / "u.data").write_text("\n".join(lines) + "\n")
+        nightly.env["AIRFLOW_VAR_MFY_SOURCE"] = str(corrupt)
+        try:
+            run = nightly.run({"train": QUICK_TRAIN})
+        finally:
+            nightly.env["AIRFLOW_VAR_MFY_SOURCE"] = str(ml100k)
+        states = nightly.states(run)
+        assert run.state == "failed"
+        assert states["extract_source"] == "success" and states["validate_raw"] == "failed"
+        assert states["publish_recs"] == "upstream_failed"
+        assert states["write_summary"] == "failed"  # it writes the row, then fails the run
+        log = capfd.readouterr()
+        text = log.out + log.err
+        assert "expect_compound_columns_to_be_unique" in text
+        assert "rated after MovieLens began" in text
+        assert live(wh) == before
+        assert summary(wh, run)["state"] == "failed"
+
+    def test_a_worse_model_keeps_the_champion_and_its_recommendations(self, nightly, wh):
+        champion = champion_version(nightly.settings)
+        worse = {"explicit": {"rank": 30, "reg_param": 0.001, "max_iter": 5},
+                 "implicit": {"rank": 1, "reg_param": 5.0, "max_iter": 1, "alpha": 1.0},
+                 "holdout_per_user": QUICK_TRAIN["holdout_per_user"]}
+        run = nightly.run({"force": True, "train": worse})
+        assert run.state == "success", nightly.states(run)
+        assert champion_version(nightly.settings) == champion
+        row = summary(wh, run)
+        assert row["trained"] and row["promoted"] is False and row["published"]
+        assert live(wh)[1] == champion  # re-scored, still the champion's recommendations
+        (gate, reason), = query(wh, """select promoted, reason from ops.model_promotions
+                                      order by promotion_id desc limit 1""")
+        assert gate is False and "ranks no better" in reason
+
+    def test_new_app_ratings_reach_fct_ratings(self, nightly, wh):
+        rated = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings "
+                                         "where user_id = 1")}
+        new = [m for m in range(1, 1683) if m not in rated][:3]
+        for movie in new:
+            execute(wh, "select app.submit_rating('ml-100k', 1, %s, 4.5)", (movie,))
+        run = nightly.run({"train": QUICK_TRAIN})
+        assert run.state == "success", nightly.states(run)
+        row = summary(wh, run)
+        assert "3 new app rating(s)" in row["note"] and row["trained"] and row["published"]
+        got = query(wh, """select movie_id from marts.fct_ratings
+                           where user_id = 1 and rating_source = 'app' order by movie_id""")
+        assert [m for (m,) in got] == sorted(new)
+        # the published list no longer offers them
+        offered = query(wh, "select count(*) from recs.user_recommendations "
+                            "where user_id = 1 and movie_id = any(%s)", (new,))
+        assert offered == [(0,)]

@@ -1,0 +1,195 @@
+"""Publishing on the real ml-100k: the recs tables, SQL functions, validation gate, rollback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from conftest import execute, query
+from moviesforyou import publish, quality, warehouse
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture
+def wh(published):
+    connection = warehouse.connect(published)
+    yield connection
+    connection.close()
+
+
+def live_id(connection) -> int:
+    return query(connection, "select publish_id from recs.publication")[0][0]
+
+
+def test_every_user_gets_n_unseen_movies(wh):
+    (users, per_user_min, per_user_max), = query(wh, """
+        select count(*), min(n), max(n) from (
+            select user_id, count(*) as n from recs.user_recommendations group by user_id) x""")
+    assert users == 943
+    assert per_user_min == per_user_max == 50
+    seen = query(wh, """select count(*) from recs.user_recommendations r
+                        join marts.fct_ratings f using (user_id, movie_id)""")[0][0]
+    assert seen == 0
+    assert query(wh, "select count(distinct source), min(source) from recs.user_recommendations"
+                 ) == [(1, "als")]
+    # the lists are personal: users do not all get the same top 10
+    distinct_tops = query(wh, """select count(distinct list) from (
+        select user_id, array_agg(movie_id order by rank) as list
+        from recs.user_recommendations where rank <= 10 group by user_id) x""")[0][0]
+    assert distinct_tops > 900
+
+
+def test_publish_is_logged_with_counts_timings_and_validation(wh):
+    pid = live_id(wh)
+    (status, counts, timings, validation, lock_ms, version), = query(wh, """
+        select status, row_counts, timings, validation, swap_lock_ms, model_version
+        from ops.publish_log where publish_id = %s""", (pid,))
+    assert status == "live"
+    assert counts["user_recommendations"] == 943 * 50
+    assert counts["publication"] == 1
+    assert {"score", "build", "validate"} <= set(timings)
+    assert validation["success"] is True and validation["evaluated"] >= 20
+    assert 0 < lock_ms < 5_000
+    assert query(wh, "select model_version from recs.publication") == [(version,)]
+
+
+def test_cold_start_lists(wh):
+    lists = dict(query(wh, "select list_type, count(distinct segment) from recs.popular_movies "
+                           "group by 1"))
+    seasons = query(wh, """select count(distinct d.season) from marts.fct_ratings f
+                           join marts.dim_dates d using (date_sk)""")[0][0]
+    assert seasons == 3  # ml-100k runs from September 1997 to April 1998
+    assert lists == {"overall": 1, "genre": 18, "age_gender": 14, "occupation": 21,
+                     "season": seasons}
+    # the overall list is by number of ratings: Star Wars (583) first
+    assert query(wh, """select c.title from recs.popular_movies p
+                        join recs.movie_catalogue c using (movie_id)
+                        where list_type = 'overall' and rank = 1""") == [("Star Wars",)]
+    horror = query(wh, """select bool_and('Horror' = any(c.genres)) from recs.popular_movies p
+                          join recs.movie_catalogue c using (movie_id)
+                          where list_type = 'genre' and segment = 'Horror'""")[0][0]
+    assert horror
+
+
+def test_recommend_function(wh):
+    rows = query(wh, "select rank, movie_id, genres, source, publish_id "
+                     "from recs.recommend(1, 12, '{Drama,Comedy}')")
+    assert [r[0] for r in rows] == list(range(1, 13))
+    assert all(not {"Drama", "Comedy"} & set(r[2]) for r in rows)
+    assert {r[3] for r in rows} == {"als"}
+    assert {r[4] for r in rows} == {live_id(wh)}
+    unknown = query(wh, "select source from recs.recommend(987654, 3)")
+    assert [r[0] for r in unknown] == ["overall:all"] * 3
+
+
+def test_predict_rating_function_tracks_real_ratings(wh):
+    (mae, n), = query(wh, """
+        select avg(abs(recs.predict_rating(user_id, movie_id) - rating)), count(*)
+        from marts.fct_ratings where user_id <= 50""")
+    assert n > 3000
+    assert mae < 0.8  # in-sample: the bias baseline alone is about 0.75
+    (value,), = query(wh, "select recs.predict_rating(1, 50)")
+    assert 0.5 <= value <= 5.0
+    assert query(wh, "select recs.predict_rating(1, 99999)") == [(None,)]
+
+
+def test_similar_movies_by_cosine(wh):
+    rows = query(wh, """select c.title, s.similarity from recs.similar_movies s
+                        join recs.movie_catalogue c on c.movie_id = s.similar_movie_id
+                        where s.movie_id = 50 order by s.rank limit 10""")
+    titles = [t for t, _ in rows]
+    assert "Return of the Jedi" in titles
+    sims = [s for _, s in rows]
+    assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
+    # cosine similarity recomputed in SQL from the published factors agrees
+    (cosine,), = query(wh, """
+        select sum(a * b) / (sqrt(sum(a * a)) * sqrt(sum(b * b)))
+        from recs.movie_factors x, recs.movie_factors y,
+             unnest(x.implicit_factors, y.implicit_factors) as t (a, b)
+        where x.movie_id = 50 and y.movie_id = (
+            select similar_movie_id from recs.similar_movies where movie_id = 50 and rank = 1)""")
+    assert math.isclose(cosine, sims[0], rel_tol=1e-6)
+
+
+def test_reader_role_can_query_but_not_write(published):
+    reader = warehouse.connect(dataclasses.replace(
+        published, warehouse_url=warehouse.reader_url(published)))
+    try:
+        assert query(reader, "select count(*) from recs.recommend(1, 5)") == [(5,)]
+        with pytest.raises(Exception, match="permission denied"):
+            query(reader, "delete from recs.user_recommendations")
+    finally:
+        reader.close()
+
+
+def test_failed_validation_publishes_nothing(published, wh, spark):
+    before = live_id(wh)
+    count_before = query(wh, "select count(*) from recs.user_recommendations")[0][0]
+    # a movie that is recommended disappears from dim_movies: the recs suite must notice
+    (movie,), = query(wh, "select movie_id from recs.user_recommendations where rank = 1 limit 1")
+    execute(wh, "create table ops.saved_movie as select * from marts.dim_movies "
+                "where movie_id = %s", (movie,))
+    execute(wh, "delete from marts.dim_movies where movie_id = %s", (movie,))
+    try:
+        with pytest.raises(quality.ValidationFailed, match="every movie id exists in dim_movies"):
+            publish.publish(published, spark=spark)
+    finally:
+        execute(wh, "insert into marts.dim_movies select * from ops.saved_movie")
+        execute(wh, "drop table ops.saved_movie")
+    assert live_id(wh) == before
+    assert query(wh, "select count(*) from recs.user_recommendations")[0][0] == count_before
+    (status, validation, error), = query(wh, """select status, validation, error
+        from ops.publish_log where action = 'publish' order by publish_id desc limit 1""")
+    assert status == "failed"
+    failed = {f["description"] for f in validation["failures"]}
+    assert "every movie id exists in dim_movies" in failed
+    assert "recs_build.user_recommendations" in error
+    assert query(wh, "select count(*) from pg_tables where schemaname = 'recs_build'") == [(0,)]
+
+
+def test_versions_are_kept_and_rollback_is_instant(published, wh, spark):
+    first = live_id(wh)
+    second = publish.publish(published, spark=spark).publish_id
+    assert live_id(wh) == second > first
+    listed = {pid: where for pid, where, *_ in publish.versions(published)}
+    assert listed[second] == "live" and listed[first] == "kept"
+
+    restored, lock_ms = publish.rollback(published)
+    assert restored == first and live_id(wh) == first
+    assert lock_ms < 5_000
+    assert query(wh, "select count(*) from recs.user_recommendations") == [(943 * 50,)]
+    (metrics,), = query(wh, "select metrics from ops.publish_log where action = 'rollback' "
+                            "order by publish_id desc limit 1")
+    assert metrics == {"restored_publish_id": first, "replaced_publish_id": second}
+    # and forward again
+    publish.rollback(published, second)
+    assert live_id(wh) == second
+    with pytest.raises(publish.PublishError, match="not kept"):
+        publish.rollback(published, 999_999)
+
+
+def test_only_the_last_versions_are_kept(published, wh, spark):
+    keep_one = publish.PublishConfig(keep=1)
+    publish.publish(published, keep_one, spark=spark)
+    kept = [pid for pid, where, *_ in publish.versions(published) if where == "kept"]
+    assert len(kept) == 1
+    dropped = query(wh, "select count(*) from ops.publish_log where status = 'dropped'")[0][0]
+    assert dropped >= 1
+
+
+def test_config_from_environment_rejects_bad_values():
+    assert publish.PublishConfig.from_env({"MFY_RECS_N": "20"}).n == 20
+    with pytest.raises(publish.PublishError, match="MFY_RECS_N='ten'"):
+        publish.PublishConfig.from_env({"MFY_RECS_N": "ten"})
+    with pytest.raises(publish.PublishError, match="MFY_RECS_KEEP"):
+        publish.PublishConfig.from_env({"MFY_RECS_KEEP": "-1"})
+
+
+def test_validation_report_is_json(published):
+    report = quality.validate(published, "recs")
+    assert report.success
+    assert json.loads(json.dumps(report.as_json()))["layer"] == "recs"
