@@ -23,7 +23,8 @@ lint: setup
 	$(UV) run sqlfluff lint dbt_project/models
 
 airflow: setup      ## Airflow UI (standalone) on http://127.0.0.1:8080, with `make run`'s history
-	$(AIRFLOW_ENV) $(UV) run airflow standalone
+	$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True \
+		AIRFLOW__API__HOST=127.0.0.1 $(UV) run airflow standalone
 
 mlflow: setup       ## MLflow UI on http://127.0.0.1:5000
 	$(MFY) mlflow-ui

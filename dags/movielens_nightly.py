@@ -34,8 +34,13 @@ with the dbt project. dbt's own logs and docs show the per-model detail.
 needed for the embedded warehouse. `MFY_SPARK_CONN_ID` (environment) names a
 Spark connection to submit training to a cluster; unset, Spark runs locally.
 
+**Tuning**: on `MFY_TUNE_DAY` (Sundays by default) `train_als` searches the ALS
+grids; other nights it re-fits the champion's configuration on the new data,
+and the gate promotes that fresher fit.
+
 **Run conf**: `{"force": true}` retrains and republishes even if nothing changed;
-`{"train": {...}}` overrides the training configuration (e.g. fixed ALS params).
+`{"train": {"tune": true}}` tunes today; `{"train": {...}}` overrides the
+training configuration (grids or fixed ALS params).
 """
 
 from __future__ import annotations
@@ -200,7 +205,10 @@ def movielens_nightly():
         def train_als(snapshot: dict) -> dict:
             from moviesforyou import pipeline
 
-            return pipeline.train(_settings(), snapshot, _conf().get("train"))
+            context = get_current_context()
+            # manual runs may have no logical date: then the run's own time decides
+            when = context.get("logical_date") or context["dag_run"].run_after
+            return pipeline.train(_settings(), snapshot, _conf().get("train"), logical_date=when)
 
         train = trained = train_als(snapshot)
     gated = gate_model(trained, snapshot)

@@ -11,7 +11,9 @@ Registered model
 The gate
     The challenger becomes ``champion`` only when, on the same holdout, its
     implicit model's NDCG@k is higher than the champion's and its explicit
-    model's RMSE is no worse than the champion's plus a tolerance. "Same
+    model's RMSE is no worse than the champion's plus a tolerance. A nightly
+    retrain with the champion's own configuration on newer data is promoted
+    (it would score the same, being the same configuration). "Same
     holdout": when the champion was evaluated on the same snapshot and split,
     its recorded figures are used; otherwise the champion's configuration is
     re-fit on the challenger's training part and scored on its test part, so
@@ -127,6 +129,15 @@ class Decision:
     champion_metrics: dict[str, float] | None
 
 
+def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
+    """The champion's (explicit, implicit) configuration, or None without a champion."""
+    champion = _champion(configure(settings))
+    if champion is None or "mfy.explicit_params" not in champion.tags:
+        return None
+    return (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
+            ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
+
+
 def version_for_snapshot(client, digest: str) -> str | None:
     """The newest version trained on the snapshot ``digest`` (its run's ``mfy.snapshot`` tag)."""
     versions = client.search_model_versions(f"name = '{model_name()}'",
@@ -162,8 +173,18 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
     client.set_model_version_tag(name, version, "mfy.split_id", split_id)
 
     champion_metrics = None
+    same_config = champion is not None and champion.tags.get("mfy.explicit_params") and (
+        ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
+        ALSParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
     if champion is None:
         promoted, reason = True, "no champion yet"
+    elif same_config and champion.tags.get("mfy.split_id") != split_id:
+        # the nightly retrain: the champion's configuration on newer data. Scored on
+        # this split it would be the same model, so "better" cannot be measured; the
+        # fresher fit wins.
+        promoted = True
+        reason = (f"same configuration as champion v{champion.version}, trained on newer "
+                  f"data (snapshot {snapshot.digest})")
     else:
         if champion.tags.get("mfy.split_id") == split_id:
             champion_metrics = {k_[len("mfy.metric."):]: float(v)

@@ -177,16 +177,55 @@ def train_config(overrides: dict | None = None):
     return TrainConfig(**values)
 
 
-def train(settings: Settings, snapshot: dict, overrides: dict | None = None) -> dict:
-    """Tune, evaluate and register a challenger on the snapshot (no gate)."""
+#: Tuning keys of the run's conf: any of them means "tune as told".
+_TUNING_KEYS = ("explicit", "implicit", "explicit_grid", "implicit_grid")
+
+
+def tune_today(logical_date, overrides: dict | None = None) -> bool:
+    """Whether this run tunes the ALS grids or re-trains the champion's configuration.
+
+    ``MFY_TUNE_DAY``: a weekday (``sun``, the default), ``always`` or ``never``; a
+    conf with ``{"tune": true}`` or explicit grids/params decides instead.
+    """
+    overrides = overrides or {}
+    if "tune" in overrides:
+        return bool(overrides["tune"])
+    if any(key in overrides for key in _TUNING_KEYS):
+        return True
+    day = os.environ.get("MFY_TUNE_DAY", "sun").lower()[:3]
+    if day in ("alw", "nev"):
+        return day == "alw"
+    return logical_date is None or logical_date.strftime("%a").lower()[:3] == day
+
+
+def train(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
+          logical_date=None) -> dict:
+    """Register a challenger trained on the snapshot (no gate).
+
+    On tuning days (:func:`tune_today`) the grids are searched; other nights re-fit
+    the champion's configuration on the new data, which is minutes cheaper.
+    """
+    from spark_jobs import registry
     from spark_jobs.train import read_kept_snapshot
     from spark_jobs.train import train as train_models
 
-    result = train_models(settings, train_config(overrides),
-                          snapshot=read_kept_snapshot(Path(snapshot["path"])), gate=False)
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "tune"}
+    config = train_config(overrides)
+    tuning = tune_today(logical_date, overrides)
+    if not tuning:
+        champion = registry.champion_params(settings)
+        if champion is None:
+            tuning = True
+            log.info("no champion yet: tuning")
+        else:
+            config = dataclasses.replace(config, explicit=champion[0], implicit=champion[1])
+            log.info("re-training the champion's configuration: %s; %s",
+                     champion[0].label(), champion[1].label())
+    result = train_models(settings, config, snapshot=read_kept_snapshot(Path(snapshot["path"])),
+                          gate=False)
     log.info("challenger v%s (run %s): %s", result.version, result.run_id, result.metrics)
     return {"version": result.version, "run_id": result.run_id, "metrics": result.metrics,
-            "explicit": dataclasses.asdict(result.explicit),
+            "baselines": result.baselines, "tuned": tuning, "explicit": dataclasses.asdict(result.explicit),
             "implicit": dataclasses.asdict(result.implicit)}
 
 
@@ -246,7 +285,8 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
         "row_counts": json.dumps({"raw": load.get("row_counts", {}),
                                   "fct_ratings": marts.get("fct_ratings"),
                                   "recs": published.get("row_counts", {})}),
-        "metrics": json.dumps(trained.get("metrics", {})),
+        "metrics": json.dumps({"model": trained.get("metrics", {}),
+                               "baselines": trained.get("baselines", {})} if trained else {}),
         "note": changes.get("reason"),
     }
     columns = list(row)

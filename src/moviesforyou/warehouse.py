@@ -206,6 +206,27 @@ create table if not exists ops.freshness_checks (
 );
 comment on table ops.freshness_checks is
     'Each freshness check of the served recommendations (recs_freshness DAG).';
+-- flat views of the jsonb columns, for dashboards
+create or replace view ops.model_metrics_by_run as
+select r.run_id, r.finished_at, r.model_version, r.promoted, 'ALS (challenger)' as model,
+       m.key as metric, m.value::float8 as value
+from ops.pipeline_runs as r, jsonb_each_text(r.metrics -> 'model') as m
+where r.trained
+union all
+select r.run_id, r.finished_at, r.model_version, r.promoted, b.key, m.key, m.value::float8
+from ops.pipeline_runs as r, jsonb_each(r.metrics -> 'baselines') as b,
+     jsonb_each_text(b.value) as m
+where r.trained;
+comment on view ops.model_metrics_by_run is
+    'One row per run, model (the challenger or a baseline) and metric, from ops.pipeline_runs.';
+create or replace view ops.freshness_latest as
+select * from ops.freshness_checks order by checked_at desc limit 1;
+comment on view ops.freshness_latest is 'The newest freshness check (one row).';
+create or replace view ops.task_durations as
+select r.run_id, r.finished_at, r.state as run_state, t.key as task_id,
+       t.value ->> 'state' as state, (t.value ->> 'seconds')::float8 as seconds
+from ops.pipeline_runs as r, jsonb_each(r.tasks) as t;
+comment on view ops.task_durations is 'Seconds and state of each task of each nightly run.';
 comment on table ops.publish_log is
     'Every publish of the recs tables and every rollback: model version, row counts, '
     'step timings, the Great Expectations result and how long the swap held its locks.';

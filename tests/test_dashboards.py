@@ -1,0 +1,318 @@
+"""The deployment files and the dashboards as code.
+
+- docker-compose.yml is validated by Debian's docker-compose (no engine runs here)
+  and the Dockerfiles are checked line by line.
+- The Superset bundle is imported into a real Superset (its own virtual
+  environment, .venv-superset, from scripts/setup) pointed at the test
+  warehouse; every chart's query must run, and the dashboards are screenshotted
+  in headless Chromium for the docs.
+- The Metabase provisioning script runs against a local stub of the Metabase
+  API calls it makes (tests/metabase_stub.py); every question's SQL runs on the
+  real warehouse as the read-only role.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, query
+from metabase_stub import MetabaseStub
+from moviesforyou import pipeline, warehouse
+
+SUPERSET_VENV = ROOT / ".venv-superset"
+BUNDLE = ROOT / "dashboards" / "superset"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+sys.path.insert(0, str(ROOT / "dashboards"))
+
+import metabase_provision  # noqa: E402
+import superset_bundle  # noqa: E402
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_file_is_valid(tmp_path):
+    """`docker-compose config` on the file, with .env.example as the .env."""
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path)
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    done = subprocess.run(["docker-compose", "config"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    services = config["services"]
+    assert {"warehouse", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+            "airflow-dag-processor", "airflow-triggerer", "mlflow", "api", "superset",
+            "metabase", "metabase-provision"} <= set(services)
+    one_shots = {"airflow-init", "metabase-provision"}
+    for name, service in services.items():
+        if name not in one_shots:
+            assert "healthcheck" in service, f"{name} has no healthcheck"
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            expected = ("service_completed_successfully" if dependency in one_shots
+                        else "service_healthy")
+            assert rule["condition"] == expected, (name, dependency)
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            assert source.startswith(("./", "/")) or source in config["volumes"], source
+    assert services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == (
+        "LocalExecutor")
+
+
+def test_no_secret_in_the_compose_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for line in text.splitlines():
+        if re.search(r"(PASSWORD|SECRET|FERNET_KEY|_PASS)\b.*:", line):
+            assert "${" in line or line.strip().startswith("#"), line
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    example = (ROOT / ".env.example").read_text()
+    for name in set(re.findall(r"\$\{(\w+)", text)):
+        assert re.search(rf"^#?\s*{name}=", example, re.M), f"{name} missing in .env.example"
+
+
+INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
+                "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK",
+                "SHELL"}
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/superset/Dockerfile"])
+def test_dockerfile_syntax(dockerfile):
+    """Every instruction is known, FROM comes first, COPY sources exist, exec forms are JSON."""
+    lines, current = [], ""
+    for raw in (ROOT / dockerfile).read_text().splitlines():
+        if not current and (not raw.strip() or raw.lstrip().startswith("#")):
+            continue
+        current += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    assert not current, "a line continues past the end of the file"
+    instructions = [line.split()[0].upper() for line in lines]
+    assert set(instructions) <= INSTRUCTIONS, set(instructions) - INSTRUCTIONS
+    assert instructions[[i for i in instructions if i != "ARG"].index("FROM")] == "FROM"
+    for line in lines:
+        word, rest = line.split(None, 1)
+        if word.upper() in ("CMD", "ENTRYPOINT") and rest.startswith("["):
+            json.loads(rest)
+        if word.upper() == "HEALTHCHECK" and "CMD [" in rest:
+            json.loads(rest[rest.index("CMD [") + 4:])
+        if word.upper() == "COPY" and not rest.startswith("--from"):
+            for source in rest.split()[:-1]:
+                assert (ROOT / source).exists(), f"COPY source {source} is missing"
+
+
+# --------------------------------------------------------------------------- ops data
+
+
+@pytest.fixture(scope="module")
+def health_data(published):
+    """The ops tables the health dashboards read, written by the pipeline's own steps."""
+    import mlflow
+
+    from spark_jobs import registry
+
+    client = registry.configure(published)
+    champion = client.get_model_version_by_alias(registry.model_name(), "champion")
+    run = client.get_run(champion.run_id)
+    baselines = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/baselines.json")
+    for n in range(2):
+        pipeline.write_summary(
+            published, dag_id="movielens_nightly", run_id=f"scheduled__dashboards-{n}",
+            logical_date=None, started_at=None,
+            tasks={"train_als": {"state": "success", "seconds": 40.0 + n},
+                   "build_marts": {"state": "success", "seconds": 20.0}},
+            results={"train_als": {"metrics": dict(run.data.metrics), "baselines": baselines},
+                     "gate_model": {"promoted": n == 0, "champion": str(champion.version)}},
+            state="success")
+    pipeline.measure_recs(published)
+    pipeline.check_freshness(published)
+    return published
+
+
+# --------------------------------------------------------------------------- Superset
+
+
+def _free_port() -> int:
+    return warehouse._free_port(18800)
+
+
+@pytest.fixture(scope="module")
+def superset(health_data, tmp_path_factory):
+    """A real Superset: SQLite metadata, the bundle imported, its web server running."""
+    python = SUPERSET_VENV / "bin" / "python"
+    if not (SUPERSET_VENV / "bin" / "superset").exists():
+        pytest.fail(f"Superset is expected in {SUPERSET_VENV}: run scripts/setup")
+    home = tmp_path_factory.mktemp("superset")
+    (home / "superset_config.py").write_text(
+        "SECRET_KEY = 'tests-only-not-a-secret-0123456789'\n"
+        f"SQLALCHEMY_DATABASE_URI = 'sqlite:///{home / 'superset.db'}'\n")
+    env = {**os.environ, "SUPERSET_CONFIG_PATH": str(home / "superset_config.py"),
+           "SUPERSET_HOME": str(home), "FLASK_APP": "superset"}
+    superset_cli = str(SUPERSET_VENV / "bin" / "superset")
+    for command in (["db", "upgrade"],
+                    ["fab", "create-admin", "--username", "admin", "--firstname", "Ada",
+                     "--lastname", "Admin", "--email", "admin@example.com", "--password",
+                     "admin-test"],
+                    ["init"]):
+        done = subprocess.run([superset_cli, *command], env=env, capture_output=True,
+                              text=True, cwd=home)
+        assert done.returncode == 0, done.stderr[-3000:]
+    reader_url = warehouse.reader_url(health_data)
+    done = subprocess.run([str(python), str(ROOT / "dashboards" / "superset_bundle.py"),
+                           "import", str(BUNDLE), "--warehouse-url", reader_url],
+                          env=env, capture_output=True, text=True, cwd=home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = _free_port()
+    server = subprocess.Popen([superset_cli, "run", "-h", "127.0.0.1", "-p", str(port),
+                               "--with-threads"], env=env, cwd=home,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=5)
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.fail("Superset's web server did not start")
+            time.sleep(1)
+    yield {"env": env, "python": python, "url": url, "home": home}
+    server.terminate()
+    server.wait(30)
+
+
+def test_every_superset_chart_query_runs(superset):
+    done = subprocess.run([str(superset["python"]), str(ROOT / "dashboards" /
+                                                        "superset_bundle.py"), "check"],
+                          env=superset["env"], capture_output=True, text=True,
+                          cwd=superset["home"])
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    results = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"\s*(\S+)\s+(\d+) rows\s+(.+)", line)
+        if match:
+            results[match.group(3)] = (match.group(1), int(match.group(2)))
+    charts = {yaml.safe_load(p.read_text())["slice_name"] for p in BUNDLE.glob("charts/*.yaml")}
+    assert set(results) == charts
+    assert all(status == "ok" and rows > 0 for status, rows in results.values()), results
+    assert results["Top 20 movies by Bayesian average"] == ("ok", 20)
+
+
+def test_superset_dashboards_screenshots(superset):
+    saved = superset_bundle.screenshots(superset["url"], "admin", "admin-test", SCREENSHOTS,
+                                        "MoviesForYou")
+    assert {p.name for p in saved} == {"superset-moviesforyou-catalogue.png",
+                                       "superset-moviesforyou-audience.png",
+                                       "superset-moviesforyou-health.png"}
+    assert all(p.stat().st_size > 30_000 for p in saved)
+
+
+def test_superset_export_strips_credentials(superset, tmp_path):
+    written = superset_bundle.export_bundle(superset["url"], "admin", "admin-test", tmp_path,
+                                            "MoviesForYou")
+    assert any(w.startswith("dashboards/") for w in written)
+    (database,) = tmp_path.glob("databases/*.yaml")
+    uri = yaml.safe_load(database.read_text())["sqlalchemy_uri"]
+    assert not re.search(r"://[^:/@]+:(?!XXXXXXXXXX@)[^@/]+@", uri), uri
+
+    def uuids(folder: Path, kind: str) -> set[str]:
+        return {yaml.safe_load(p.read_text())["uuid"] for p in folder.glob(f"{kind}/*.yaml")}
+
+    for kind in ("charts", "dashboards"):
+        assert uuids(tmp_path, kind) == uuids(BUNDLE, kind), kind
+
+
+def test_bundle_zip_fills_in_the_url_and_strip_removes_it():
+    archive = superset_bundle.build_zip(BUNDLE, "postgresql://mfy_reader:s3cret@db:5432/mfy")
+    names = zipfile.ZipFile(io.BytesIO(archive)).namelist()
+    database = next(n for n in names if "/databases/" in n)
+    content = yaml.safe_load(zipfile.ZipFile(io.BytesIO(archive)).read(database))
+    assert content["sqlalchemy_uri"] == "postgresql+psycopg2://mfy_reader:s3cret@db:5432/mfy"
+    stripped = superset_bundle.strip_credentials(content)
+    assert "s3cret" not in json.dumps(stripped)
+    for path in BUNDLE.rglob("*.yaml"):
+        assert "s3cret" not in path.read_text()
+        assert not re.search(r"://[^:/@]+:(?!XXXXXXXXXX@)[^@/]+@", path.read_text()), path
+
+
+# --------------------------------------------------------------------------- Metabase
+
+
+@pytest.fixture
+def stub():
+    server = MetabaseStub()
+    yield server
+    server.close()
+
+
+ENV = {"MB_ADMIN_EMAIL": "admin@example.com", "MB_ADMIN_PASSWORD": "pw-for-the-stub",
+       "MFY_READER_PASSWORD": "reader-pw", "MFY_WAREHOUSE_HOST": "warehouse"}
+
+
+def test_metabase_provisioning_sets_up_everything_once(stub):
+    spec = json.loads(metabase_provision.SPEC.read_text())
+    mb = metabase_provision.Metabase(stub.url)
+    mb.wait_until_up(10)
+    assert mb.log_in(ENV["MB_ADMIN_EMAIL"], ENV["MB_ADMIN_PASSWORD"]) is True
+    result = metabase_provision.provision(mb, spec, ENV)
+
+    (database,) = stub.databases.values()
+    assert database["engine"] == "postgres"
+    assert database["details"]["user"] == "mfy_reader"
+    assert database["details"]["password"] == "reader-pw"
+    assert {c["name"] for c in stub.cards.values()} == {q["name"] for q in spec["questions"]}
+    for card in stub.cards.values():
+        assert card["dataset_query"]["type"] == "native"
+        assert card["dataset_query"]["database"] == database["id"]
+    assert {d["name"] for d in stub.dashboards.values()} == {d["name"] for d in
+                                                             spec["dashboards"]}
+    for dashboard in stub.dashboards.values():
+        assert dashboard["dashcards"] and all(c["card_id"] in stub.cards
+                                              for c in dashboard["dashcards"])
+    assert len(result["cards"]) == len(spec["questions"])
+
+    # a second run logs in and updates in place: nothing duplicated
+    again = metabase_provision.Metabase(stub.url)
+    assert again.log_in(ENV["MB_ADMIN_EMAIL"], ENV["MB_ADMIN_PASSWORD"]) is False
+    metabase_provision.provision(again, spec, ENV)
+    assert len(stub.cards) == len(spec["questions"]) and len(stub.dashboards) == 3
+    assert len(stub.databases) == 1 and len(stub.collections) == 1
+    # and exporting gives the spec back, without connection details
+    exported = metabase_provision.export(again, spec)
+    assert exported == {**spec, "questions": [{k: q.get(k) for k in (
+        "name", "description", "display", "sql", "visualization_settings")}
+        for q in spec["questions"]]}
+    assert "reader-pw" not in json.dumps(exported)
+
+
+def test_metabase_provisioning_refuses_a_wrong_password(stub):
+    mb = metabase_provision.Metabase(stub.url)
+    mb.log_in(ENV["MB_ADMIN_EMAIL"], ENV["MB_ADMIN_PASSWORD"])
+    other = metabase_provision.Metabase(stub.url)
+    with pytest.raises(metabase_provision.MetabaseError, match="HTTP 401"):
+        other.log_in(ENV["MB_ADMIN_EMAIL"], "wrong")
+
+
+def test_every_metabase_question_runs_as_the_reader(health_data):
+    spec = json.loads(metabase_provision.SPEC.read_text())
+    reader = warehouse.connect(dataclasses.replace(
+        health_data, warehouse_url=warehouse.reader_url(health_data)))
+    try:
+        for question in spec["questions"]:
+            rows = query(reader, question["sql"])
+            assert rows, f"{question['name']}: no rows"
+    finally:
+        reader.close()
