@@ -70,6 +70,11 @@ async def sql_worker(args, state, rng: random.Random, pool) -> None:
 async def main_async(args) -> dict:
     state = {"sent": 0, "errors": 0, "empty": 0, "latencies": [],
              "deadline": time.perf_counter() + args.seconds}
+    # SIGTERM ends the run early but still prints the figures (api_load.py's publish phase)
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM, lambda: state.update(deadline=0.0))
     pool = None
     if args.mode == "sql":
         import asyncpg

@@ -102,7 +102,7 @@ def movielens_nightly():
     def validate_raw(load: dict) -> dict:
         from moviesforyou import pipeline
 
-        return pipeline.validate(_settings(), "raw")
+        return pipeline.validate_raw(_settings(), load)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def check_changes(load: dict) -> bool:

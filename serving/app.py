@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
 
 from serving import db
+from serving.cache import AnswerCache, following
 
 STATIC = Path(__file__).parent / "static"
 PAGE_SIZE = 10
@@ -41,7 +42,9 @@ async def lifespan(app: FastAPI):
     app.state.settings = settings
     app.state.pool = await db.create_pool(settings)
     try:
-        yield
+        async with following(AnswerCache(), app.state.pool) as cache:
+            app.state.cache = cache
+            yield
     finally:
         await app.state.pool.close()
 
@@ -235,13 +238,19 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
                     exclude_genres: Annotated[list[str] | None, Query(max_length=20)] = None):
     """Top-k movies for a user; newcomers get cold-start lists (``source`` says which)."""
     excluded = _genre_list(exclude_genres)
-    async with _pool(request).acquire() as conn:
-        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
-        if not row["personal"]:
-            await _require_user(conn, user_id, _dataset(request))
-            if not row["n"]:
-                await _version_of(conn, [])  # 503 when nothing is published yet
-    return Response(content=row["body"], media_type="application/json")
+    cache, key = request.app.state.cache, (user_id, k, tuple(excluded))
+    body = cache.get(key)
+    if body is None:
+        async with _pool(request).acquire() as conn:
+            row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
+            if not row["personal"]:
+                await _require_user(conn, user_id, _dataset(request))
+                if not row["n"]:
+                    await _version_of(conn, [])  # 503 when nothing is published yet
+        body = row["body"].encode()
+        if row["personal"]:  # newcomers' lists change with every rating they post
+            cache.put(key, row["publish_id"], body)
+    return Response(content=body, media_type="application/json")
 
 
 @app.get("/api/users/{user_id}/predicted-rating/{movie_id}", tags=["recommendations"])
@@ -338,6 +347,7 @@ async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Bo
         async with conn.transaction():
             ids = [await conn.fetchval(db.SUBMIT_RATING, _dataset(request), user_id,
                                        r.movie_id, r.rating) for r in body.ratings]
+    request.app.state.cache.forget_user(user_id)
     return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,
             "message": ("Thanks! Your ratings are stored and will shape your recommendations "
                         "after the next nightly run.")}

@@ -116,7 +116,7 @@ limit $3 offset $4
 
 #: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
 RECOMMEND_JSON = """
-select count(*) as n, bool_and(source = 'als') as personal,
+select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as publish_id,
        json_build_object(
            'user_id', $1::integer,
            'model_version', min(model_version),

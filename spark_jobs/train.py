@@ -434,20 +434,13 @@ def gate_challenger(settings: Settings, version: str, config: TrainConfig | None
     training rebuilds the same splits, so a re-fit champion is scored on the
     challenger's holdout.
     """
-    from spark_jobs.session import get_spark
 
     config = config or TrainConfig()
     client = registry.configure(settings)
     model = client.get_model_version(registry.model_name(), str(version))
     run = client.get_run(model.run_id)
     snapshot = read_kept_snapshot(settings.home / "snapshots" / run.data.tags["mfy.snapshot"])
-    ratings = load_snapshot(snapshot)
-    spark = spark or get_spark(settings.home, app_name="moviesforyou-gate")
-    if config.blocks is None:
-        config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
-    scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
-    splits = make_splits(ratings, config)
-    evaluator = Evaluator(spark, splits, config, scale)
+    _, config, _, splits, evaluator = _prepare(settings, snapshot, config, spark, "gate")
     metrics = {k: v for k, v in run.data.metrics.items() if k != "train_seconds"}
     params = (ALSParams(**json.loads(model.tags["mfy.explicit_params"])),
               ALSParams(**json.loads(model.tags["mfy.implicit_params"])))
@@ -481,22 +474,34 @@ def keep_snapshot(snapshot: Snapshot, folder: Path, keep: int = 3) -> Snapshot:
     return kept
 
 
-def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Path,
-           spark, gate: bool = True) -> TrainResult:
-    import mlflow
+def _prepare(settings: Settings, snapshot: Snapshot, config: TrainConfig, spark, step: str):
+    """Ratings, the config with its block count, the rating scale, splits and evaluator.
 
+    The same snapshot and config always give the same splits, so training and a
+    later gate evaluate on the same holdout.
+    """
     from spark_jobs.session import get_spark
 
-    started = time.time()
     ratings = load_snapshot(snapshot)
-    spark = spark or get_spark(settings.home, app_name="moviesforyou-train")
+    spark = spark or get_spark(settings.home, app_name=f"moviesforyou-{step}")
     if config.blocks is None:
         # one ALS block per core Spark has: at 20M ratings on 2 cores, 2 blocks ran
         # 2.5x faster per iteration than 4 or 8 (benchmarks/model_quality.py --speed)
         config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
     scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
     splits = make_splits(ratings, config)
-    evaluator = Evaluator(spark, splits, config, scale)
+    return ratings, config, scale, splits, Evaluator(spark, splits, config, scale)
+
+
+def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Path,
+           spark, gate: bool = True) -> TrainResult:
+    import mlflow
+
+
+    started = time.time()
+    ratings, config, scale, splits, evaluator = _prepare(settings, snapshot, config, spark,
+                                                         "train")
+    spark = evaluator.spark
 
     registry.configure(settings)
     run_name = f"{snapshot.dataset} {snapshot.digest} {time.strftime('%Y-%m-%d %H:%M')}"

@@ -165,13 +165,28 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
         yield settings
 
 
+def wait_for_http(process, url: str, what: str, timeout: float) -> None:
+    """Wait until ``url`` answers; fail the test if ``process`` dies or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"{what} did not start ({url})")
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def api_server(published: Settings):
     """The API as its own process (uvicorn), reading the published warehouse as the reader."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     port = warehouse._free_port(18000)
     env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(published),
@@ -180,16 +195,7 @@ def api_server(published: Settings):
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/health", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"the API did not start on {base}")
-            time.sleep(0.2)
+    wait_for_http(process, f"{base}/api/health", "the API", timeout=60)
     yield base
     process.terminate()
     process.wait(10)

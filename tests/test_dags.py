@@ -234,6 +234,7 @@ class TestNightlyRuns:
     def test_rerun_of_the_same_date_is_idempotent_and_skips_visibly(self, nightly, wh):
         before = live(wh)
         versions_before = query(wh, "select count(*) from ops.model_promotions")
+        validations_before = query(wh, "select count(*) from ops.validations")
         run = nightly.run(logical_date=LOGICAL_DATE)
         assert run.logical_date == LOGICAL_DATE
         states = nightly.states(run)
@@ -242,6 +243,8 @@ class TestNightlyRuns:
             assert states[name] == "skipped", name
         assert live(wh) == before
         assert query(wh, "select count(*) from ops.model_promotions") == versions_before
+        # the unchanged load passed the raw suites before: not validated again
+        assert query(wh, "select count(*) from ops.validations") == validations_before
         row = summary(wh, run)
         assert row["state"] == "skipped" and not row["trained"] and not row["published"]
         assert "training and publishing skipped" in row["note"]
@@ -274,6 +277,12 @@ class TestNightlyRuns:
         assert "rated after MovieLens began" in text
         assert live(wh) == before
         assert summary(wh, run)["state"] == "failed"
+        (success, failures), = query(wh, """select success, failures from ops.validations
+                                            where layer = 'raw'
+                                            order by validation_id desc limit 1""")
+        assert success is False
+        assert {f["expectation"] for f in failures} >= {"expect_compound_columns_to_be_unique",
+                                                        "expect_column_values_to_be_between"}
 
     def test_a_worse_model_keeps_the_champion_and_its_recommendations(self, nightly, wh):
         champion = champion_version(nightly.settings)

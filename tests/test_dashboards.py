@@ -21,15 +21,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, query
+from conftest import ROOT, query, wait_for_http
 from metabase_stub import MetabaseStub
 from moviesforyou import pipeline, warehouse
 
@@ -179,16 +177,7 @@ def superset(health_data, tmp_path_factory):
                                "--with-threads"], env=env, cwd=home,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=5)
-            break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                pytest.fail("Superset's web server did not start")
-            time.sleep(1)
+    wait_for_http(server, f"{url}/health", "Superset's web server", timeout=120)
     yield {"env": env, "python": python, "url": url, "home": home}
     server.terminate()
     server.wait(30)

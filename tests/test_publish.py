@@ -55,6 +55,9 @@ def test_publish_is_logged_with_counts_timings_and_validation(wh):
     assert validation["success"] is True and validation["evaluated"] >= 20
     assert 0 < lock_ms < 5_000
     assert query(wh, "select model_version from recs.publication") == [(version,)]
+    assert query(wh, "select success, schema_name from ops.validations "
+                     "where layer = 'recs' and subject = %s", (f"publish:{pid}",)) == [
+        (True, "recs_build")]
 
 
 def test_cold_start_lists(wh):

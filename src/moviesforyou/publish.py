@@ -615,7 +615,8 @@ def validate_build(settings: Settings, publish_id: int,
             with conn, conn.cursor() as cur:
                 _building(cur, publish_id)
             report = steps.run("validate", quality.validate, settings, "recs", schema=BUILD,
-                               params={"n": config.n}, raise_on_failure=False)
+                               params={"n": config.n}, raise_on_failure=False,
+                               subject=f"publish:{publish_id}")
             if not report.success:
                 with conn, conn.cursor() as cur:
                     _drop_schema_tables(cur, BUILD)

@@ -133,8 +133,12 @@ def _expectation(entry: dict, variables: dict[str, Any]):
 
 
 def validate(settings: Settings, layer: str, *, schema: str | None = None,
-             params: dict[str, Any] | None = None, raise_on_failure: bool = True) -> Report:
+             params: dict[str, Any] | None = None, raise_on_failure: bool = True,
+             subject: str | None = None) -> Report:
     """Validate every table of ``layer`` (in ``schema``, default the layer's own).
+
+    Each validation is recorded in ``ops.validations``, with ``subject`` naming
+    what was validated (``load:<id>``, ``publish:<id>``).
 
     Returns:
         The report; with ``raise_on_failure`` a failure raises :class:`ValidationFailed`.
@@ -188,11 +192,43 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
                 table=f"{schema}.{table}", expectation=config.type,
                 description=config.description or _describe(config), observed=observed))
     report.seconds = time.time() - started
+    _record(settings, report, schema, subject)
     log.info("%s: %d expectations on %d tables, %s in %.1f s", layer, report.evaluated,
              len(spec["tables"]), "passed" if report.success else "FAILED", report.seconds)
     if raise_on_failure and not report.success:
         raise ValidationFailed(report)
     return report
+
+
+def _record(settings: Settings, report: Report, schema: str, subject: str | None) -> None:
+    import json
+
+    conn = warehouse.connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("""insert into ops.validations (layer, dataset, schema_name, subject,
+                               success, evaluated, failures, seconds)
+                           values (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                        (report.layer, settings.dataset, schema, subject, report.success,
+                         report.evaluated, json.dumps(report.as_json()["failures"]),
+                         report.seconds))
+    finally:
+        conn.close()
+
+
+def passed_before(settings: Settings, layer: str, subject: str) -> bool:
+    """Whether ``subject`` already passed ``layer``'s suites (ops.validations)."""
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""select success from ops.validations
+                           where layer = %s and dataset = %s and subject = %s
+                           order by validation_id desc limit 1""",
+                        (layer, settings.dataset, subject))
+            row = cur.fetchone()
+            return bool(row and row[0])
+    finally:
+        conn.close()
 
 
 def _exception_message(info) -> str | None:

@@ -206,6 +206,21 @@ create table if not exists ops.freshness_checks (
 );
 comment on table ops.freshness_checks is
     'Each freshness check of the served recommendations (recs_freshness DAG).';
+create table if not exists ops.validations (
+    validation_id bigserial primary key,
+    validated_at timestamptz not null default now(),
+    layer text not null,
+    dataset text not null,
+    schema_name text not null,
+    subject text,
+    success boolean not null,
+    evaluated integer not null,
+    failures jsonb not null default '[]'::jsonb,
+    seconds double precision
+);
+comment on table ops.validations is
+    'Every Great Expectations validation: layer, what it validated (subject: the raw load '
+    'or the publish), the outcome and the failing expectations.';
 -- flat views of the jsonb columns, for dashboards
 create or replace view ops.model_metrics_by_run as
 select r.run_id, r.finished_at, r.model_version, r.promoted, 'ALS (challenger)' as model,

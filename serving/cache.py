@@ -1,0 +1,78 @@
+"""A small per-process cache of recommendation answers, bound to the live publish.
+
+The recommendations change once a night, so the API keeps the JSON answers it
+has built (``MFY_API_CACHE_SIZE`` entries, 50,000 by default; 0 turns it off).
+Each entry is a whole answer from one publish, so a cached answer is never a
+mix of versions. The cache empties itself when the live ``publish_id`` changes
+(a background task reads it every ``MFY_API_CACHE_SECONDS``, 1 s, so a new
+publish is served at most that long after its swap) and an entry lives at most
+``MFY_API_CACHE_TTL`` seconds (60), which bounds how long another worker may
+still offer a movie a user has just rated through the API (the worker that
+took the rating forgets that user at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+
+log = logging.getLogger(__name__)
+
+
+class AnswerCache:
+    def __init__(self, size: int | None = None, ttl: float | None = None) -> None:
+        self.size = int(os.environ.get("MFY_API_CACHE_SIZE", "50000")) if size is None else size
+        self.ttl = float(os.environ.get("MFY_API_CACHE_TTL", "60")) if ttl is None else ttl
+        self.publish_id: int | None = None
+        self._entries: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
+
+    def get(self, key: tuple) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: tuple, publish_id: int, body: bytes) -> None:
+        if not self.size or publish_id != self.publish_id:
+            return  # only answers from the publish we know is live
+        self._entries[key] = (time.monotonic() + self.ttl, body)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def forget_user(self, user_id: int) -> None:
+        for key in [k for k in self._entries if k[0] == user_id]:
+            del self._entries[key]
+
+    def set_publish(self, publish_id: int | None) -> None:
+        if publish_id != self.publish_id:
+            self._entries.clear()
+            self.publish_id = publish_id
+
+    async def follow(self, pool, every: float | None = None) -> None:
+        """Keep ``publish_id`` current (run as a background task)."""
+        every = float(os.environ.get("MFY_API_CACHE_SECONDS", "1")) if every is None else every
+        while True:
+            try:
+                live = await pool.fetchval(
+                    "select case when to_regclass('recs.publication') is not null "
+                    "then (select publish_id from recs.publication) end")
+                self.set_publish(live)
+            except Exception as exc:  # the API keeps answering from Postgres
+                log.warning("cache: cannot read the live publish: %s", exc)
+                self.set_publish(None)
+            await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def following(cache: AnswerCache, pool):
+    task = asyncio.create_task(cache.follow(pool))
+    try:
+        yield cache
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
