@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# py4j logs each connection it closes at INFO, also from __del__ at interpreter exit
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def blas_in_use(spark) -> str:

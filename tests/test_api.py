@@ -216,7 +216,7 @@ def test_readers_never_fail_during_back_to_back_publishes(api_server, published,
     try:
         time.sleep(1)
         results = [publish.publish(published, spark=spark) for _ in range(2)]
-        time.sleep(1)
+        time.sleep(3)  # the API's cache follows the live publish once a second
     finally:
         stop.set()
         for t in threads:

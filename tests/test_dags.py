@@ -16,6 +16,7 @@ import pytest
 
 from conftest import QUICK_MODELS, ROOT, execute, fresh_database, query
 from moviesforyou import warehouse
+from moviesforyou.transform import temporary_environment
 
 #: The logical date of the first run and of its re-run.
 LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, 30, tz="UTC")
@@ -123,16 +124,8 @@ class Nightly:
     env: dict
 
     def run(self, conf: dict | None = None, logical_date=None):
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with temporary_environment(self.env):
             return self.dag.test(run_conf=conf, logical_date=logical_date)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def states(self, run) -> dict[str, str]:
         return {ti.task_id: ti.state for ti in run.get_task_instances()}

@@ -57,7 +57,8 @@ def dbt_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def temporary_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -106,7 +107,7 @@ def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRu
         "--profiles-dir", str(project_dir()),
         "--target-path", str(target),
     ]
-    with _environment({**dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}):
+    with temporary_environment({**dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}):
         outcome = dbtRunner().invoke([*args, *common])
     results = []
     executed = getattr(outcome.result, "results", None) or []
