@@ -136,6 +136,22 @@ def spark(state_dir: Path):
     session.stop()
 
 
+@contextlib.contextmanager
+def modelled_warehouse(embedded_settings: Settings, release: Path, home: Path):
+    """A fresh database with an ml-100k-layout ``release`` ingested and dbt-built."""
+    from moviesforyou import ingest, sources, transform
+
+    with fresh_database(embedded_settings) as settings:
+        settings = dataclasses.replace(settings, home=home)
+        connection = warehouse.connect(settings)
+        try:
+            ingest.load_release(connection, sources.open_source(release, home), "ml-100k")
+        finally:
+            connection.close()
+        transform.transform(settings, docs=False)
+        yield settings
+
+
 #: A fixed, quick ALS configuration for tests that need a trained model, not a tuned one.
 QUICK_MODELS = dict(
     explicit=None, implicit=None, holdout_per_user=5,
@@ -150,16 +166,10 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
 
     Tests may publish again or roll back, but must leave a live version behind.
     """
-    from moviesforyou import ingest, publish, sources, transform
+    from moviesforyou import publish
     from spark_jobs.train import TrainConfig, train
 
-    home = state_dir / "published-home"
-    with fresh_database(embedded_settings) as settings:
-        settings = dataclasses.replace(settings, home=home)
-        connection = warehouse.connect(settings)
-        ingest.load_release(connection, sources.open_source(ml100k, home), "ml-100k")
-        connection.close()
-        transform.transform(settings, docs=False)
+    with modelled_warehouse(embedded_settings, ml100k, state_dir / "published-home") as settings:
         train(settings, TrainConfig(**QUICK_MODELS), spark=spark)
         publish.publish(settings, spark=spark)
         yield settings

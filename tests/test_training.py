@@ -10,8 +10,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import fresh_database, query
-from moviesforyou import ingest, sources, transform, warehouse
+from conftest import modelled_warehouse, query
+from moviesforyou import warehouse
 from spark_jobs import registry
 from spark_jobs.models import ALSParams
 from spark_jobs.snapshot import SnapshotError
@@ -38,14 +38,8 @@ def sample_warehouse(embedded_settings, ml100k, tmp_path_factory):
     lines = (ml100k / "u.data").read_text().splitlines()
     (folder / "u.data").write_text(
         "\n".join(x for x in lines if int(x.split("\t")[0]) <= 300) + "\n")
-    home = tmp_path_factory.mktemp("home")
-    with fresh_database(embedded_settings) as settings:
-        settings = dataclasses.replace(settings, home=home)
-        conn = warehouse.connect(settings)
-        ingest.load_release(conn, sources.open_source(folder, home), "ml-100k")
-        conn.close()
-        transform.transform(settings, docs=False)
-        yield settings
+    with modelled_warehouse(embedded_settings, folder, tmp_path_factory.mktemp("home")) as s:
+        yield s
 
 
 def config(pair=None, **kwargs) -> TrainConfig:

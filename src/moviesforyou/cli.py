@@ -178,17 +178,23 @@ def ingest_command(settings: Settings, dataset: str | None, source: str | None,
     _print_load(result)
 
 
+def _counts_table(title: str, schema: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column(f"{schema} table")
+    table.add_column("rows", justify="right")
+    for name, count in counts.items():
+        table.add_row(f"{schema}.{name}", f"{count:,}")
+    return table
+
+
 def _print_load(result: ingest.LoadResult) -> None:
     if result.status == "unchanged":
         console.print(f"[yellow]{result.dataset} unchanged[/] since the last load: nothing to do "
                       f"(ledger entry {result.load_id}; --force reloads)")
         return
-    table = Table(title=f"{result.dataset}: load {result.load_id} in {result.duration_s:.1f} s")
-    table.add_column("raw table")
-    table.add_column("rows", justify="right")
-    for name, count in result.row_counts.items():
-        table.add_row(f"raw.{name}", f"{count:,}")
-    console.print(table)
+    console.print(_counts_table(
+        f"{result.dataset}: load {result.load_id} in {result.duration_s:.1f} s", "raw",
+        result.row_counts))
 
 
 @main.command("loads")
@@ -385,12 +391,9 @@ def _publish(settings: Settings):
 
 
 def _print_publish(result) -> None:
-    table = Table(title=f"publish {result.publish_id}: model v{result.model_version} is live")
-    table.add_column("recs table")
-    table.add_column("rows", justify="right")
-    for name, count in result.row_counts.items():
-        table.add_row(f"recs.{name}", f"{count:,}")
-    console.print(table)
+    console.print(_counts_table(
+        f"publish {result.publish_id}: model v{result.model_version} is live", "recs",
+        result.row_counts))
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     console.print(f"steps: {steps}; the swap held its locks {result.swap_lock_ms:.1f} ms")
 
