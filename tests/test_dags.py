@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -330,3 +331,18 @@ def test_run_summary_is_one_row_per_run(published):
     finally:
         connection.close()
     assert rows == [("success", live_version)]
+
+
+def test_backfill_plans_one_run_per_night(airflow_db):
+    """catchup is off, but a backfill of past nights is planned run by run."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    done = subprocess.run([airflow, "dags", "reserialize"], capture_output=True, text=True,
+                          env=os.environ, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([airflow, "backfill", "create", "--dag-id", "movielens_nightly",
+                           "--from-date", "2026-11-01", "--to-date", "2026-11-04", "--dry-run"],
+                          capture_output=True, text=True, env=os.environ, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned = re.findall(r"\| (2026-11-\d\d 02:30:00\+00:00) \|", done.stdout)
+    assert planned == ["2026-11-01 02:30:00+00:00", "2026-11-02 02:30:00+00:00",
+                       "2026-11-03 02:30:00+00:00"]
