@@ -287,6 +287,13 @@ def test_page_search_shows_your_movie_and_similar_ones(browser, api_server):
     browser.save_screenshot(str(SCREENSHOTS / "search.png"))
 
 
+def table_rows(driver) -> list[list[str]]:
+    """The recommendations table's cells, read in one go (it is re-rendered on filters)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#user-recs tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.textContent))")
+
+
 def test_page_user_recommendations_with_genre_filter(browser, api_server):
     from selenium.webdriver.common.by import By
 
@@ -295,20 +302,18 @@ def test_page_user_recommendations_with_genre_filter(browser, api_server):
     browser.find_element(By.CSS_SELECTOR, "#user-jump button").click()
     wait_for(browser, "#user-title", "user 1")
     wait_for(browser, "#user-recs tbody tr")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#user-recs tbody tr")
+    rows = table_rows(browser)
     assert len(rows) == 20
-    assert any("Drama" in r.text for r in rows)
+    assert any("Drama" in genres for _, _, genres, _ in rows)
     browser.find_element(By.CSS_SELECTOR, "#genre-filters input[value='Drama']").click()
     deadline = time.time() + 15
     while time.time() < deadline:
-        rows = browser.find_elements(By.CSS_SELECTOR, "#user-recs tbody tr")
-        texts = [r.find_elements(By.TAG_NAME, "td")[2].text for r in rows]
-        if len(rows) == 20 and not any("Drama" in t for t in texts):
+        rows = table_rows(browser)
+        if len(rows) == 20 and not any("Drama" in genres for _, _, genres, _ in rows):
             break
         time.sleep(0.2)
-    assert len(rows) == 20 and not any("Drama" in t for t in texts)
-    predicted = [float(r.find_elements(By.TAG_NAME, "td")[3].text) for r in rows]
-    assert all(0.5 <= p <= 5 for p in predicted)
+    assert len(rows) == 20 and not any("Drama" in genres for _, _, genres, _ in rows)
+    assert all(0.5 <= float(predicted) <= 5 for *_, predicted in rows)
     browser.save_screenshot(str(SCREENSHOTS / "user.png"))
 
 
