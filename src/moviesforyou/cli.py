@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import time
 from contextlib import contextmanager
@@ -510,8 +509,8 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
     started: dict[str, float] = {}
 
     def on_line(line: str) -> None:
-        begin = re.search(r"\[DAG TEST\] starting task_id=(\w+)", line)
-        end = re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)
+        begin = orchestration.TASK_START.search(line)
+        end = orchestration.TASK_END.search(line)
         if begin:
             started[begin.group(1)] = time.time()
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {begin.group(1)} ...")

@@ -42,9 +42,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _airflow(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "airflow"), *args]
-    return subprocess.run(command, env=env, **kwargs)
+def _airflow_command(*args: str) -> list[str]:
+    """The airflow CLI of this environment."""
+    return [str(Path(sys.executable).parent / "airflow"), *args]
 
 
 def ensure_metadata_db(env: dict[str, str]) -> None:
@@ -55,7 +55,8 @@ def ensure_metadata_db(env: dict[str, str]) -> None:
     if marker.exists() and marker.read_text() == version:
         return
     home.mkdir(parents=True, exist_ok=True)
-    done = _airflow(env, "db", "migrate", capture_output=True, text=True)
+    done = subprocess.run(_airflow_command("db", "migrate"), env=env, capture_output=True,
+                          text=True)
     if done.returncode:
         raise MoviesForYouError(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
     marker.write_text(version)
@@ -67,8 +68,9 @@ def _airflow_version() -> str:
     return version("apache-airflow")
 
 
-_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
-_TASK_STATE = re.compile(r"task_id=(\w+).*?new_state=(\w+)|new_state=(\w+)")
+#: Lines of `airflow dags test` output that start and end a task (group 1: task id).
+TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
+TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
 
 
 def run_dag(settings: Settings, *, conf: dict | None = None, logical_date: str | None = None,
@@ -84,9 +86,8 @@ def run_dag(settings: Settings, *, conf: dict | None = None, logical_date: str |
         args += ["-c", json.dumps(conf)]
     started = time.time()
     with open(log_path, "w") as log_file:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), *args],
-                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1)
+        process = subprocess.Popen(_airflow_command(*args), env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             log_file.write(line)
             if on_line:

@@ -197,23 +197,18 @@ create table {s}.movie_catalogue (
     publish_id bigint not null default {pid},
     constraint movie_catalogue_p{pid}_pkey primary key (movie_id)
 );
-create table {s}.user_factors (
-    user_id integer not null,
+"""
+
+#: user_factors and movie_factors: the same shape, keyed by {side}_id.
+_FACTORS_DDL = """
+create table {s}.{table} (
+    {key} integer not null,
     bias double precision not null,
     explicit_factors double precision[],
     implicit_factors double precision[],
     model_version text not null default {version},
     publish_id bigint not null default {pid},
-    constraint user_factors_p{pid}_pkey primary key (user_id)
-);
-create table {s}.movie_factors (
-    movie_id integer not null,
-    bias double precision not null,
-    explicit_factors double precision[],
-    implicit_factors double precision[],
-    model_version text not null default {version},
-    publish_id bigint not null default {pid},
-    constraint movie_factors_p{pid}_pkey primary key (movie_id)
+    constraint {pkey} primary key ({key})
 );
 """
 
@@ -359,9 +354,13 @@ def build(conn, settings: Settings, config: PublishConfig, *, publish_id: int, c
     counts: dict[str, int] = {}
     with conn, conn.cursor() as cur:
         _drop_schema_tables(cur, BUILD)
-        cur.execute(sql.SQL(_DDL).format(s=s, pid=sql.Literal(publish_id),
-                                         version=sql.Literal(champion["version"]),
-                                         generated=sql.Literal(generated)))
+        values = {"s": s, "pid": sql.Literal(publish_id),
+                  "version": sql.Literal(champion["version"])}
+        cur.execute(sql.SQL(_DDL).format(generated=sql.Literal(generated), **values))
+        for side in ("user", "movie"):
+            cur.execute(sql.SQL(_FACTORS_DDL).format(
+                table=sql.Identifier(f"{side}_factors"), key=sql.Identifier(f"{side}_id"),
+                pkey=sql.Identifier(f"{side}_factors_p{publish_id}_pkey"), **values))
         for table, comment in _COMMENTS.items():
             cur.execute(sql.SQL("comment on table {}.{} is {}").format(
                 s, sql.Identifier(table), sql.Literal(comment)))
