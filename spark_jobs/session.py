@@ -15,8 +15,11 @@ Under ``spark-submit`` the master and memory come from spark-submit instead;
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
+from importlib import metadata
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,32 @@ def blas_in_use(spark) -> str:
         return f"unknown ({type(exc).__name__})"
 
 
+class BrokenPySparkInstall(RuntimeError):
+    """pyspark's Python files do not match the ones its wheel installed."""
+
+
+def check_pyspark_install(dist: metadata.Distribution | None = None) -> None:
+    """Fail clearly when another package has overwritten pyspark's Python files.
+
+    ``pyspark-client`` (pulled in by some Airflow providers) installs into the same
+    ``pyspark/`` folder; a different version of it mixes its Python code with pyspark's
+    jars, and Spark then fails deep inside Py4J. Each ``.py`` file is checked against
+    the hash in pyspark's ``RECORD`` (about 0.1 s).
+    """
+    dist = dist or metadata.distribution("pyspark")
+    changed = []
+    for entry in dist.files or ():
+        if entry.suffix != ".py" or entry.hash is None:
+            continue
+        digest = hashlib.new(entry.hash.mode, entry.locate().read_bytes()).digest()
+        if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != entry.hash.value:
+            changed.append(str(entry))
+    if changed:
+        raise BrokenPySparkInstall(
+            f"{dist.name} {dist.version}: {len(changed)} of its Python files were overwritten by "
+            f"another package (first: {changed[0]}); run `uv sync --reinstall-package pyspark`")
+
+
 def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None = None):
     """Create (or reuse) the SparkSession configured for ALS.
 
@@ -43,6 +72,7 @@ def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None 
     """
     from pyspark.sql import SparkSession
 
+    check_pyspark_install()
     cores = os.cpu_count() or 2
     scratch = home / "spark"
     checkpoints = Path(os.environ.get("MFY_SPARK_CHECKPOINT_DIR", scratch / "checkpoints"))

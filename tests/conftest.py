@@ -60,7 +60,8 @@ def embedded_settings(state_dir: Path) -> Settings:
     """Settings for an embedded warehouse in a session-wide temporary folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
     env["MFY_HOME"] = str(state_dir / "home")
-    env["MFY_WAREHOUSE_PORT"] = str(warehouse._free_port(55432))
+    # below Linux's ephemeral range (32768-60999): no outgoing connection can take it
+    env["MFY_WAREHOUSE_PORT"] = str(warehouse._free_port(25432))
     settings = Settings.from_env(env)
     warehouse.ensure(settings)
     yield settings

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import shutil
+from importlib import metadata
 
 import mlflow
 import pandas as pd
@@ -40,6 +43,32 @@ def sample_warehouse(embedded_settings, ml100k, tmp_path_factory):
         "\n".join(x for x in lines if int(x.split("\t")[0]) <= 300) + "\n")
     with modelled_warehouse(embedded_settings, folder, tmp_path_factory.mktemp("home")) as s:
         yield s
+
+
+def test_pyspark_install_is_whole():
+    """No other package (pyspark-client) has replaced pyspark's Python files."""
+    from spark_jobs.session import check_pyspark_install
+
+    check_pyspark_install()
+    assert "pyspark-client" not in {d.metadata["Name"] for d in metadata.distributions()}
+
+
+def test_an_overwritten_pyspark_file_is_named(tmp_path):
+    from spark_jobs.session import BrokenPySparkInstall, check_pyspark_install
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("VERSION = '4.3.0'\n")
+    info = tmp_path / "pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(b"VERSION = '4.3.0'\n").digest())
+    (info / "RECORD").write_text(f"pkg/mod.py,sha256={digest.rstrip(b'=').decode()},18\n")
+    dist = metadata.PathDistribution(info)
+    check_pyspark_install(dist)  # intact
+
+    (tmp_path / "pkg" / "mod.py").write_text("VERSION = '4.2.0'\n")
+    with pytest.raises(BrokenPySparkInstall, match=r"pkg 1.0: 1 of its Python files .*pkg/mod.py"):
+        check_pyspark_install(dist)
 
 
 def config(pair=None, **kwargs) -> TrainConfig:

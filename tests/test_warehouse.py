@@ -24,8 +24,14 @@ def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.Comple
     env["MFY_HOME"] = str(settings.home)
     if settings.warehouse_port:
         env["MFY_WAREHOUSE_PORT"] = str(settings.warehouse_port)
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=check,
-                          timeout=120)
+    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:  # say what the command said, not only its exit code
+        log = warehouse.embedded(settings).log_file
+        raise AssertionError(
+            f"moviesforyou {' '.join(args)} exited {done.returncode}\nstdout:\n{done.stdout}"
+            f"\nstderr:\n{done.stderr}\n{log}:\n"
+            + (log.read_text()[-3000:] if log.exists() else "(none)"))
+    return done
 
 
 def test_schemas_and_roles(embedded_settings):
@@ -81,7 +87,7 @@ def test_lifecycle_from_nothing_via_cli():
     """A new MFY_HOME: `url` starts and bootstraps, `stop` stops, `url` starts again."""
     home = Path(tempfile.mkdtemp(prefix="mfy-cli-"))
     home.chmod(0o755)
-    settings = Settings(home=home, warehouse_port=warehouse._free_port(56432))
+    settings = Settings(home=home, warehouse_port=warehouse._free_port(26432))
     try:
         first = cli(settings, "warehouse", "url")
         url = first.stdout.strip().splitlines()[-1]
@@ -106,7 +112,7 @@ def test_lifecycle_from_nothing_via_cli():
 
 
 def test_status_of_a_warehouse_never_started(tmp_path):
-    settings = Settings(home=tmp_path / "never", warehouse_port=warehouse._free_port(57432))
+    settings = Settings(home=tmp_path / "never", warehouse_port=warehouse._free_port(27432))
 
     result = cli(settings, "warehouse", "status")
 
