@@ -58,12 +58,12 @@ async def sql_worker(args, state, rng: random.Random, pool) -> None:
                 rows = await conn.fetch(
                     "select rank, movie_id, title, release_year, genres, score, "
                     "predicted_rating, source, model_version, publish_id "
-                    "from recs.recommend($1, 10, $2::text[])", user, [])
+                    "from recs.recommend($1, $2, $3::text[])", user, args.k, args.exclude)
             except Exception:
                 state["errors"] += 1
                 continue
             state["latencies"].append(time.perf_counter() - started)
-            if len(rows) != 10:
+            if len(rows) != args.k:
                 state["empty"] += 1
 
 
@@ -111,7 +111,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--users", type=int, default=943, help="user ids drawn from 1..USERS")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--k", type=int, default=10, help="recommendations per lookup (sql mode)")
+    parser.add_argument("--exclude", default="", help="genres to exclude, comma-separated "
+                        "(sql mode): long lists make recs.recommend score extra movies live")
     args = parser.parse_args()
+    args.exclude = [g for g in args.exclude.split(",") if g]
     try:
         import uvloop
 

@@ -89,6 +89,26 @@ def test_recommend_function(wh):
     assert [r[0] for r in unknown] == ["overall:all"] * 3
 
 
+def test_recommend_tops_up_a_list_that_exclusions_leave_short(wh):
+    excluded = "{Drama,Comedy,Action,Thriller,Romance}"
+    stored = query(wh, """select r.movie_id from recs.user_recommendations r
+                          join recs.movie_catalogue m using (movie_id)
+                          where r.user_id = 1 and not m.genres && %s::text[]
+                          order by r.rank""", (excluded,))
+    assert 0 < len(stored) < 40  # the stored top 50 alone cannot fill 40
+    rows = query(wh, "select rank, movie_id, genres, score, source "
+                     "from recs.recommend(1, 40, %s)", (excluded,))
+    assert [r[0] for r in rows] == list(range(1, 41))
+    assert [r[1] for r in rows[:len(stored)]] == [m for m, in stored]
+    assert len({r[1] for r in rows}) == 40
+    assert all(not set(excluded.strip("{}").split(",")) & set(r[2]) for r in rows)
+    assert {r[4] for r in rows} == {"als"}
+    scores = [r[3] for r in rows]  # one ranking: the live scores continue the stored ones
+    assert all(a >= b - 1e-9 for a, b in zip(scores, scores[1:], strict=False))
+    seen = {m for m, in query(wh, "select movie_id from marts.fct_ratings where user_id = 1")}
+    assert not seen & {r[1] for r in rows}
+
+
 def test_predict_rating_function_tracks_real_ratings(wh):
     (mae, n), = query(wh, """
         select avg(abs(recs.predict_rating(user_id, movie_id) - rating)), count(*)

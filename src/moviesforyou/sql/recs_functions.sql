@@ -42,6 +42,8 @@ returns table (
     model_version text, publish_id bigint
 )
 language plpgsql stable as $$
+declare
+    got integer;
 begin
     -- plpgsql rather than sql: each branch's plan is cached per session, which
     -- keeps the API's lookup at a fraction of a millisecond
@@ -57,11 +59,49 @@ begin
                             where a.user_id = p_user_id and a.movie_id = r.movie_id)
         order by r.rank
         limit greatest(k, 0);
-    if found then
+    get diagnostics got = row_count;
+    if got >= k then
+        return;
+    end if;
+    -- The stored list ran short (excluded genres, movies rated since the publish):
+    -- a user the model knows gets the rest scored now from the published implicit
+    -- factors, the same dot product Spark ranked the stored list by.
+    if exists (select 1 from recs.user_factors as u
+               where u.user_id = p_user_id and u.implicit_factors is not null) then
+        return query
+            with me as (
+                select u.implicit_factors from recs.user_factors as u
+                where u.user_id = p_user_id
+            ),
+            scored as (
+                select f.movie_id,
+                       (select sum(a * b)
+                        from unnest(me.implicit_factors, f.implicit_factors) as t (a, b)) as score
+                from recs.movie_factors as f, me
+                where f.implicit_factors is not null
+            )
+            select (got + row_number() over (order by s.score desc, s.movie_id))::integer,
+                   s.movie_id, m.title, m.release_year, m.genres, s.score,
+                   recs.predict_rating(p_user_id, s.movie_id), 'als'::text,
+                   pub.model_version, pub.publish_id
+            from scored as s
+            join recs.movie_catalogue as m on m.movie_id = s.movie_id
+            cross join recs.publication as pub
+            where not (m.genres && coalesce(exclude_genres, '{}'))
+                and not exists (select 1 from recs.user_recommendations as r
+                                where r.user_id = p_user_id and r.movie_id = s.movie_id)
+                and not exists (select 1 from marts.fct_ratings as f
+                                where f.user_id = p_user_id and f.movie_id = s.movie_id
+                                    and f.dataset = pub.dataset)
+                and not exists (select 1 from app.ratings as a
+                                where a.user_id = p_user_id and a.movie_id = s.movie_id)
+            order by s.score desc, s.movie_id
+            limit k - got;
         return;
     end if;
     -- newcomers: their preferred genres first (interleaved), then their
-    -- demographic segment, then their occupation, then the overall list
+    -- demographic segment, then their occupation, then the overall list;
+    -- after any stored rows of a user the model has no factors for
     return query
         with profile as (
             select u.* from app.users as u where u.user_id = p_user_id
@@ -87,18 +127,25 @@ begin
             where not (m.genres && coalesce(exclude_genres, '{}'))
                 and not exists (select 1 from app.ratings as a
                                 where a.user_id = p_user_id and a.movie_id = c.movie_id)
+                and not exists (select 1 from recs.user_recommendations as r
+                                where r.user_id = p_user_id and r.movie_id = c.movie_id)
+                and not exists (select 1 from marts.fct_ratings as f
+                                join recs.publication as pub on pub.dataset = f.dataset
+                                where f.user_id = p_user_id and f.movie_id = c.movie_id)
             order by c.movie_id, c.tier, c.pos
         )
-        select (row_number() over (order by c.tier, c.pos, c.movie_id))::integer,
+        select (got + row_number() over (order by c.tier, c.pos, c.movie_id))::integer,
                c.movie_id, c.title, c.release_year, c.genres, c.score,
                recs.predict_rating(p_user_id, c.movie_id), c.source, c.model_version,
                c.publish_id
         from candidates as c
         order by c.tier, c.pos, c.movie_id
-        limit greatest(k, 0);
+        limit greatest(k - got, 0);
 end
 $$;
 comment on function recs.recommend(integer, integer, text[]) is
     'Top-k recommendations for a user, without movies of the excluded genres. Users the '
-    'model knows get their ALS list; others (newcomers signed up through the API, unknown '
-    'ids) get cold-start lists: preferred genres, age band and gender, occupation, overall.';
+    'model knows get their ALS list, topped up by scoring the rest of the catalogue with '
+    'their published factors when exclusions leave it short of k; others (newcomers signed '
+    'up through the API, unknown ids) get cold-start lists: preferred genres, age band and '
+    'gender, occupation, overall.';
