@@ -133,7 +133,7 @@ async def search_movies(request: Request,
     """Fuzzy title search: typos, a missing year or article still match."""
     async with _pool(request).acquire() as conn:
         rows = await _search(conn, q, limit)
-    return {"query": q, "movies": [_movie(r) | {"match": round(_closeness(_normalise(q), r), 3)}
+    return {"query": q, "movies": [_movie(r) | {"match": round(_closeness(_canonical(q), r), 3)}
                                    for r in rows]}
 
 
@@ -163,27 +163,50 @@ def _normalise(text: str) -> str:
 
 _ARTICLES = ("the ", "a ", "an ", "les ", "la ", "le ", "il ", "el ", "das ", "die ")
 
+#: Numbers as words and Roman numerals, compared as digits: "12 monkeys" is "Twelve
+#: Monkeys", "godfather 2" is "Godfather: Part II". Single letters (i, v, x) are left
+#: alone: they are words and initials far more often than numerals.
+_NUMERALS = {
+    word: str(value) for value, words in enumerate((
+        (), ("one",), ("two", "ii"), ("three", "iii"), ("four", "iv"), ("five",),
+        ("six", "vi"), ("seven", "vii"), ("eight", "viii"), ("nine", "ix"), ("ten",),
+        ("eleven", "xi"), ("twelve", "xii"), ("thirteen", "xiii"), ("fourteen",),
+        ("fifteen",), ("sixteen",), ("seventeen",), ("eighteen",), ("nineteen",),
+        ("twenty",))) for word in words}
+
+#: Words people leave out of a sequel's title: "Godfather: Part II" is "godfather 2".
+_SEQUEL_WORDS = frozenset(("part", "chapter", "episode", "vol", "volume"))
+
+
+def _canonical(text: str) -> str:
+    """:func:`_normalise`, then numerals as digits: 'Twelve Monkeys' -> '12 monkeys'."""
+    return " ".join(_NUMERALS.get(w, w) for w in _normalise(text).split())
+
 
 def _closeness(query: str, row) -> float:
     """How close a typed title is to a movie, by edit similarity (0..1).
 
-    The best of the title with and without its article and with and without
-    the year, so "gmae", "game 1997" and "the game" all find "Game, The (1997)".
+    The best of the title with and without its article, with and without the
+    year, and without "part": "gmae", "game 1997" and "the game" all find
+    "Game, The (1997)"; numerals compare as digits, so "godfather 2" finds
+    "Godfather: Part II, The (1974)" and "12 monkeys" finds "Twelve Monkeys".
     """
-    title = _normalise(row["title"])
+    title = _canonical(row["title"])
     bare = next((title[len(a):] for a in _ARTICLES if title.startswith(a)), title)
     year = str(row["release_year"] or "")
-    variants = {title, bare, f"{title} {year}", f"{bare} {year}",
-                _normalise(row["original_title"] or "")}
+    short = " ".join(w for w in bare.split() if w not in _SEQUEL_WORDS)  # godfather 2
+    variants = {title, bare, short, f"{title} {year}", f"{bare} {year}",
+                _canonical(row["original_title"] or "")}
     return max(difflib.SequenceMatcher(None, query, v).ratio() for v in variants if v)
 
 
 async def _search(conn, text: str, limit: int) -> list:
     """Trigram candidates from Postgres, re-ranked by edit similarity."""
-    query = _normalise(text)
+    query = _canonical(text)
     if not query:
         return []
-    candidates = await conn.fetch(db.SEARCH, query, max(limit, 30))
+    # trigrams see the words as typed; the ranking compares numerals as digits
+    candidates = await conn.fetch(db.SEARCH, _normalise(text), max(limit, 30))
     ranked = sorted(candidates, key=lambda r: (-_closeness(query, r), -r["match"],
                                                -r["rating_count"], r["movie_id"]))
     return ranked[:limit]

@@ -120,6 +120,13 @@ def test_similar_movies_by_id_and_by_fuzzy_title(api_server):
         assert status == 200, title
         assert (answer["movie"]["movie_id"], answer["movie"]["year"]) == (333, 1997), title
         assert len(answer["similar"]) == 10
+    # numerals as digits, words or Roman numerals
+    for title, movie_id in (("12 monkeys", 7), ("twelve monkeys", 7), ("godfather 2", 187),
+                            ("godfather part two", 187), ("the godfather", 127),
+                            ("1 flew over the cuckoos nest", 357)):
+        status, answer = call(api_server, "/api/movies/search?q=" + urllib.parse.quote(title))
+        assert status == 200 and answer["movies"][0]["movie_id"] == movie_id, (
+            title, [m["title"] for m in answer["movies"][:3]])
     assert call(api_server, "/api/similar?title=qqqqqqqqqqzzzz")[0] == 404
 
 
