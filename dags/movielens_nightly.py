@@ -38,6 +38,10 @@ Spark connection to submit training to a cluster; unset, Spark runs locally.
 grids; other nights it re-fits the champion's configuration on the new data,
 and the gate promotes that fresher fit.
 
+**Backfill**: unpause the DAG, then `airflow backfill create --dag-id
+movielens_nightly --from-date … --to-date … --max-active-runs 1` (the DAG's own
+limit does not bind backfill runs; two nights at once on one warehouse fail).
+
 **Run conf**: `{"force": true}` retrains and republishes even if nothing changed;
 `{"train": {"tune": true}}` tunes today; `{"train": {...}}` overrides the
 training configuration (grids or fixed ALS params).
@@ -189,17 +193,12 @@ def movielens_nightly():
     changed >> marts >> validate_marts() >> (snapshot := export_snapshot())
 
     if SPARK_CONN_ID:
-        from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+        from moviesforyou.spark_submit import TrainOnSpark
 
-        train = SparkSubmitOperator(
-            task_id="train_als", conn_id=SPARK_CONN_ID,
-            application=os.path.join(PROJECT, "spark_jobs", "train.py"),
-            application_args=[
-                "--snapshot", "{{ ti.xcom_pull(task_ids='export_snapshot')['path'] }}",
-                "--no-gate", "--config", "{{ (dag_run.conf or {}).get('train', {}) | tojson }}"],
-            name="moviesforyou-train", outlets=[MODEL])
+        train = TrainOnSpark(task_id="train_als", conn_id=SPARK_CONN_ID, project=PROJECT,
+                             name="moviesforyou-train", outlets=[MODEL])
         snapshot >> train
-        trained = None
+        trained = train.output
     else:
         @task(outlets=[MODEL])
         def train_als(snapshot: dict) -> dict:

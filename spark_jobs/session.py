@@ -19,6 +19,7 @@ import base64
 import hashlib
 import logging
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -88,10 +89,15 @@ def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None 
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
     master = master or os.environ.get("MFY_SPARK_MASTER")
-    if master or not os.environ.get("SPARK_SUBMIT_OPTS"):
-        builder = builder.master(master or "local[*]")
-    if (master or "local").startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode stays on loopback
+    # spark-submit starts the JVM first and hands it to Python: it chose the master
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if master or not submitted:
+        master = master or "local[*]"
+        builder = builder.master(master)
+        if master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stays on loopback
+            # the Python workers run here: this interpreter, not python3 from PATH
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     spark.sparkContext.setCheckpointDir(str(checkpoints))

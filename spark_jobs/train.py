@@ -32,6 +32,7 @@ Run it as ``moviesforyou train`` or ``spark-submit spark_jobs/train.py``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import itertools
 import json
@@ -614,10 +615,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot", type=Path, help="a kept snapshot folder "
                         "(default: export one from the warehouse)")
     parser.add_argument("--no-gate", action="store_true", help="register only; gate later")
+    parser.add_argument("--nightly", metavar="DATE", help="train as the nightly run of DATE "
+                        "(ISO 8601) does: tune on MFY_TUNE_DAY or without a champion, else "
+                        "re-fit the champion's configuration; never gates (needs --snapshot)")
     parser.add_argument("--config", default="{}", help="TrainConfig overrides as JSON, e.g. "
                         '\'{"explicit": {"rank": 20}}\'')
     args = parser.parse_args(argv)
+    if args.nightly and not args.snapshot:
+        parser.error("--nightly needs --snapshot")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.nightly:  # what the DAG's in-process train_als task does
+        from moviesforyou import pipeline
+
+        out = pipeline.train(Settings.from_env(), {"path": str(args.snapshot)},
+                             json.loads(args.config),
+                             logical_date=datetime.datetime.fromisoformat(args.nightly))
+        print(json.dumps(out, indent=2, default=str))
+        return
     config = train_config({**json.loads(args.config),
                            **({"folds_dir": args.folds} if args.folds else {})})
     snapshot = read_kept_snapshot(args.snapshot) if args.snapshot else None

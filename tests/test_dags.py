@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from conftest import QUICK_MODELS, ROOT, execute, fresh_database, query
+from conftest import QUICK_MODELS, ROOT, execute, fresh_database, query, wait_for_http
 from moviesforyou import warehouse
 from moviesforyou.transform import temporary_environment
 
@@ -108,11 +109,14 @@ def test_spark_connection_switches_training_to_spark_submit(airflow_db):
     out = _import_in_fresh_python(
         "from airflow.dag_processing.dagbag import DagBag; "
         "dag = DagBag(dag_folder='dags').dags['movielens_nightly']; "
-        "t = dag.get_task('train_als'); print(type(t).__name__, t._conn_id, t.application)",
+        "t = dag.get_task('train_als'); "
+        "print(type(t).__mro__[1].__name__, t._conn_id, t.application, "
+        "      sorted(t.upstream_task_ids), sorted(t.downstream_task_ids))",
         env={"MFY_SPARK_CONN_ID": "spark_cluster"})
-    kind, conn_id, application = out.strip().splitlines()[-1].split()
+    kind, conn_id, application, upstream, downstream = out.strip().splitlines()[-1].split(" ", 4)
     assert kind == "SparkSubmitOperator" and conn_id == "spark_cluster"
     assert application.endswith("spark_jobs/train.py")
+    assert upstream == "['export_snapshot']" and downstream == "['gate_model']"
 
 
 # --------------------------------------------------------------------------- end to end
@@ -128,7 +132,8 @@ class Nightly:
         with temporary_environment(self.env):
             return self.dag.test(run_conf=conf, logical_date=logical_date)
 
-    def states(self, run) -> dict[str, str]:
+    @staticmethod
+    def states(run) -> dict[str, str]:
         return {ti.task_id: ti.state for ti in run.get_task_instances()}
 
 
@@ -311,6 +316,36 @@ class TestNightlyRuns:
                             "where user_id = 1 and movie_id = any(%s)", (new,))
         assert offered == [(0,)]
 
+    def test_training_through_spark_submit(self, nightly, wh, capfd):
+        """The cluster path for real: the Spark provider's operator runs spark-submit on a
+        connection whose master is local[2]; the gate, scoring and publish follow."""
+        from airflow.dag_processing.dagbag import DagBag
+
+        env = {**nightly.env, "MFY_SPARK_CONN_ID": "mfy_spark",
+               "AIRFLOW_CONN_MFY_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+               # spark-submit and the workers' python3 are this environment's
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        with temporary_environment(env):
+            dag = DagBag(dag_folder=str(ROOT / "dags" / "movielens_nightly.py")).dags[
+                "movielens_nightly"]
+        assert type(dag.get_task("train_als")).__name__ == "TrainOnSpark"
+        for task in dag.tasks:
+            task.retries = 0
+        before = int(champion_version(nightly.settings))
+        run = Nightly(nightly.settings, dag, env).run({"force": True, "train": QUICK_TRAIN})
+        assert run.state == "success", Nightly.states(run)
+        out = capfd.readouterr()
+        assert "spark-submit" in out.out + out.err and "--master local[2]" in out.out + out.err
+        row = summary(wh, run)
+        assert row["trained"] and row["published"]
+        (version,), = query(wh, """select challenger_version from ops.model_promotions
+                                  order by promotion_id desc limit 1""")
+        assert int(version) > before  # a new version, registered by the spark-submit driver
+        metrics = query(wh, "select metrics from ops.pipeline_runs where run_id = %s",
+                        (run.run_id,))[0][0]
+        assert metrics["model"]["ndcg_at_10"] > 0 and "most popular" in metrics["baselines"]
+        assert live(wh)[1] == champion_version(nightly.settings)
+
 
 def test_run_summary_is_one_row_per_run(published):
     """Re-running a run (same run id, e.g. cleared in the UI) replaces its summary row."""
@@ -346,3 +381,87 @@ def test_backfill_plans_one_run_per_night(airflow_db):
     planned = re.findall(r"\| (2026-11-\d\d 02:30:00\+00:00) \|", done.stdout)
     assert planned == ["2026-11-01 02:30:00+00:00", "2026-11-02 02:30:00+00:00",
                        "2026-11-03 02:30:00+00:00"]
+
+
+@pytest.mark.integration
+@pytest.mark.spark
+@pytest.mark.slow
+def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml100k, tmp_path):
+    """A real backfill: `airflow standalone` (api-server, scheduler, dag-processor,
+    triggerer, LocalExecutor) runs two past nights, in order.
+
+    Airflow 3.3 leaves a paused DAG's backfill runs queued, so the DAG is unpaused;
+    the scheduler's own nightly runs are turned off (use_job_schedule) so that only
+    the backfill runs."""
+    import time
+
+    airflow = str(Path(sys.executable).parent / "airflow")
+    home = Path(tempfile.mkdtemp(prefix="mfy-backfill-"))
+    home.chmod(0o755)
+    port = warehouse._free_port(18900)
+    with fresh_database(embedded_settings) as settings:
+        env = {**os.environ,
+               "AIRFLOW_HOME": str(tmp_path / "airflow"),
+               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+               "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+               "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "MFY_HOME": str(home),
+               "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
+               "AIRFLOW_VAR_MFY_DATASET": "ml-100k", "AIRFLOW_VAR_MFY_SOURCE": str(ml100k)}
+
+        def cli(*args: str) -> str:
+            done = subprocess.run([airflow, *args], capture_output=True, text=True, env=env,
+                                  timeout=300)
+            assert done.returncode == 0, (args, done.stderr[-3000:])
+            return done.stdout
+
+        cli("db", "migrate")
+        cli("dags", "reserialize")
+        log = tmp_path / "standalone.log"
+        with open(log, "w") as out:
+            standalone = subprocess.Popen([airflow, "standalone"], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_http(standalone, f"http://127.0.0.1:{port}/api/v2/monitor/health",
+                          "airflow standalone", timeout=180)
+            cli("backfill", "create", "--dag-id", "movielens_nightly",
+                "--from-date", "2026-11-01", "--to-date", "2026-11-03",
+                "--max-active-runs", "1",  # the DAG's max_active_runs does not bind backfills
+                "--dag-run-conf", json.dumps({"train": QUICK_TRAIN}))
+            cli("dags", "unpause", "movielens_nightly")
+            deadline = time.time() + 800
+            while True:
+                out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
+                runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
+                if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
+                    break
+                assert standalone.poll() is None, log.read_text()[-5000:]
+                assert time.time() < deadline, (runs, log.read_text()[-5000:])
+                time.sleep(10)
+        finally:
+            os.killpg(standalone.pid, 15)
+            standalone.wait(60)
+        runs = sorted(runs, key=lambda r: r["logical_date"])
+        assert [(r["logical_date"][:16], r["run_id"].split("__")[0], r["state"])
+                for r in runs] == [("2026-11-01T02:30", "backfill", "success"),
+                                   ("2026-11-02T02:30", "backfill", "success")], runs
+        # one after the other, in date order
+        assert runs[0]["end_date"] <= runs[1]["start_date"], runs
+        connection = warehouse.connect(settings)
+        try:
+            rows = {run_id: rest for run_id, *rest in query(connection, """
+                select run_id, source_status, trained, published, note
+                from ops.pipeline_runs where dag_id = 'movielens_nightly'""")}
+            live_version = query(connection, "select model_version from recs.publication")
+        finally:
+            connection.close()
+        first, second = (rows[r["run_id"]] for r in runs)
+        assert first[:3] == ["loaded", True, True]  # the first night builds and publishes
+        assert second[:3] == ["unchanged", False, False] and second[3]  # skipped, with why
+        assert live_version and champion_version(dataclasses.replace(settings, home=home)) \
+            == live_version[0][0]
+    shutil.rmtree(home, ignore_errors=True)

@@ -152,3 +152,10 @@ def test_great_expectations_then_pyspark_imports():
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("both imported 4.")
+
+
+def test_settings_survive_the_trip_through_a_child_environment(tmp_path):
+    settings = Settings(home=tmp_path, warehouse_url="postgresql://u@h:5/d", dataset="ml-1m",
+                        source="/data/ml-1m.zip", reader_password="s3cret", download_retries=2)
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings(home=tmp_path).to_env()) == Settings(home=tmp_path)

@@ -84,6 +84,19 @@ class Settings:
             download_retries=int(retries) if retries else 5,
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The ``MFY_*`` variables that :meth:`from_env` reads back as these settings,
+        for a child process (spark-submit) that must see the same configuration."""
+        values = {
+            "MFY_HOME": self.home, "MFY_WAREHOUSE_URL": self.warehouse_url,
+            "MFY_WAREHOUSE_PORT": self.warehouse_port, "MFY_PG_BIN": self.pg_bin,
+            "MFY_DATASET": self.dataset, "MFY_SOURCE": self.source,
+            "MFY_SOURCE_SHA256": self.source_sha256, "MFY_OWNER_ROLE": self.owner_role,
+            "MFY_READER_ROLE": self.reader_role, "MFY_READER_PASSWORD": self.reader_password,
+            "MFY_DOWNLOAD_RETRIES": self.download_retries,
+        }
+        return {name: str(value) for name, value in values.items() if value is not None}
+
     @property
     def warehouse_dir(self) -> Path:
         return self.home / "warehouse"

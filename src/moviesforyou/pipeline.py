@@ -247,6 +247,23 @@ def train(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
             "implicit": dataclasses.asdict(result.implicit)}
 
 
+def trained_on_snapshot(settings: Settings, digest: str) -> dict:
+    """What :func:`train` returns, read back from MLflow, for training that ran in
+    another process (spark-submit): the newest version trained on the snapshot."""
+    import mlflow
+
+    from spark_jobs import registry
+
+    client = registry.configure(settings)
+    version = registry.version_for_snapshot(client, digest)
+    if version is None:
+        raise RuntimeError(f"no model version was trained on snapshot {digest}")
+    run_id = client.get_model_version(registry.model_name(), version).run_id
+    return {"version": version, "run_id": run_id,
+            "metrics": client.get_run(run_id).data.metrics,
+            "baselines": mlflow.artifacts.load_dict(f"runs:/{run_id}/baselines.json")}
+
+
 def gate(settings: Settings, trained: dict | None, snapshot: dict,
          overrides: dict | None = None) -> dict:
     """The champion gate for the challenger trained in this run.
@@ -254,13 +271,10 @@ def gate(settings: Settings, trained: dict | None, snapshot: dict,
     ``trained`` is None when training ran through spark-submit (no XCom): the
     challenger is then the newest version trained on this run's snapshot.
     """
-    from spark_jobs import registry
     from spark_jobs.train import gate_challenger
 
-    version = (trained or {}).get("version") or registry.version_for_snapshot(
-        registry.configure(settings), snapshot["digest"])
-    if version is None:
-        raise RuntimeError(f"no model version was trained on snapshot {snapshot['digest']}")
+    version = ((trained or {}).get("version")
+               or trained_on_snapshot(settings, snapshot["digest"])["version"])
     decision = gate_challenger(settings, version, train_config(overrides))
     return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
             "champion_before": decision.champion_before,
