@@ -400,7 +400,11 @@ def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml10
     home.chmod(0o755)
     port = warehouse._free_port(18900)
     with fresh_database(embedded_settings) as settings:
-        env = {**os.environ,
+        # not this process's MLflow store (mlflow.set_tracking_uri exports it): the
+        # tasks' own, under MFY_HOME
+        inherited = {k: v for k, v in os.environ.items()
+                     if k != "MLFLOW_TRACKING_URI" and not k.startswith("MFY_")}
+        env = {**inherited,
                "AIRFLOW_HOME": str(tmp_path / "airflow"),
                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
