@@ -268,8 +268,8 @@ def gate(settings: Settings, trained: dict | None, snapshot: dict,
          overrides: dict | None = None) -> dict:
     """The champion gate for the challenger trained in this run.
 
-    ``trained`` is None when training ran through spark-submit (no XCom): the
-    challenger is then the newest version trained on this run's snapshot.
+    ``trained`` is the training task's XCom; without one, the challenger is the
+    newest version trained on this run's snapshot.
     """
     from spark_jobs.train import gate_challenger
 
