@@ -247,6 +247,17 @@ def train(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
             "implicit": dataclasses.asdict(result.implicit)}
 
 
+def _version_trained_on(settings: Settings, digest: str) -> tuple[object, str]:
+    """(MLflow client, the newest model version trained on the snapshot ``digest``)."""
+    from spark_jobs import registry
+
+    client = registry.configure(settings)
+    version = registry.version_for_snapshot(client, digest)
+    if version is None:
+        raise RuntimeError(f"no model version was trained on snapshot {digest}")
+    return client, version
+
+
 def trained_on_snapshot(settings: Settings, digest: str) -> dict:
     """What :func:`train` returns, read back from MLflow, for training that ran in
     another process (spark-submit): the newest version trained on the snapshot."""
@@ -254,10 +265,7 @@ def trained_on_snapshot(settings: Settings, digest: str) -> dict:
 
     from spark_jobs import registry
 
-    client = registry.configure(settings)
-    version = registry.version_for_snapshot(client, digest)
-    if version is None:
-        raise RuntimeError(f"no model version was trained on snapshot {digest}")
+    client, version = _version_trained_on(settings, digest)
     run_id = client.get_model_version(registry.model_name(), version).run_id
     return {"version": version, "run_id": run_id,
             "metrics": client.get_run(run_id).data.metrics,
@@ -274,7 +282,7 @@ def gate(settings: Settings, trained: dict | None, snapshot: dict,
     from spark_jobs.train import gate_challenger
 
     version = ((trained or {}).get("version")
-               or trained_on_snapshot(settings, snapshot["digest"])["version"])
+               or _version_trained_on(settings, snapshot["digest"])[1])
     decision = gate_challenger(settings, version, train_config(overrides))
     return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
             "champion_before": decision.champion_before,
