@@ -44,7 +44,14 @@ limit does not bind backfill runs; two nights at once on one warehouse fail).
 
 **Run conf**: `{"force": true}` retrains and republishes even if nothing changed;
 `{"train": {"tune": true}}` tunes today; `{"train": {...}}` overrides the
-training configuration (grids or fixed ALS params).
+training configuration (grids or fixed ALS params); `{"fail_fast": true}` fails
+a task on its first try, without retries (`moviesforyou run` sets it: a person
+at the console wants the error now, not after the back-off; scheduled runs keep
+their retries).
+
+**Errors**: a failed task's exception message goes to XCom (key `error`), and
+`write_summary` keeps it in `ops.pipeline_runs.errors`, so the console and the
+Health dashboard say why a run failed without opening the task log.
 """
 
 from __future__ import annotations
@@ -77,6 +84,26 @@ def _settings():
     return settings_from_airflow()
 
 
+def _step(name: str, *args, **kwargs):
+    """Run the pipeline step ``name`` with this run's settings.
+
+    A failure's message is pushed to XCom (key ``error``) for the run summary; on a
+    run whose conf says ``fail_fast`` it fails the task without retries.
+    """
+    from moviesforyou import pipeline
+
+    try:
+        return getattr(pipeline, name)(_settings(), *args, **kwargs)
+    except Exception as exc:
+        ti = get_current_context()["ti"]
+        ti.xcom_push(key="error", value=f"{type(exc).__name__}: {exc}"[:4000])
+        if _conf().get("fail_fast"):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        raise
+
+
 @dag(
     dag_id="movielens_nightly",
     schedule="30 2 * * *",
@@ -98,65 +125,45 @@ def _settings():
 def movielens_nightly():
     @task(outlets=[RAW])
     def extract_source() -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.extract(_settings(), force=bool(_conf().get("force_ingest")))
+        return _step("extract", force=bool(_conf().get("force_ingest")))
 
     @task(retries=0)
     def validate_raw(load: dict) -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.validate_raw(_settings(), load)
+        return _step("validate_raw", load)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def check_changes(load: dict) -> bool:
-        from moviesforyou import pipeline
-
-        changes = pipeline.check_changes(_settings(), load, force=bool(_conf().get("force")))
+        changes = _step("check_changes", load, force=bool(_conf().get("force")))
         get_current_context()["ti"].xcom_push(key="changes", value=changes)
         return changes["changed"]
 
     @task(outlets=[MARTS])
     def build_marts() -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.build_marts(_settings())
+        return _step("build_marts")
 
     @task(retries=0)
     def validate_marts() -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.validate(_settings(), "marts")
+        return _step("validate", "marts")
 
     @task
     def export_snapshot() -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.export_snapshot(_settings())
+        return _step("export_snapshot")
 
     @task(outlets=[MODEL])
     def gate_model(trained: dict | None, snapshot: dict) -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.gate(_settings(), trained, snapshot, _conf().get("train"))
+        return _step("gate", trained, snapshot, _conf().get("train"))
 
     @task
     def score_recs() -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.score(_settings())
+        return _step("score")
 
     @task(retries=0)
     def validate_recs(scored: dict) -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.validate_recs(_settings(), scored)
+        return _step("validate_recs", scored)
 
     @task(outlets=[RECS])
     def publish_recs(scored: dict) -> dict:
-        from moviesforyou import pipeline
-
-        return pipeline.publish_recs(_settings(), scored)
+        return _step("publish_recs", scored)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def write_summary() -> dict:
@@ -174,15 +181,16 @@ def movielens_nightly():
         results["check_changes"] = ti.xcom_pull(task_ids="check_changes", key="changes")
         failed = sorted(t for t, v in tasks.items()
                         if v["state"] in ("failed", "upstream_failed"))
+        errors = {t: ti.xcom_pull(task_ids=t, key="error") for t, v in tasks.items()
+                  if v["state"] == "failed"}
         state = "failed" if failed else (
             "success" if tasks.get("publish_recs", {}).get("state") == "success" else "skipped")
         summary = pipeline.write_summary(
             _settings(), dag_id=run.dag_id, run_id=run.run_id,
             logical_date=run.logical_date, started_at=run.start_date, tasks=tasks,
-            results=results, state=state)
+            results=results, state=state, errors=errors)
         if failed:
-            raise AirflowException(f"the run failed at {', '.join(failed)}; the live "
-                                   "recommendations are unchanged")
+            raise AirflowException(summary["note"])
         return summary
 
     load = extract_source()
@@ -202,12 +210,10 @@ def movielens_nightly():
     else:
         @task(outlets=[MODEL])
         def train_als(snapshot: dict) -> dict:
-            from moviesforyou import pipeline
-
             context = get_current_context()
             # manual runs may have no logical date: then the run's own time decides
             when = context.get("logical_date") or context["dag_run"].run_after
-            return pipeline.train(_settings(), snapshot, _conf().get("train"), logical_date=when)
+            return _step("train", snapshot, _conf().get("train"), logical_date=when)
 
         train = trained = train_als(snapshot)
     gated = gate_model(trained, snapshot)

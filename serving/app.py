@@ -78,7 +78,8 @@ def _pool(request: Request):
 
 
 def _dataset(request: Request) -> str:
-    return request.app.state.settings.dataset
+    """The release being served: the live publish's (``MFY_DATASET`` before the first)."""
+    return request.app.state.cache.dataset or request.app.state.settings.dataset
 
 
 def _movie(row) -> dict:
@@ -148,6 +149,23 @@ async def get_movie(request: Request, movie_id: MovieId):
 async def list_genres(request: Request):
     async with _pool(request).acquire() as conn:
         return {"genres": [r["genre"] for r in await conn.fetch(db.GENRES)]}
+
+
+@app.get("/api/signup-options", tags=["users"])
+async def signup_options(request: Request):
+    """What sign-up can use on the live release: the cold-start lists it publishes.
+
+    A release without a user file (the CSV releases) has no age/gender or occupation
+    lists, so ``demographics`` is false and sign-up asks for genres only.
+    """
+    async with _pool(request).acquire() as conn:
+        rows = await conn.fetch(db.COLD_START_LISTS)
+        version = await _version_of(conn, [])
+    lists = {r["list_type"]: list(r["segments"]) for r in rows}
+    return {"dataset": _dataset(request), "lists": sorted(lists),
+            "demographics": "age_gender" in lists or "occupation" in lists,
+            "genres": lists.get("genre", []), "occupations": lists.get("occupation", []),
+            "age_gender_segments": lists.get("age_gender", []), **version}
 
 
 @app.get("/api/occupations", tags=["catalogue"])
@@ -311,7 +329,8 @@ async def user_ratings(request: Request, user_id: UserId,
 
 
 class NewUser(BaseModel):
-    age: int = Field(ge=1, le=120, description="Age in years")
+    age: int | None = Field(None, ge=1, le=120,
+                            description="Age in years (used where the release has age lists)")
     gender: Literal["M", "F"] | None = Field(None, description="M or F, as in MovieLens")
     occupation: str | None = Field(None, max_length=40)
     zip_code: str | None = Field(None, max_length=10, pattern=r"^[A-Za-z0-9 -]+$")

@@ -28,6 +28,8 @@ class AnswerCache:
         self.size = int(os.environ.get("MFY_API_CACHE_SIZE", "50000")) if size is None else size
         self.ttl = float(os.environ.get("MFY_API_CACHE_TTL", "60")) if ttl is None else ttl
         self.publish_id: int | None = None
+        #: the release of the live publish: the one whose users and ratings are served
+        self.dataset: str | None = None
         self._entries: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: tuple) -> bytes | None:
@@ -52,15 +54,22 @@ class AnswerCache:
             self._entries.clear()
             self.publish_id = publish_id
 
+    async def refresh(self, pool) -> None:
+        """Read the live publish id and its release now."""
+        live = await pool.fetchrow(
+            "select (select publish_id from recs.publication) as publish_id, "
+            "(select dataset from recs.publication) as dataset "
+            "where to_regclass('recs.publication') is not null")
+        self.set_publish(live["publish_id"] if live else None)
+        if live and live["dataset"]:
+            self.dataset = live["dataset"]
+
     async def follow(self, pool, every: float | None = None) -> None:
         """Keep ``publish_id`` current (run as a background task)."""
         every = float(os.environ.get("MFY_API_CACHE_SECONDS", "1")) if every is None else every
         while True:
             try:
-                live = await pool.fetchval(
-                    "select case when to_regclass('recs.publication') is not null "
-                    "then (select publish_id from recs.publication) end")
-                self.set_publish(live)
+                await self.refresh(pool)
             except Exception as exc:  # the API keeps answering from Postgres
                 log.warning("cache: cannot read the live publish: %s", exc)
                 self.set_publish(None)
@@ -69,6 +78,10 @@ class AnswerCache:
 
 @contextlib.asynccontextmanager
 async def following(cache: AnswerCache, pool):
+    try:  # the live release before the first request, not a second later
+        await cache.refresh(pool)
+    except Exception as exc:
+        log.warning("cache: cannot read the live publish: %s", exc)
     task = asyncio.create_task(cache.follow(pool))
     try:
         yield cache

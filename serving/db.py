@@ -6,7 +6,7 @@ Configuration (environment only):
 |---|---|---|
 | ``MFY_API_DATABASE_URL`` | the embedded warehouse's reader URL | libpq URL of the read-only role |
 | ``MFY_API_POOL_MIN`` / ``MFY_API_POOL_MAX`` | 2 / 10 | pool size per worker process |
-| ``MFY_DATASET`` | ``ml-100k`` | the release whose users, ratings and movies are served |
+| ``MFY_DATASET`` | ``ml-100k`` | the release served until one is published (then the live one's) |
 
 Every statement is parameterised (asyncpg sends values separately from the
 SQL and caches the prepared statements per connection); identifiers are never
@@ -146,6 +146,12 @@ select (select went_live_at from ops.publish_log where publish_id = $1) as publi
 """
 
 GENRES = "select genre from marts.dim_genres order by genre"
+
+#: The cold-start lists the live publish has, with their segments: what sign-up can offer.
+COLD_START_LISTS = """
+select list_type, array_agg(distinct segment order by segment) as segments
+from recs.popular_movies group by list_type order by list_type
+"""
 
 OCCUPATIONS = """
 select distinct occupation from marts.dim_users

@@ -130,9 +130,12 @@ class Decision:
 
 
 def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
-    """The champion's (explicit, implicit) configuration, or None without a champion."""
-    champion = _champion(configure(settings))
-    if champion is None or "mfy.explicit_params" not in champion.tags:
+    """The champion's (explicit, implicit) configuration, or None without a champion
+    of ``settings.dataset`` (a champion of another release is tuned away from)."""
+    client = configure(settings)
+    champion = _champion(client)
+    if (champion is None or "mfy.explicit_params" not in champion.tags
+            or _dataset_of(client, champion) != settings.dataset):
         return None
     return (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
             ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
@@ -158,6 +161,13 @@ def _champion(client):
         return None
 
 
+def _dataset_of(client, version) -> str | None:
+    """The release a model version was trained on (its tag, else its run's)."""
+    if version.tags.get("mfy.dataset"):
+        return version.tags["mfy.dataset"]
+    return client.get_run(version.run_id).data.tags.get("mfy.dataset")
+
+
 def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, float],
          challenger: tuple[ALSParams, ALSParams], split_id: str,
          evaluate: Callable[[ALSParams, ALSParams], dict[str, float]], k: int,
@@ -172,12 +182,19 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
         client.set_model_version_tag(name, version, f"mfy.metric.{key}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "mfy.split_id", split_id)
 
+    client.set_model_version_tag(name, version, "mfy.dataset", snapshot.dataset)
     champion_metrics = None
+    champion_dataset = _dataset_of(client, champion) if champion is not None else None
     same_config = champion is not None and champion.tags.get("mfy.explicit_params") and (
         ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
         ALSParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
     if champion is None:
         promoted, reason = True, "no champion yet"
+    elif champion_dataset != snapshot.dataset:
+        # another release's users and movies: nothing to compare, nothing it could serve
+        promoted = True
+        reason = (f"champion v{champion.version} was trained on {champion_dataset}, not "
+                  f"{snapshot.dataset}: the first model of this release replaces it")
     elif same_config and champion.tags.get("mfy.split_id") != split_id:
         # the nightly retrain: the champion's configuration on newer data. Scored on
         # this split it would be the same model, so "better" cannot be measured; the
@@ -289,6 +306,11 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
     if champion is None:
         raise RegistryError(f"{model_name()} has no champion yet: run `moviesforyou train`")
     version = str(champion.version)
+    trained_on = _dataset_of(client, champion)
+    if trained_on != settings.dataset:
+        raise RegistryError(f"champion v{version} of {model_name()} was trained on {trained_on}, "
+                            f"not {settings.dataset}: train a model of {settings.dataset} first "
+                            "(`moviesforyou train`), or publish with MFY_DATASET={trained_on}")
     out = out or settings.home / "models"
     target = out / version
     if not (target / "model.json").exists():

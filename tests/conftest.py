@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -178,7 +179,6 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
 
 def wait_for_http(process, url: str, what: str, timeout: float) -> None:
     """Wait until ``url`` answers; fail the test if ``process`` dies or time runs out."""
-    import time
     import urllib.request
 
     deadline = time.time() + timeout
@@ -193,23 +193,52 @@ def wait_for_http(process, url: str, what: str, timeout: float) -> None:
             time.sleep(0.3)
 
 
-@pytest.fixture(scope="session")
-def api_server(published: Settings):
-    """The API as its own process (uvicorn), reading the published warehouse as the reader."""
+def call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """One JSON request to the API: (status, answer), errors included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@contextlib.contextmanager
+def running_api(settings: Settings, dataset: str | None = None):
+    """The API as its own process (uvicorn), reading ``settings``' warehouse as the reader.
+
+    Yields its base URL. ``dataset`` is its ``MFY_DATASET`` (the release served
+    before anything is published; afterwards it follows the live publish).
+    """
     import subprocess
     import sys
 
     port = warehouse._free_port(18000)
-    env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(published),
-           "MFY_DATASET": published.dataset}
+    env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
+           "MFY_DATASET": dataset or settings.dataset}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
-    wait_for_http(process, f"{base}/api/health", "the API", timeout=60)
-    yield base
-    process.terminate()
-    process.wait(10)
+    try:
+        wait_for_http(process, f"{base}/openapi.json", "the API", timeout=60)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def api_server(published: Settings):
+    """The API on the session's published ml-100k."""
+    with running_api(published) as base:
+        yield base
 
 
 @pytest.fixture(scope="session")
@@ -223,3 +252,40 @@ def airflow_db() -> Path:
     if done.returncode:
         pytest.fail(f"airflow db migrate failed: {done.stderr[-2000:]}")
     return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's) through its chromedriver, one per test session."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css: str, text: str | None = None, timeout: float = 15):
+    """The element at ``css`` once it is visible (or shows ``text``); fails with the page."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    try:
+        if text is None:
+            return wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    except TimeoutException:
+        page = driver.find_element(By.TAG_NAME, "body").text
+        logs = driver.get_log("browser")
+        raise AssertionError(f"{css} {text!r} not shown in {timeout} s at {driver.current_url}."
+                             f"\nPage:\n{page[:1500]}\nConsole: {logs}") from None
+    return driver.find_element(By.CSS_SELECTOR, css)

@@ -87,3 +87,47 @@ def write(folder: Path) -> Path:
         for file, content in files.items():
             (release / file).write_text("\n".join(content) + "\n", encoding=encoding)
     return folder
+
+
+#: Files the GroupLens zips carry beyond the ones the ingester reads (from their READMEs).
+_EXTRAS: dict[str, dict[str, str]] = {
+    "ml-1m": {"README": "Synthetic stand-in for the MovieLens 1M release layout.\n"},
+    "ml-latest-small": {"README.txt": "Synthetic stand-in for ml-latest-small.\n"},
+    "ml-25m": {"README.txt": "Synthetic stand-in for ml-25m.\n",
+               "genome-tags.csv": "tagId,tag\n1,007\n2,\"action, packed\"\n",
+               "genome-scores.csv": "movieId,tagId,relevance\n1,1,0.02875\n1,2,0.2345\n"},
+    "ml-32m": {"README.txt": "Synthetic stand-in for ml-32m.\n",
+               "checksums.txt": "(md5 sums of the release's files)\n"},
+}
+#: The layout of each GroupLens release name.
+LAYOUT = {"ml-100k": "100k", "ml-1m": "1m", "ml-latest-small": "csv", "ml-25m": "csv",
+          "ml-32m": "csv"}
+
+
+def synthetic_release(folder: Path, name: str, *, ratings: int, seed: int, users: int,
+                      movies: int, as_zip: bool) -> Path:
+    """A seeded synthetic release in the layout of the GroupLens release ``name``.
+
+    As a zip it is packed as GroupLens packs it: every file under a ``<name>/``
+    folder, with the README and the files the ingester does not read (ml-25m's
+    genome, ml-32m's checksums). Returns the zip or the folder.
+    """
+    import shutil
+    import zipfile
+
+    from moviesforyou import synth
+
+    release = folder / name
+    synth.generate(release, synth.SynthSpec(n_ratings=ratings, n_users=users, n_movies=movies,
+                                            seed=seed), layout=LAYOUT[name])
+    for file, text in _EXTRAS.get(name, {}).items():
+        (release / file).write_text(text, encoding="utf-8")
+    if not as_zip:
+        return release
+    archive = folder / f"{name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as packed:
+        packed.write(release, f"{name}/")
+        for path in sorted(release.iterdir()):
+            packed.write(path, f"{name}/{path.name}")
+    shutil.rmtree(release)
+    return archive

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 import urllib.error
@@ -13,21 +12,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT, query
+from conftest import ROOT, call, query, wait_for
 from moviesforyou import publish, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 @pytest.fixture
@@ -238,41 +226,6 @@ def test_readers_never_fail_during_back_to_back_publishes(api_server, published,
 # --------------------------------------------------------------------------- the web page
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
-
-
-def wait_for(driver, css: str, text: str | None = None, timeout: float = 15):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(driver, timeout)
-    try:
-        if text is None:
-            return wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
-    except TimeoutException:
-        page = driver.find_element(By.TAG_NAME, "body").text
-        logs = driver.get_log("browser")
-        raise AssertionError(f"{css} {text!r} not shown in {timeout} s at {driver.current_url}."
-                             f"\nPage:\n{page[:1500]}\nConsole: {logs}") from None
-    return driver.find_element(By.CSS_SELECTOR, css)
-
-
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
@@ -329,6 +282,10 @@ def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_serv
 
     browser.get(api_server + "/signup")
     wait_for(browser, "#signup-genres input[value='Western']").click()
+    # ml-100k has a user file: its age/gender and occupation lists can be used
+    assert browser.find_element(By.NAME, "age").is_displayed()
+    assert browser.find_element(By.NAME, "occupation").is_displayed()
+    assert not browser.find_element(By.ID, "signup-note").is_displayed()
     browser.find_element(By.ID, "signup-button").click()
     wait_for(browser, "#signup-welcome", "Welcome, user")
     items = browser.find_elements(By.CSS_SELECTOR, "#signup-list li.movie")

@@ -469,3 +469,36 @@ def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml10
         assert live_version and champion_version(dataclasses.replace(settings, home=home)) \
             == live_version[0][0]
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_console_run_of_an_unreachable_source_fails_at_once_and_says_why(embedded_settings,
+                                                                         tmp_path):
+    """`moviesforyou run` offline: the first try fails the task (no Airflow retries), the
+    console says "failed" and prints the SourceError, and the run's row keeps it."""
+    closed = warehouse._free_port(19900)  # nothing listens there
+    with fresh_database(embedded_settings) as settings:
+        env = {**{k: v for k, v in os.environ.items()
+                  if not k.startswith(("MFY_", "AIRFLOW_HOME", "MLFLOW_"))},
+               "MFY_HOME": str(tmp_path / "home"), "MFY_WAREHOUSE_URL": settings.warehouse_url,
+               "MFY_DOWNLOAD_RETRIES": "2", "COLUMNS": "400"}
+        done = subprocess.run(
+            [sys.executable, "-m", "moviesforyou.cli", "run",
+             "--source", f"http://127.0.0.1:{closed}/ml-100k.zip"],
+            env=env, capture_output=True, text=True, timeout=600)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0, out
+        assert "extract_source failed" in out and "extract_source done" not in out, out
+        assert "SourceError: http://127.0.0.1" in out and "unreachable after 2 attempts" in out
+        assert "nothing is published yet" in out
+        log = (tmp_path / "home" / "airflow" / "last_run.log").read_text()
+        assert log.count("starting task_id=extract_source") == 1  # no retry
+        connection = warehouse.connect(settings)
+        try:
+            (state, errors, note), = query(connection, "select state, errors, note "
+                                                       "from ops.pipeline_runs")
+        finally:
+            connection.close()
+    assert state == "failed" and set(errors) == {"extract_source"}
+    assert "unreachable after 2 attempts" in errors["extract_source"]
+    assert note.startswith("failed at extract_source: SourceError: ")

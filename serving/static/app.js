@@ -84,9 +84,9 @@ async function loadGenres() {
   return genres;
 }
 
-function genreBoxes(container, name) {
+function genreBoxes(container, name, choices = genres) {
   const legend = container.querySelector("legend");
-  container.replaceChildren(legend, ...genres.map((genre) =>
+  container.replaceChildren(legend, ...choices.map((genre) =>
     el("label", { class: "genre" },
       el("input", { type: "checkbox", name, value: genre }), genre)));
 }
@@ -129,26 +129,37 @@ async function loadUserRecs(userId) {
 
 // ------------------------------------------------------------------ sign-up view
 
+// Only the questions the live release has cold-start lists for: a release without a
+// user file (the CSV ones) has no age/gender or occupation lists, so only genres.
 async function showSignup() {
-  await loadGenres();
-  const box = $("#signup-genres");
-  if (!box.querySelector("input")) genreBoxes(box, "preferred");
+  const options = await api("/api/signup-options");
+  const box = $("#signup-genres");  // the genres that have a cold-start list
+  if (!box.querySelector("input")) genreBoxes(box, "preferred", options.genres);
+  document.querySelectorAll("#signup-form [data-needs]").forEach((label) => {
+    label.hidden = !options.lists.includes(label.dataset.needs);
+  });
+  const note = $("#signup-note");
+  note.hidden = options.demographics;
+  note.textContent = `The ${options.dataset} release has no user profiles, so your ` +
+    "genres and what is popular pick your first films.";
   const select = $("#occupation-select");
   if (select.options.length === 1) {
-    const { occupations } = await api("/api/occupations");
-    select.append(...occupations.map((o) => el("option", { value: o }, o)));
+    select.append(...options.occupations.map((o) => el("option", { value: o }, o)));
   }
+}
+
+function shown(form, name) {
+  const field = form.elements[name];
+  return field && !field.closest("label").hidden;
 }
 
 async function signUp(form) {
   showError(null);
   const data = new FormData(form);
-  const body = {
-    age: Number(data.get("age")),
-    gender: data.get("gender") || null,
-    occupation: data.get("occupation") || null,
-    preferred_genres: data.getAll("preferred"),
-  };
+  const body = { preferred_genres: data.getAll("preferred") };
+  if (shown(form, "age") && data.get("age")) body.age = Number(data.get("age"));
+  if (shown(form, "gender")) body.gender = data.get("gender") || null;
+  if (shown(form, "occupation")) body.occupation = data.get("occupation") || null;
   try {
     const answer = await api("/api/users?k=10", { method: "POST", body: JSON.stringify(body) });
     $("#signup-welcome").textContent =

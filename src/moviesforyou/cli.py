@@ -462,7 +462,8 @@ def serve_command(settings: Settings, host: str, port: int, workers: int) -> Non
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--ratings", "-n", default=100_000, show_default=True, type=int,
               help="Number of ratings.")
-@click.option("--layout", type=click.Choice(["100k", "csv"]), default="100k", show_default=True)
+@click.option("--layout", type=click.Choice(["100k", "1m", "csv"]), default="100k",
+              show_default=True)
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--users", type=int, help="Number of users [default: scaled like MovieLens].")
 @click.option("--movies", type=int, help="Number of movies [default: scaled like MovieLens].")
@@ -503,23 +504,24 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
     settings = dataclasses.replace(settings, dataset=dataset or settings.dataset,
                                    source=source or settings.source)
     warehouse.ensure(settings)
-    run_conf = json.loads(conf) if conf else {}
+    # a person is watching: a failure fails its task at once, without Airflow's retries
+    run_conf = {"fail_fast": True, **(json.loads(conf) if conf else {})}
     if force:
         run_conf["force"] = True
-    started: dict[str, float] = {}
+    watch = orchestration.TaskWatch()
 
     def on_line(line: str) -> None:
-        begin = orchestration.TASK_START.search(line)
-        end = orchestration.TASK_END.search(line)
-        if begin:
-            started[begin.group(1)] = time.time()
-            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {begin.group(1)} ...")
-        elif end:
-            seconds = time.time() - started.get(end.group(1), time.time())
-            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {end.group(1)} done "
-                          f"({seconds:.1f} s)")
-        elif "Skipping task" in line or "[error" in line.lower():
-            console.print(f"[dim]{line.strip()[:160]}[/]")
+        event = watch.feed(line)
+        if event is None:
+            return
+        kind, task, seconds = event
+        stamp = f"[dim]{time.strftime('%H:%M:%S')}[/]"
+        if kind == "start":
+            console.print(f"{stamp} {task} ...")
+        elif kind == "failed":
+            console.print(f"{stamp} [red]{task} failed[/] ({seconds:.1f} s)")
+        else:
+            console.print(f"{stamp} {task} done ({seconds:.1f} s)")
 
     console.print(f"running the {orchestration.DAG_ID} DAG once through Airflow "
                   f"(log: {settings.home / 'airflow' / 'last_run.log'})")
@@ -535,9 +537,14 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
             table.add_row(name, info["state"] or "", f"{info['seconds'] or 0:.1f}")
         console.print(table)
         console.print(f"source: {summary['source_status']}; trained: {summary['trained']}; "
-                      f"promoted: {summary['promoted']}; published: {summary['published']}; "
-                      f"live model v{summary['model_version']} (publish {summary['publish_id']})"
-                      + (f"\n{summary['note']}" if summary["note"] else ""))
+                      f"promoted: {summary['promoted']}; published: {summary['published']}")
+        if summary["note"]:
+            console.print(summary["note"])
+    errors = (summary or {}).get("errors") or watch.errors
+    note = (summary or {}).get("note") or ""
+    for task, message in errors.items():
+        if message.splitlines()[0] not in note:  # the note has the first failure's
+            console.print(f"[red]{task} failed:[/] {message}", highlight=False)
     if status:
         raise MoviesForYouError(f"the DAG run failed (exit {status}); its log: {log_path}")
     _print_next_steps(settings)

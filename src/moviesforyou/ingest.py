@@ -65,6 +65,9 @@ create table if not exists ops.source_loads (
 comment on table ops.source_loads is
     'Ledger of MovieLens loads into raw: one row per attempt, with file checksums and row counts.';
 create index if not exists source_loads_dataset_idx on ops.source_loads (dataset, load_id desc);
+alter table ops.source_loads add column if not exists layout text;
+comment on column ops.source_loads.layout is
+    'The release''s file layout (100k, 1m or csv): what it has (sources.FEATURES).';
 """
 
 
@@ -175,6 +178,20 @@ def last_good_load(cur, dataset: str) -> dict | None:
     return {"load_id": row[0], "files": row[1], "archive_sha256": row[2], "loaded_at": row[3]}
 
 
+def release_features(cur, dataset: str) -> sources.Features:
+    """What ``dataset``'s release has: the layout its newest load recorded, else the
+    layout of the GroupLens release of that name."""
+    cur.execute("""select layout from ops.source_loads
+                   where dataset = %s and status = 'loaded' and layout is not null
+                   order by load_id desc limit 1""", (dataset,))
+    row = cur.fetchone()
+    if row:
+        return sources.FEATURES[row[0]]
+    if dataset in sources.RELEASES:
+        return sources.FEATURES[sources.RELEASES[dataset].layout]
+    raise SourceError(f"no load of {dataset!r} records its layout: ingest the release first")
+
+
 def load_release(
     conn,
     files: sources.ReleaseFiles,
@@ -226,12 +243,12 @@ def load_release(
                 counts = _copy_and_swap(cur, files, dataset, layout, load_id, loaded_at,
                                         progress)
             cur.execute(
-                """insert into ops.source_loads (load_id, dataset, source, status,
+                """insert into ops.source_loads (load_id, dataset, source, status, layout,
                        archive_sha256, files, row_counts, loaded_by, started_at, loaded_at,
                        duration_s)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), now(),
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), now(),
                        extract(epoch from clock_timestamp()) - %s)""",
-                (load_id, dataset, files.origin, status, files.archive_sha256,
+                (load_id, dataset, files.origin, status, layout, files.archive_sha256,
                  json.dumps(checksums), json.dumps(counts), loaded_by, started, started),
             )
     except Exception as exc:

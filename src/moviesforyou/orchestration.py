@@ -71,6 +71,41 @@ def _airflow_version() -> str:
 #: Lines of `airflow dags test` output that start and end a task (group 1: task id).
 TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\w+)")
 TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\w+)")
+#: The task runner's line for a failed try, and the exception line of its traceback.
+TASK_FAILED = "Task failed with exception"
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+class TaskWatch:
+    """Follows `airflow dags test` output: which task runs, and whether it failed.
+
+    ``errors`` keeps each failed task's exception line (``SourceError: ...``), for
+    when the run's summary row could not be written (e.g. the warehouse is down).
+    """
+
+    def __init__(self) -> None:
+        self.task: str | None = None
+        self.started = 0.0
+        self.failed = False
+        self.errors: dict[str, str] = {}
+
+    def feed(self, line: str) -> tuple[str, str, float] | None:
+        """One output line. Returns ("start" | "done" | "failed", task, seconds) or None."""
+        if begin := TASK_START.search(line):
+            self.task, self.started, self.failed = begin.group(1), time.time(), False
+            return "start", self.task, 0.0
+        if (end := TASK_END.search(line)) and end.group(1) == self.task:
+            self.task = None
+            return ("failed" if self.failed else "done"), end.group(1), time.time() - self.started
+        if self.task is None:
+            return None
+        if TASK_FAILED in line:
+            self.failed = True
+        elif (self.failed and (exception := EXCEPTION_LINE.match(line))
+              and not exception.group(1).startswith("Airflow")):
+            self.errors.setdefault(self.task, f"{exception.group(1)}: "
+                                              f"{exception.group(2).strip()}"[:2000])
+        return None
 
 
 def run_dag(settings: Settings, *, conf: dict | None = None, logical_date: str | None = None,
@@ -107,7 +142,7 @@ def last_run_summary(settings: Settings) -> dict | None:
             if not cur.fetchone()[0]:
                 return None
             cur.execute("""select run_id, state, source_status, trained, promoted, published,
-                                  model_version, publish_id, tasks, metrics, note
+                                  model_version, publish_id, tasks, metrics, note, errors
                            from ops.pipeline_runs where dag_id = %s
                            order by finished_at desc limit 1""", (DAG_ID,))
             row = cur.fetchone()

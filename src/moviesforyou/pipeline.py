@@ -142,7 +142,7 @@ def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dic
                     "to_regclass('recs.publication') is not null")
         built, published = cur.fetchone()
         if not built:
-            reasons.append("the marts are not built yet")
+            reasons.append("the marts were not built yet")
         else:
             cur.execute("""select (select count(*) from app.ratings where dataset = %(d)s),
                                   (select count(*) from marts.fct_ratings
@@ -152,9 +152,9 @@ def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dic
             if app != modelled:
                 reasons.append(f"{app - modelled} new app rating(s)")
         if not published:
-            reasons.append("nothing is published yet")
+            reasons.append("nothing was published yet")
     changed = bool(reasons)
-    reason = "; ".join(reasons) if changed else (
+    reason = ", ".join(reasons) if changed else (
         "the source is unchanged and no app ratings arrived: training and publishing skipped")
     log.info("changes: %s", reason)
     return {"changed": changed, "reason": reason}
@@ -233,7 +233,7 @@ def train(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
         champion = registry.champion_params(settings)
         if champion is None:
             tuning = True
-            log.info("no champion yet: tuning")
+            log.info("no champion of %s yet: tuning", settings.dataset)
         else:
             config = dataclasses.replace(config, explicit=champion[0], implicit=champion[1])
             log.info("re-training the champion's configuration: %s; %s",
@@ -304,10 +304,47 @@ def publish_recs(settings: Settings, scored: dict) -> dict:
             "row_counts": result.row_counts, "swap_lock_ms": round(result.swap_lock_ms, 2)}
 
 
+def ending(state: str, *, changes: dict, gated: dict, published: dict,
+           live: tuple | None, errors: dict[str, str | None], failed: list[str]) -> str:
+    """How a run ended, in one sentence: what is live now, and why.
+
+    Args:
+        state: ``success``, ``skipped`` or ``failed``.
+        changes: ``check_changes``' result (why the run built, or why it skipped).
+        gated, published: the gate's and the publish's results ({} when they did not run).
+        live: (publish id, model version) live after the run, or None.
+        errors: failed task -> its exception message.
+        failed: the failed and upstream-failed tasks.
+    """
+    now_live = (f"publish {live[0]} (model v{live[1]}) stays live" if live
+                else "nothing is published yet")
+    if state == "failed":
+        first = next((t for t in failed if errors.get(t)), None)
+        where = ", ".join(t for t in failed if errors.get(t) or t == first) or ", ".join(failed)
+        lines = [line.strip(" -") for line in errors.get(first, "").splitlines()]
+        message = "; ".join(line for line in lines if line)
+        message = message if len(message) <= 400 else message[:399] + "…"
+        return (f"failed at {where or 'an unknown task'}"
+                + (f": {message}" if message else "") + f"; {now_live}")
+    if state == "skipped":
+        return f"{changes.get('reason') or 'nothing to do'}; {now_live}"
+    promoted = gated.get("promoted")
+    model = ("a new champion" if promoted else "the champion, a worse challenger not "
+             "promoted" if promoted is False else "the champion")
+    why = changes.get("reason")
+    return (f"published publish {published.get('publish_id')} (model "
+            f"v{published.get('model_version')}, {model})" + (f"; why: {why}" if why else ""))
+
+
 def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
                   started_at, tasks: dict[str, dict], results: dict[str, dict | None],
-                  state: str) -> dict:
-    """Upsert this run's row of ``ops.pipeline_runs`` (a re-run replaces it)."""
+                  state: str, errors: dict[str, str | None] | None = None) -> dict:
+    """Upsert this run's row of ``ops.pipeline_runs`` (a re-run replaces it).
+
+    Its ``note`` says how the run ended (:func:`ending`); ``errors`` keeps each
+    failed task's exception message.
+    """
+    errors = {task: message for task, message in (errors or {}).items() if message}
     load = results.get("extract_source") or {}
     marts = results.get("build_marts") or {}
     trained = results.get("train_als") or {}
@@ -327,18 +364,22 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
                                   "recs": published.get("row_counts", {})}),
         "metrics": json.dumps({"model": trained.get("metrics", {}),
                                "baselines": trained.get("baselines", {})} if trained else {}),
-        "note": changes.get("reason"),
+        "errors": json.dumps(errors),
     }
-    columns = list(row)
+    failed = sorted(t for t, v in tasks.items() if v.get("state") in ("failed",
+                                                                      "upstream_failed"))
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
-        if not published:  # what stays live
-            cur.execute("select to_regclass('recs.publication') is not null")
-            if cur.fetchone()[0]:
-                cur.execute("select model_version, publish_id from recs.publication")
-                live = cur.fetchone()
-                if live:
-                    row["model_version"] = row["model_version"] or live[0]
-                    row["publish_id"] = live[1]
+        live = None
+        cur.execute("select to_regclass('recs.publication') is not null")
+        if cur.fetchone()[0]:
+            cur.execute("select publish_id, model_version from recs.publication")
+            live = cur.fetchone()
+        if not published and live:  # what stays live
+            row["model_version"] = row["model_version"] or live[1]
+            row["publish_id"] = live[0]
+        row["note"] = ending(state, changes=changes, gated=gated, published=published,
+                             live=live, errors=errors, failed=failed)
+        columns = list(row)
         cur.execute(
             f"insert into ops.pipeline_runs ({', '.join(columns)}) "
             f"values ({', '.join('%(' + c + ')s' for c in columns)}) "
@@ -347,7 +388,7 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
             + ", finished_at = now()", row)
     log.info("run summary: %s", {k: v for k, v in row.items() if k not in ("tasks",)})
     return {k: row[k] for k in ("state", "trained", "promoted", "published", "model_version",
-                                "publish_id")}
+                                "publish_id", "note")} | {"errors": errors}
 
 
 # --------------------------------------------------------------------------- follower DAG

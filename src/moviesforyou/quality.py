@@ -9,6 +9,14 @@ with a SQL query that returns the rows that break a rule (GX's
 sees the query, so a suite can check the build schema of the recs tables
 before they go live.
 
+Expectations that hold only for some releases say so with ``when:``, a mapping
+of release features (:class:`moviesforyou.sources.Features`: ``layout``,
+``demographics``, ``half_stars``, ``tags``, ``links``) to the values they need;
+a table may have a ``when:`` too. The features are those of the dataset under
+validation (the layout its load recorded), so a CSV release, which has no user
+file, is held to "no demographic cold-start lists" and a 100K release to "an
+age/gender and an occupation list", rather than either being loosened for all.
+
 The GX context is file based, under ``$MFY_HOME/gx``: data sources, suites,
 validation definitions and one checkpoint per layer are (re)written from the
 YAML on each run, and the checkpoint updates the Data Docs site at
@@ -24,6 +32,7 @@ fail with it rather than carry on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -116,11 +125,21 @@ def _sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg2://" + url.split("://", 1)[1]
 
 
+def applies(entry: dict, features: dict[str, Any]) -> bool:
+    """Whether a suite entry's ``when:`` conditions hold for a release's features."""
+    when = entry.get("when") or {}
+    unknown = sorted(set(when) - set(features))
+    if unknown:
+        raise MoviesForYouError(f"'when: {when}' names unknown release feature(s) "
+                                f"{', '.join(unknown)}; known: {', '.join(features)}")
+    return all(features[name] == value for name, value in when.items())
+
+
 def _expectation(entry: dict, variables: dict[str, Any]):
     import great_expectations as gx
     from great_expectations.expectations.registry import get_expectation_impl
 
-    entry = dict(entry)
+    entry = {k: v for k, v in entry.items() if k != "when"}
     kind = entry.pop("type")
     description = entry.pop("description", None)
     if kind == "unexpected_rows":
@@ -145,16 +164,26 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     """
     import great_expectations as gx
 
+    from moviesforyou.ingest import release_features
+
     started = time.time()
     spec = load_suite_spec(layer)
     schema = schema or spec.get("schema", layer)
     variables = {"schema": schema, "dataset": settings.dataset,
                  **spec.get("params", {}), **(params or {})}
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        features = release_features(cur, settings.dataset).as_dict()
     ctx = context(settings)
     source = ctx.data_sources.add_or_update_postgres(
         name="warehouse", connection_string="${" + _URL_VARIABLE + "}")
-    definitions = []
+    definitions, tables, not_applicable = [], 0, 0
     for table, table_spec in spec["tables"].items():
+        if not applies(table_spec, features):
+            not_applicable += len(table_spec["expectations"])
+            continue
+        entries = [e for e in table_spec["expectations"] if applies(e, features)]
+        not_applicable += len(table_spec["expectations"]) - len(entries)
+        tables += 1
         asset_name = f"{schema}.{table}"
         asset = (source.get_asset(asset_name) if asset_name in {a.name for a in source.assets}
                  else source.add_table_asset(asset_name, table_name=table, schema_name=schema))
@@ -162,7 +191,7 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
                  else asset.add_batch_definition_whole_table("whole table"))
         suite = gx.ExpectationSuite(
             name=f"{layer}.{table}",
-            expectations=[_expectation(e, variables) for e in table_spec["expectations"]],
+            expectations=[_expectation(e, variables) for e in entries],
             meta={"description": table_spec.get("description", "")},
         )
         suite = ctx.suites.add_or_update(suite)
@@ -193,8 +222,10 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
                 description=config.description or _describe(config), observed=observed))
     report.seconds = time.time() - started
     _record(settings, report, schema, subject)
-    log.info("%s: %d expectations on %d tables, %s in %.1f s", layer, report.evaluated,
-             len(spec["tables"]), "passed" if report.success else "FAILED", report.seconds)
+    log.info("%s: %d expectations on %d tables, %s in %.1f s (%d not applicable to a %s "
+             "release)", layer, report.evaluated, tables,
+             "passed" if report.success else "FAILED", report.seconds, not_applicable,
+             features["layout"])
     if raise_on_failure and not report.success:
         raise ValidationFailed(report)
     return report

@@ -18,6 +18,7 @@ Opening
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import logging
@@ -73,6 +74,38 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "100k": ("u.data", "u.item", "u.user", "u.genre", "u.occupation"),
     "1m": ("ratings.dat", "movies.dat", "users.dat"),
     "csv": ("ratings.csv", "movies.csv", "tags.csv", "links.csv"),
+}
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a release of a layout has, as its README describes it.
+
+    The quality suites (``when:``), the cold-start lists and the API adapt to these:
+    a CSV release has no user file, so it gets no age/gender or occupation lists.
+
+    Attributes:
+        layout: ``100k``, ``1m`` or ``csv``.
+        demographics: a user file with gender, age and occupation.
+        half_stars: ratings 0.5-5 in half steps (else whole stars 1-5).
+        tags: free-text tags (``tags.csv``).
+        links: IMDb and TMDb ids (``links.csv``); 100K has IMDb URLs instead.
+    """
+
+    layout: str
+    demographics: bool
+    half_stars: bool
+    tags: bool
+    links: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+FEATURES: dict[str, Features] = {
+    "100k": Features("100k", demographics=True, half_stars=False, tags=False, links=False),
+    "1m": Features("1m", demographics=True, half_stars=False, tags=False, links=False),
+    "csv": Features("csv", demographics=False, half_stars=True, tags=True, links=True),
 }
 
 _DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")

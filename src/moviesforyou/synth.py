@@ -15,8 +15,10 @@ Ratings are produced one block of users at a time and written as they are made
 The same ``SynthSpec`` (seed included) always gives the same bytes.
 
 Layouts: ``100k`` (``u.data``, ``u.item``, ``u.user``, ``u.genre``,
-``u.occupation``) and ``csv`` (``ratings.csv``, ``movies.csv``, ``tags.csv``,
-``links.csv``).
+``u.occupation``), ``1m`` (``ratings.dat``, ``movies.dat``, ``users.dat``,
+``::``-separated, with the age-band and occupation codes of the ml-1m README) and
+``csv`` (``ratings.csv``, ``movies.csv``, ``tags.csv``, ``links.csv``; half
+stars, no user file, as ml-latest-small, ml-25m and ml-32m).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from moviesforyou.formats import GENRES_CSV
+from moviesforyou.formats import AGE_BANDS_1M, GENRES_1M, GENRES_CSV, OCCUPATIONS_1M
 
 #: ml-100k's genre list (u.genre) and occupations (u.occupation).
 GENRES_100K = (
@@ -138,6 +140,10 @@ class _Model:
         self.years = np.where(rng.random(m) < 0.6, rng.integers(1985, spec.last_year + 1, size=m),
                               self.years)
         self.titles = [self._title(rng, i) for i in range(m)]
+        # movie ids: 1..m; the CSV layout renumbers them sparsely, as the CSV releases
+        # are (ml-32m: 87,585 movies with ids up to 292,757), from a stream of its own
+        gaps = np.random.default_rng([spec.seed, 4]).geometric(0.3, size=m)
+        self.sparse_ids = np.cumsum(gaps)
         # activity: log-normal weights, at least MIN_RATINGS_PER_USER each, exact total
         u = self.n_users
         floor = min(MIN_RATINGS_PER_USER, spec.n_ratings // u)
@@ -219,18 +225,21 @@ def generate(
     Args:
         out: folder to write (created; existing files of the layout are replaced).
         spec: sizes and seed.
-        layout: ``100k`` or ``csv``.
+        layout: ``100k``, ``1m`` or ``csv``.
         progress: called with the number of ratings written so far.
 
     Returns:
         Sizes and the SHA-256 of every file written.
     """
-    if layout not in ("100k", "csv"):
-        raise ValueError(f"layout must be '100k' or 'csv', not {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = _Model(spec)
     rng = np.random.default_rng([spec.seed, 3])
+    if layout == "1m":
+        _write_1m(out, model, rng, progress)
+        return _summary(out, model)
     if layout == "100k":
         _write_100k_meta(out, model, rng)
         ratings_path, delimiter, header = out / "u.data", "\t", False
@@ -249,6 +258,8 @@ def generate(
         for first in range(0, model.n_users, spec.block_users):
             last = min(first + spec.block_users, model.n_users)
             users, movies, score, stamps = model.block(first, last)
+            if layout == "csv":
+                movies = model.sparse_ids[movies - 1]
             if layout == "100k":
                 rating = pa.array(np.clip(np.rint(score), 1, 5).astype(np.int64).astype(str))
             else:  # half stars
@@ -261,8 +272,53 @@ def generate(
             written += users.size
             if progress:
                 progress(written)
+    return _summary(out, model)
+
+
+def _summary(out: Path, model: _Model) -> SynthSummary:
     files = {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
-    return SynthSummary(written, model.n_users, model.n_movies, files)
+    return SynthSummary(int(model.counts.sum()), model.n_users, model.n_movies, files)
+
+
+def _write_1m(out: Path, model: _Model, rng: np.random.Generator,
+              progress: Callable[[int], None] | None) -> None:
+    """The ml-1m layout: ``::``-separated latin-1 files, whole stars, coded demographics.
+
+    pyarrow's CSV writer takes one-character delimiters only, so the rows are
+    formatted block by block with NumPy string operations.
+    """
+    with open(out / "movies.dat", "w", encoding="latin-1", newline="\n") as f:
+        for i in range(model.n_movies):
+            genres = "|".join(g for g, flag in zip(GENRES_1M, model.genre_flags[i], strict=True)
+                              if flag)
+            f.write(f"{i + 1}::{model.titles[i]} ({model.years[i]})::{genres}\n")
+    bands = np.array(sorted(AGE_BANDS_1M))
+    ages = bands[rng.choice(bands.size, size=model.n_users,
+                            p=[0.04, 0.18, 0.35, 0.2, 0.09, 0.08, 0.06])]
+    genders = np.where(rng.random(model.n_users) < 0.72, "M", "F")
+    occupations = rng.integers(0, len(OCCUPATIONS_1M), size=model.n_users)
+    zips = rng.integers(1000, 99999, size=model.n_users)
+    with open(out / "users.dat", "w", encoding="latin-1", newline="\n") as f:
+        for u in range(model.n_users):
+            f.write(f"{u + 1}::{genders[u]}::{ages[u]}::{occupations[u]}::{zips[u]:05d}\n")
+    written = 0
+    with open(out / "ratings.dat", "w", encoding="latin-1", newline="\n") as f:
+        for first in range(0, model.n_users, model.spec.block_users):
+            last = min(first + model.spec.block_users, model.n_users)
+            users, movies, score, stamps = model.block(first, last)
+            stars = np.clip(np.rint(score), 1, 5).astype(np.int64)
+            columns = [c.astype(str) for c in (users, movies, stars, stamps)]
+            rows = columns[0]
+            for column in columns[1:]:
+                rows = np.char.add(np.char.add(rows, "::"), column)
+            f.write("\n".join(rows.tolist()) + "\n")
+            written += users.size
+            if progress:
+                progress(written)
+
+
+#: The layouts :func:`generate` writes.
+LAYOUTS = ("100k", "1m", "csv")
 
 
 def _ratings_schema() -> pa.Schema:
@@ -317,18 +373,19 @@ def _write_csv_meta(out: Path, model: _Model, rng: np.random.Generator) -> None:
         for i in range(model.n_movies):
             genres = "|".join(n for n, flag in zip(names, model.genre_flags[i], strict=True)
                               if flag)
-            writer.writerow([i + 1, f"{model.titles[i]} ({model.years[i]})", genres])
+            writer.writerow([model.sparse_ids[i], f"{model.titles[i]} ({model.years[i]})",
+                             genres or "(no genres listed)"])
     with open(out / "links.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["movieId", "imdbId", "tmdbId"])
         for i in range(model.n_movies):
             tmdb = "" if rng.random() < 0.01 else str(1000 + i)
-            writer.writerow([i + 1, f"{100000 + i:07d}", tmdb])
+            writer.writerow([model.sparse_ids[i], f"{100000 + i:07d}", tmdb])
     vocabulary = ("funny", "atmospheric", "classic", "twist ending", "visually appealing",
                   "dark comedy", "based on a book", "sci-fi", "quirky", "thought-provoking")
     n_tags = max(1, model.spec.n_ratings // 30)
     tag_users = rng.integers(1, model.n_users + 1, size=n_tags)
-    tag_movies = np.searchsorted(model.cdf, rng.random(n_tags), side="right") + 1
+    tag_movies = model.sparse_ids[np.searchsorted(model.cdf, rng.random(n_tags), side="right")]
     tag_words = rng.integers(len(vocabulary), size=n_tags)
     stamps = rng.integers(model.start, model.end, size=n_tags)
     with open(out / "tags.csv", "w", encoding="utf-8", newline="") as f:

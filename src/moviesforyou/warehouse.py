@@ -176,6 +176,11 @@ create table if not exists ops.pipeline_runs (
 comment on table ops.pipeline_runs is
     'One row per nightly DAG run (re-runs overwrite it): each task''s state and seconds, '
     'row counts, model metrics, the model version and whether recommendations were published.';
+alter table ops.pipeline_runs add column if not exists errors jsonb not null default '{}'::jsonb;
+comment on column ops.pipeline_runs.errors is
+    'Per failed task, the message of the exception that failed it.';
+comment on column ops.pipeline_runs.note is
+    'How the run ended, in a sentence: what is live now and why the run did what it did.';
 create table if not exists ops.recs_quality (
     publish_id bigint primary key,
     model_version text,

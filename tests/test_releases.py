@@ -1,0 +1,212 @@
+"""Every release the README claims, through the whole nightly DAG to publish, in one warehouse.
+
+The releases are seeded synthetic stand-ins in each GroupLens layout (the real ones
+cannot be downloaded here, nor redistributed): ml-100k's ``|``/tab files, ml-1m's
+``::`` files in a GroupLens-style zip, and the CSV layout with half stars, tags,
+links and no user file, as a folder (ml-latest-small) and as zips carrying the
+files the ingester leaves alone (ml-25m's genome, ml-32m's checksums).
+
+They run one after the other with ``dag.test()`` on one warehouse, so each run also
+switches the live release: the API, started once after the first publish, must
+follow, serving each release's catalogue, users and cold-start options. The real
+ml-100k runs end to end in ``test_dags.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import fixture_releases
+from conftest import QUICK_MODELS, call, fresh_database, query, running_api
+from moviesforyou import sources, warehouse
+from moviesforyou.transform import temporary_environment
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
+
+QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
+               "explicit_grid": QUICK_MODELS["explicit_grid"],
+               "implicit_grid": QUICK_MODELS["implicit_grid"]}
+#: (release, packed as a zip?, seed), in the order they go live.
+RELEASES = [("ml-100k", False, 11), ("ml-1m", True, 12), ("ml-latest-small", False, 13),
+            ("ml-25m", True, 14), ("ml-32m", True, 15)]
+USERS, MOVIES, RATINGS = 120, 400, 9_000
+LISTS = {True: {"overall", "genre", "season", "age_gender", "occupation"},
+         False: {"overall", "genre", "season"}}
+
+
+@dataclasses.dataclass
+class Lab:
+    """One warehouse, MLflow store and DAG for all releases; the API once something is live."""
+
+    settings: object
+    dag: object
+    sources: dict[str, Path]
+    api: str | None = None
+
+    def run(self, release: str):
+        env = {"MFY_HOME": str(self.settings.home),
+               "AIRFLOW_CONN_MFY_WAREHOUSE": self.settings.warehouse_url,
+               "AIRFLOW_VAR_MFY_DATASET": release,
+               "AIRFLOW_VAR_MFY_SOURCE": str(self.sources[release])}
+        with temporary_environment(env):
+            return self.dag.test(run_conf={"train": QUICK_TRAIN})
+
+
+@pytest.fixture(scope="module")
+def lab(airflow_db, embedded_settings, spark):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conftest import ROOT
+
+    folder = Path(tempfile.mkdtemp(prefix="mfy-releases-"))
+    folder.chmod(0o755)
+    made = {name: fixture_releases.synthetic_release(
+                folder, name, ratings=RATINGS, seed=seed, users=USERS, movies=MOVIES,
+                as_zip=as_zip)
+            for name, as_zip, seed in RELEASES}
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "movielens_nightly.py")).dags[
+        "movielens_nightly"]
+    for task in dag.tasks:  # a failure should fail the test now, not after back-off
+        task.retries = 0
+    home = folder / "home"
+    with fresh_database(embedded_settings) as settings:
+        lab = Lab(dataclasses.replace(settings, home=home), dag, made)
+        with running_api(lab.settings, dataset="ml-100k") as base:
+            lab.api = base
+            yield lab
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _served_release(base: str, release: str, timeout: float = 15) -> dict:
+    """The API's health once it serves ``release`` (it follows the live publish)."""
+    deadline = time.time() + timeout
+    while True:
+        status, health = call(base, "/api/health")
+        if status == 200 and health["dataset"] == release or time.time() > deadline:
+            return health
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("release", [name for name, _, _ in RELEASES])
+def test_release_runs_the_whole_dag_and_goes_live(lab, release):
+    features = sources.FEATURES[fixture_releases.LAYOUT[release]]
+    run = lab.run(release)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert set(states.values()) == {"success"}, states
+
+    connection = warehouse.connect(lab.settings)
+    try:
+        (layout,), = query(connection, """select layout from ops.source_loads
+                                          where dataset = %s and status = 'loaded'
+                                          order by load_id desc limit 1""", (release,))
+        assert layout == features.layout
+        (ratings, half), = query(connection, """
+            select count(*), count(*) filter (where rating <> trunc(rating))
+            from raw.ratings where dataset = %s""", (release,))
+        assert ratings == RATINGS
+        assert (half > 0) is features.half_stars
+        (users, with_demographics), = query(connection, """
+            select count(*), count(*) filter (where has_demographics)
+            from marts.dim_users where not is_app_user""")
+        assert users == USERS
+        assert with_demographics == (USERS if features.demographics else 0)
+        (dataset, publish_id, model), = query(
+            connection, "select dataset, publish_id, model_version from recs.publication")
+        assert dataset == release
+        lists = {t for (t,) in query(connection,
+                                     "select distinct list_type from recs.popular_movies")}
+        assert lists == LISTS[features.demographics]
+        (recommended_users, short), = query(connection, """
+            select count(*), count(*) filter (where n < 50) from (
+                select user_id, count(*) as n from recs.user_recommendations group by user_id
+            ) as per_user""")
+        assert recommended_users == USERS and short == 0
+        # every movie recommended is this release's
+        assert query(connection, """select count(*) from recs.user_recommendations as r
+                                    left join raw.movies as m
+                                        on m.dataset = %s and m.movie_id = r.movie_id
+                                    where m.movie_id is null""", (release,)) == [(0,)]
+        suites = {layer: ok for layer, ok in query(connection, """
+            select distinct on (layer) layer, success from ops.validations
+            order by layer, validation_id desc""")}
+        assert suites == {"raw": True, "marts": True, "recs": True}
+        (note,), = query(connection, "select note from ops.pipeline_runs where run_id = %s",
+                         (run.run_id,))
+        assert note.startswith(f"published publish {publish_id} (model v{model}"), note
+        catalogue = query(connection, "select count(*) from raw.movies where dataset = %s",
+                          (release,))[0][0]
+        (known_user,), = query(connection, "select min(user_id) from marts.dim_users")
+    finally:
+        connection.close()
+
+    # the API follows the live release without a restart
+    health = _served_release(lab.api, release)
+    assert (health["dataset"], health["publish_id"]) == (release, publish_id)
+    status, page = call(lab.api, "/api/movies")
+    assert status == 200 and page["total"] == catalogue
+    status, answer = call(lab.api, f"/api/users/{known_user}/recommendations?k=5")
+    assert status == 200 and {r["source"] for r in answer["recommendations"]} == {"als"}
+    status, options = call(lab.api, "/api/signup-options")
+    assert status == 200 and options["dataset"] == release
+    assert set(options["lists"]) == LISTS[features.demographics]
+    assert options["demographics"] is features.demographics
+    assert bool(options["occupations"]) is features.demographics
+    # a newcomer signs up with what the release supports and gets lists from it
+    genre = options["genres"][0]
+    profile = {"preferred_genres": [genre]}
+    if features.demographics:
+        profile |= {"age": 30, "gender": "F", "occupation": options["occupations"][0]}
+    # past the genre list (50), the demographic lists follow where the release has them
+    status, signed = call(lab.api, "/api/users?k=60", profile)
+    assert status == 201, signed
+    sources_used = {r["source"] for r in signed["recommendations"]}
+    assert f"genre:{genre}" in sources_used
+    assert (any(s.startswith(("age_gender:", "occupation:")) for s in sources_used)
+            is features.demographics)
+    # their rating is stored for the live release
+    movie = signed["recommendations"][0]["movie_id"]
+    status, _ = call(lab.api, f"/api/users/{signed['user_id']}/ratings",
+                     {"ratings": [{"movie_id": movie, "rating": 4.5}]})
+    assert status == 202
+    connection = warehouse.connect(lab.settings)
+    try:
+        assert query(connection, "select dataset from app.ratings where user_id = %s",
+                     (signed["user_id"],)) == [(release,)]
+    finally:
+        connection.close()
+
+
+def test_champion_of_another_release_is_never_published(lab):
+    """Publishing needs a champion trained on the release being published."""
+    from spark_jobs import registry
+
+    settings = dataclasses.replace(lab.settings, dataset="ml-1m")  # live: the last one
+    with pytest.raises(registry.RegistryError, match="was trained on ml-32m, not ml-1m"):
+        registry.export_champion(settings)
+
+
+def test_signup_page_asks_only_what_the_live_release_has(lab, browser):
+    """On a CSV release (no user file) the page asks for genres only, and they are used."""
+    from selenium.webdriver.common.by import By
+
+    from conftest import wait_for
+
+    assert _served_release(lab.api, "ml-32m")["dataset"] == "ml-32m"
+    browser.get(lab.api + "/signup")
+    box = wait_for(browser, "#signup-genres input[value='Drama']")
+    wait_for(browser, "#signup-note", "has no user profiles")
+    for name in ("age", "gender", "occupation"):
+        assert not browser.find_element(By.NAME, name).is_displayed(), name
+    box.click()
+    browser.find_element(By.ID, "signup-button").click()
+    wait_for(browser, "#signup-welcome", "Welcome, user")
+    items = browser.find_elements(By.CSS_SELECTOR, "#signup-list li.movie")
+    assert len(items) == 10
+    assert "Drama" in items[0].find_element(By.CLASS_NAME, "genres").text
