@@ -1,6 +1,9 @@
 # The two commands in README.md are `make run` and `make test`; both set up first.
-UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-MFY := $(UV) run moviesforyou
+# After `scripts/setup` the locked environment is .venv: its commands run from there,
+# first on PATH (no `uv run`, which could re-sync, and no uv needed on PATH at all).
+VENV := $(CURDIR)/.venv/bin
+IN_VENV := PATH="$(VENV):$$PATH" VIRTUAL_ENV="$(CURDIR)/.venv"
+MFY := $(IN_VENV) $(VENV)/moviesforyou
 # the project-local Airflow home `make run` records its runs in
 AIRFLOW_ENV = AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.mfy/airflow} \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
@@ -16,15 +19,15 @@ run: setup          ## the nightly job: the Airflow DAG once, on the embedded wa
 	$(MFY) run
 
 test: setup         ## the whole test suite on real components
-	$(UV) run pytest
+	$(IN_VENV) $(VENV)/pytest
 
 lint: setup
-	$(UV) run ruff check src spark_jobs serving dags tests scripts benchmarks
-	$(UV) run sqlfluff lint dbt_project/models
+	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests scripts benchmarks
+	$(IN_VENV) $(VENV)/sqlfluff lint dbt_project/models
 
 airflow: setup      ## Airflow UI (standalone) on http://127.0.0.1:8080, with `make run`'s history
 	$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True \
-		AIRFLOW__API__HOST=127.0.0.1 $(UV) run airflow standalone
+		AIRFLOW__API__HOST=127.0.0.1 $(IN_VENV) $(VENV)/airflow standalone
 
 mlflow: setup       ## MLflow UI on http://127.0.0.1:5000
 	$(MFY) mlflow-ui

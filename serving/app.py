@@ -77,9 +77,12 @@ def _pool(request: Request):
     return request.app.state.pool
 
 
-def _dataset(request: Request) -> str:
-    """The release being served: the live publish's (``MFY_DATASET`` before the first)."""
-    return request.app.state.cache.dataset or request.app.state.settings.dataset
+async def _dataset(conn, request: Request) -> str:
+    """The release being served: the live publish's (``MFY_DATASET`` before the first).
+
+    Read in the request's own connection, so a request never mixes two releases.
+    """
+    return await conn.fetchval(db.LIVE_DATASET) or request.app.state.settings.dataset
 
 
 def _movie(row) -> dict:
@@ -161,8 +164,9 @@ async def signup_options(request: Request):
     async with _pool(request).acquire() as conn:
         rows = await conn.fetch(db.COLD_START_LISTS)
         version = await _version_of(conn, [])
+        dataset = await _dataset(conn, request)
     lists = {r["list_type"]: list(r["segments"]) for r in rows}
-    return {"dataset": _dataset(request), "lists": sorted(lists),
+    return {"dataset": dataset, "lists": sorted(lists),
             "demographics": "age_gender" in lists or "occupation" in lists,
             "genres": lists.get("genre", []), "occupations": lists.get("occupation", []),
             "age_gender_segments": lists.get("age_gender", []), **version}
@@ -285,7 +289,7 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
         async with _pool(request).acquire() as conn:
             row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
             if not row["personal"]:
-                await _require_user(conn, user_id, _dataset(request))
+                await _require_user(conn, user_id, await _dataset(conn, request))
                 if not row["n"]:
                     await _version_of(conn, [])  # 503 when nothing is published yet
         body = row["body"].encode()
@@ -298,7 +302,7 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
 async def predicted_rating(request: Request, user_id: UserId, movie_id: MovieId):
     """The rating the model expects this user to give this movie."""
     async with _pool(request).acquire() as conn:
-        await _require_user(conn, user_id, _dataset(request))
+        await _require_user(conn, user_id, await _dataset(conn, request))
         movie = await _require_movie(conn, movie_id)
         value = await conn.fetchval(db.PREDICT, user_id, movie_id)
         version = await _version_of(conn, [])
@@ -314,8 +318,9 @@ async def user_ratings(request: Request, user_id: UserId,
     """The movies a user rated, newest first, 10 per page; ``pending`` ratings came
     through the API and reach the marts with the next nightly run."""
     async with _pool(request).acquire() as conn:
-        await _require_user(conn, user_id, _dataset(request))
-        rows = await conn.fetch(db.USER_RATINGS, user_id, _dataset(request), PAGE_SIZE,
+        dataset = await _dataset(conn, request)
+        await _require_user(conn, user_id, dataset)
+        rows = await conn.fetch(db.USER_RATINGS, user_id, dataset, PAGE_SIZE,
                                 (page - 1) * PAGE_SIZE)
     total = rows[0]["total"] if rows else 0
     return {"user_id": user_id, "page": page, "per_page": PAGE_SIZE, "total": total,
@@ -368,7 +373,8 @@ async def sign_up(request: Request, user: NewUser, k: K = 10):
             raise HTTPException(422, f"preferred_genres: unknown genre(s) {', '.join(unknown)}; "
                                      f"known: {', '.join(sorted(known))}")
         async with conn.transaction():
-            user_id = await conn.fetchval(db.SIGN_UP, _dataset(request), user.age, user.gender,
+            user_id = await conn.fetchval(db.SIGN_UP, await _dataset(conn, request), user.age,
+                                          user.gender,
                                           user.occupation, user.zip_code,
                                           user.preferred_genres)
     answer = json.loads((await recommend(request, user_id, k)).body)
@@ -380,14 +386,15 @@ async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Bo
     """Store ratings for the next nightly run (they change recommendations after it)."""
     movie_ids = [r.movie_id for r in body.ratings]
     async with _pool(request).acquire() as conn:
-        await _require_user(conn, user_id, _dataset(request))
+        dataset = await _dataset(conn, request)
+        await _require_user(conn, user_id, dataset)
         known = {r["movie_id"] for r in await conn.fetch(db.KNOWN_MOVIES, movie_ids)}
         missing = sorted(set(movie_ids) - known)
         if missing:
             raise HTTPException(404, f"movie(s) not in the catalogue: "
                                      f"{', '.join(map(str, missing))}")
         async with conn.transaction():
-            ids = [await conn.fetchval(db.SUBMIT_RATING, _dataset(request), user_id,
+            ids = [await conn.fetchval(db.SUBMIT_RATING, dataset, user_id,
                                        r.movie_id, r.rating) for r in body.ratings]
     request.app.state.cache.forget_user(user_id)
     return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,

@@ -28,8 +28,6 @@ class AnswerCache:
         self.size = int(os.environ.get("MFY_API_CACHE_SIZE", "50000")) if size is None else size
         self.ttl = float(os.environ.get("MFY_API_CACHE_TTL", "60")) if ttl is None else ttl
         self.publish_id: int | None = None
-        #: the release of the live publish: the one whose users and ratings are served
-        self.dataset: str | None = None
         self._entries: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: tuple) -> bytes | None:
@@ -55,14 +53,10 @@ class AnswerCache:
             self.publish_id = publish_id
 
     async def refresh(self, pool) -> None:
-        """Read the live publish id and its release now."""
-        live = await pool.fetchrow(
-            "select (select publish_id from recs.publication) as publish_id, "
-            "(select dataset from recs.publication) as dataset "
-            "where to_regclass('recs.publication') is not null")
-        self.set_publish(live["publish_id"] if live else None)
-        if live and live["dataset"]:
-            self.dataset = live["dataset"]
+        """Read the live publish id now."""
+        self.set_publish(await pool.fetchval(
+            "select case when to_regclass('recs.publication') is not null "
+            "then (select publish_id from recs.publication) end"))
 
     async def follow(self, pool, every: float | None = None) -> None:
         """Keep ``publish_id`` current (run as a background task)."""

@@ -132,6 +132,12 @@ from recs.recommend($1, $2, $3::text[])
 
 PREDICT = "select recs.predict_rating($1, $2)"
 
+#: The release being served: the live publish's.
+LIVE_DATASET = """
+select case when to_regclass('recs.publication') is not null
+            then (select dataset from recs.publication) end
+"""
+
 PUBLICATION = """
 select publish_id, dataset, model_name, model_version, mlflow_run_id, generated_at,
        recommendations_per_user, ratings_through, source_loaded_at
