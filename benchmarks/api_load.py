@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from moviesforyou import warehouse
+from moviesforyou import embedded, warehouse
 from moviesforyou.config import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -40,9 +40,9 @@ ROOT = HERE.parent
 
 
 def start_api(settings: Settings, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
-           "MFY_DATASET": settings.dataset,
-           "MFY_API_POOL_MAX": os.environ.get("MFY_API_POOL_MAX", "8")}
+    env = {"MFY_API_POOL_MAX": "8", **os.environ,  # 8 per worker unless told otherwise
+           "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
+           "MFY_DATASET": settings.dataset}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--log-level", "warning",
@@ -77,7 +77,7 @@ def main() -> None:
 
     settings = Settings.from_env()
     dsn = warehouse.reader_url(settings)
-    port = warehouse._free_port(18100)
+    port = embedded.free_port(18100)
     api = start_api(settings, port, args.workers)
     rows = []
     try:

@@ -86,15 +86,18 @@ def build_snapshot(work: Path):
 
 
 def quality(work: Path) -> None:
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.evaluation import Evaluator
     from spark_jobs.models import ALSParams, factor_scorer, fit_als
     from spark_jobs.session import get_spark
-    from spark_jobs.train import Evaluator, TrainConfig, load_snapshot, official_folds
+    from spark_jobs.snapshot import load_snapshot
+    from spark_jobs.splitters import official_folds
 
     settings, snapshot = build_snapshot(work)
     ratings = load_snapshot(snapshot)
     splits = official_folds(ML100K, ratings)
     config = TrainConfig(folds_dir=ML100K)
-    spark = get_spark(settings.home, app_name="moviesforyou-bench")
+    spark = get_spark(settings.home, app_name="moviesforyou-bench", spark=settings.spark)
     ev = Evaluator(spark, splits, config, (1.0, 5.0))
     rows: list[tuple[str, str, dict]] = []
 
@@ -165,10 +168,10 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int,
     from spark_jobs.models import ALSParams, als_estimator
     from spark_jobs.session import get_spark
 
-    settings = Settings.from_env({"MFY_HOME": str(work / "home")})
-    spark = get_spark(settings.home, app_name="moviesforyou-speed")
+    settings = Settings.from_env({**os.environ, "MFY_HOME": str(work / "home")})
+    spark = get_spark(settings.home, app_name="moviesforyou-speed", spark=settings.spark)
     print(f"\nALS speed, rank {rank}, {iterations} iterations, driver memory "
-          f"{os.environ.get('MFY_SPARK_DRIVER_MEMORY', '4g')}:")
+          f"{settings.spark.driver_memory}:")
     print(f"{'ratings':>12} {'blocks':>6} {'Spark s/iter':>13} {'implicit s/iter':>16} "
           f"{'ratio':>7}")
     for n in sorted(sizes):

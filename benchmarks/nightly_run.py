@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from moviesforyou import orchestration, warehouse
+from moviesforyou import embedded, orchestration, warehouse
 from moviesforyou.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MFY_", "AIRFLOW", "MLFLOW_TRACKING_URI"))}
     env.update({"MFY_HOME": str(home), "MFY_SOURCE": args.source,
-                "MFY_WAREHOUSE_PORT": str(warehouse._free_port(56432)),
+                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)),
                 "MFY_TUNE_DAY": "sun"})
     settings = Settings.from_env(env)
     try:

@@ -63,14 +63,15 @@ import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.sdk.bases.operator import TriggerRule
 
-RAW = Asset(name="warehouse_raw", uri="mfy://warehouse/raw", group="warehouse")
-MARTS = Asset(name="warehouse_marts", uri="mfy://warehouse/marts", group="warehouse")
-MODEL = Asset(name="model_moviesforyou_als", uri="mfy://mlflow/models/moviesforyou-als",
-              group="model")
-RECS = Asset(name="warehouse_recs", uri="mfy://warehouse/recs", group="warehouse")
+from moviesforyou import names
+from moviesforyou.config import Settings
 
-#: A Spark connection id: training goes through the Spark provider's operator.
-SPARK_CONN_ID = os.environ.get("MFY_SPARK_CONN_ID")
+RAW, MARTS, MODEL, RECS = (Asset(**asset) for asset in (
+    names.RAW_ASSET, names.MARTS_ASSET, names.MODEL_ASSET, names.RECS_ASSET))
+
+#: A Spark connection id (``MFY_SPARK_CONN_ID``): training goes through the Spark
+#: provider's operator. (The settings module is light: no database, no heavy import.)
+SPARK_CONN_ID = Settings.from_env().spark.conn_id
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -84,16 +85,24 @@ def _settings():
     return settings_from_airflow()
 
 
-def _step(name: str, *args, **kwargs):
-    """Run the pipeline step ``name`` with this run's settings.
+#: Where each task's step is: the training stage owns its own (spark_jobs.nightly).
+_STEPS = {names.TRAIN_ALS: "spark_jobs.nightly", names.GATE_MODEL: "spark_jobs.nightly"}
+
+
+def _step(*args, **kwargs):
+    """Run this task's step, the function named like the task (``pipeline.<task id>``,
+    or the training stage's), with this run's settings.
 
     A failure's message is pushed to XCom (key ``error``) for the run summary; on a
     run whose conf says ``fail_fast`` it fails the task without retries.
     """
-    from moviesforyou import pipeline
+    import importlib
 
+    task_id = get_current_context()["ti"].task_id
+    module = importlib.import_module(_STEPS.get(task_id, "moviesforyou.pipeline"))
+    step = getattr(module, task_id)
     try:
-        return getattr(pipeline, name)(_settings(), *args, **kwargs)
+        return step(_settings(), *args, **kwargs)
     except Exception as exc:
         ti = get_current_context()["ti"]
         ti.xcom_push(key="error", value=f"{type(exc).__name__}: {exc}"[:4000])
@@ -105,7 +114,7 @@ def _step(name: str, *args, **kwargs):
 
 
 @dag(
-    dag_id="movielens_nightly",
+    dag_id=names.NIGHTLY_DAG,
     schedule="30 2 * * *",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -125,45 +134,45 @@ def _step(name: str, *args, **kwargs):
 def movielens_nightly():
     @task(outlets=[RAW])
     def extract_source() -> dict:
-        return _step("extract", force=bool(_conf().get("force_ingest")))
+        return _step(force=bool(_conf().get("force_ingest")))
 
     @task(retries=0)
     def validate_raw(load: dict) -> dict:
-        return _step("validate_raw", load)
+        return _step(load)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def check_changes(load: dict) -> bool:
-        changes = _step("check_changes", load, force=bool(_conf().get("force")))
+        changes = _step(load, force=bool(_conf().get("force")))
         get_current_context()["ti"].xcom_push(key="changes", value=changes)
         return changes["changed"]
 
     @task(outlets=[MARTS])
     def build_marts() -> dict:
-        return _step("build_marts")
+        return _step()
 
     @task(retries=0)
     def validate_marts() -> dict:
-        return _step("validate", "marts")
+        return _step()
 
     @task
     def export_snapshot() -> dict:
-        return _step("export_snapshot")
+        return _step()
 
     @task(outlets=[MODEL])
     def gate_model(trained: dict | None, snapshot: dict) -> dict:
-        return _step("gate", trained, snapshot, _conf().get("train"))
+        return _step(trained, snapshot, _conf().get("train"))
 
     @task
     def score_recs() -> dict:
-        return _step("score")
+        return _step()
 
     @task(retries=0)
     def validate_recs(scored: dict) -> dict:
-        return _step("validate_recs", scored)
+        return _step(scored)
 
     @task(outlets=[RECS])
     def publish_recs(scored: dict) -> dict:
-        return _step("publish_recs", scored)
+        return _step(scored)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def write_summary() -> dict:
@@ -175,16 +184,17 @@ def movielens_nightly():
         ti, run = context["ti"], context["dag_run"]
         tasks = {b["task_id"]: {"state": b["state"], "seconds": b["duration"]}
                  for b in ti.get_task_breadcrumbs(run.dag_id, run.run_id)}
-        names = ("extract_source", "check_changes", "build_marts", "export_snapshot",
-                 "train_als", "gate_model", "publish_recs")
-        results = {name: ti.xcom_pull(task_ids=name) for name in names}
-        results["check_changes"] = ti.xcom_pull(task_ids="check_changes", key="changes")
+        results = {name: ti.xcom_pull(task_ids=name) for name in (
+            names.EXTRACT_SOURCE, names.BUILD_MARTS, names.EXPORT_SNAPSHOT, names.TRAIN_ALS,
+            names.GATE_MODEL, names.PUBLISH_RECS)}
+        results[names.CHECK_CHANGES] = ti.xcom_pull(task_ids=names.CHECK_CHANGES, key="changes")
         failed = sorted(t for t, v in tasks.items()
                         if v["state"] in ("failed", "upstream_failed"))
         errors = {t: ti.xcom_pull(task_ids=t, key="error") for t, v in tasks.items()
                   if v["state"] == "failed"}
         state = "failed" if failed else (
-            "success" if tasks.get("publish_recs", {}).get("state") == "success" else "skipped")
+            "success" if tasks.get(names.PUBLISH_RECS, {}).get("state") == "success"
+            else "skipped")
         summary = pipeline.write_summary(
             _settings(), dag_id=run.dag_id, run_id=run.run_id,
             logical_date=run.logical_date, started_at=run.start_date, tasks=tasks,
@@ -203,7 +213,7 @@ def movielens_nightly():
     if SPARK_CONN_ID:
         from moviesforyou.spark_submit import TrainOnSpark
 
-        train = TrainOnSpark(task_id="train_als", conn_id=SPARK_CONN_ID, project=PROJECT,
+        train = TrainOnSpark(task_id=names.TRAIN_ALS, conn_id=SPARK_CONN_ID, project=PROJECT,
                              name="moviesforyou-train", outlets=[MODEL])
         snapshot >> train
         trained = train.output
@@ -213,7 +223,7 @@ def movielens_nightly():
             context = get_current_context()
             # manual runs may have no logical date: then the run's own time decides
             when = context.get("logical_date") or context["dag_run"].run_after
-            return _step("train", snapshot, _conf().get("train"), logical_date=when)
+            return _step(snapshot, _conf().get("train"), logical_date=when)
 
         train = trained = train_als(snapshot)
     gated = gate_model(trained, snapshot)

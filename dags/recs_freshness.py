@@ -19,7 +19,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-RECS = Asset(name="warehouse_recs", uri="mfy://warehouse/recs", group="warehouse")
+from moviesforyou import names
+
+RECS = Asset(**names.RECS_ASSET)
 
 
 def _settings():
@@ -29,7 +31,7 @@ def _settings():
 
 
 @dag(
-    dag_id="recs_freshness",
+    dag_id=names.FRESHNESS_DAG,
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 12 * * *", timezone="UTC"), assets=[RECS]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),

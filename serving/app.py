@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
 
+from moviesforyou.config import Settings
 from serving import db
 from serving.cache import AnswerCache, following
 
@@ -38,11 +39,12 @@ K = Annotated[int, Query(ge=1, le=100, description="How many movies")]
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings = db.ApiSettings.from_env()
+    settings = Settings.from_env()  # the API's entry point builds the settings once
     app.state.settings = settings
     app.state.pool = await db.create_pool(settings)
     try:
-        async with following(AnswerCache(), app.state.pool) as cache:
+        cache = AnswerCache(settings.api.cache_size, settings.api.cache_ttl)
+        async with following(cache, app.state.pool, settings.api.cache_seconds):
             app.state.cache = cache
             yield
     finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import OrderedDict
 
@@ -24,9 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class AnswerCache:
-    def __init__(self, size: int | None = None, ttl: float | None = None) -> None:
-        self.size = int(os.environ.get("MFY_API_CACHE_SIZE", "50000")) if size is None else size
-        self.ttl = float(os.environ.get("MFY_API_CACHE_TTL", "60")) if ttl is None else ttl
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size, self.ttl = size, ttl
         self.publish_id: int | None = None
         self._entries: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
 
@@ -58,9 +56,8 @@ class AnswerCache:
             "select case when to_regclass('recs.publication') is not null "
             "then (select publish_id from recs.publication) end"))
 
-    async def follow(self, pool, every: float | None = None) -> None:
+    async def follow(self, pool, every: float) -> None:
         """Keep ``publish_id`` current (run as a background task)."""
-        every = float(os.environ.get("MFY_API_CACHE_SECONDS", "1")) if every is None else every
         while True:
             try:
                 await self.refresh(pool)
@@ -71,12 +68,12 @@ class AnswerCache:
 
 
 @contextlib.asynccontextmanager
-async def following(cache: AnswerCache, pool):
+async def following(cache: AnswerCache, pool, every: float):
     try:  # the live release before the first request, not a second later
         await cache.refresh(pool)
     except Exception as exc:
         log.warning("cache: cannot read the live publish: %s", exc)
-    task = asyncio.create_task(cache.follow(pool))
+    task = asyncio.create_task(cache.follow(pool, every))
     try:
         yield cache
     finally:

@@ -1,6 +1,6 @@
 """Warehouse access for the API: one asyncpg pool, as the read-only role.
 
-Configuration (environment only):
+Configuration: ``settings.api`` (:mod:`moviesforyou.config`), from the environment:
 
 | variable | default | meaning |
 |---|---|---|
@@ -15,35 +15,23 @@ built from client input.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from moviesforyou.config import Settings
 
 
-@dataclass(frozen=True)
-class ApiSettings:
-    database_url: str
-    dataset: str
-    pool_min: int
-    pool_max: int
+def database_url(settings: Settings) -> str:
+    """The URL the API reads with: ``MFY_API_DATABASE_URL``, else the warehouse's reader."""
+    if settings.api.database_url:
+        return settings.api.database_url
+    from moviesforyou import warehouse
 
-    @classmethod
-    def from_env(cls) -> ApiSettings:
-        url = os.environ.get("MFY_API_DATABASE_URL")
-        if not url:
-            from moviesforyou import warehouse
-            from moviesforyou.config import Settings
-
-            url = warehouse.reader_url(Settings.from_env())
-        return cls(database_url=url, dataset=os.environ.get("MFY_DATASET", "ml-100k"),
-                   pool_min=int(os.environ.get("MFY_API_POOL_MIN", "2")),
-                   pool_max=int(os.environ.get("MFY_API_POOL_MAX", "10")))
+    return warehouse.reader_url(settings)
 
 
-async def create_pool(settings: ApiSettings):
+async def create_pool(settings: Settings):
     import asyncpg
 
     return await asyncpg.create_pool(
-        settings.database_url, min_size=settings.pool_min, max_size=settings.pool_max,
+        database_url(settings), min_size=settings.api.pool_min, max_size=settings.api.pool_max,
         command_timeout=30, server_settings={
             "application_name": "moviesforyou-api",
             # looser than pg_trgm's defaults (0.6 and 0.3), so that typos still match:

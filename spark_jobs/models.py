@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -280,13 +279,6 @@ def load_factors(folder: Path) -> tuple[Factors, Factors]:
             biases=biases if name == "explicit" else None, scale=tuple(meta["scale"]),
         ))
     return loaded[0], loaded[1]
-
-
-def iter_factor_rows(factors: Factors, which: str) -> Iterator[tuple[int, list[float]]]:
-    ids, vectors = ((factors.user_ids, factors.user_factors) if which == "user"
-                    else (factors.item_ids, factors.item_factors))
-    for i, v in zip(ids, vectors, strict=True):
-        yield int(i), [float(x) for x in v]
 
 
 try:  # the pyfunc wrapper needs mlflow; the rest of this module does not

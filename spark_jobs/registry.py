@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from moviesforyou import warehouse
-from moviesforyou.config import Settings
+from moviesforyou.config import EXPORTED_TRACKING_URIS, Settings
 from moviesforyou.errors import MoviesForYouError
 from spark_jobs.models import ITEM, USER, ALSParams, Factors, save_factors
 
@@ -46,21 +45,15 @@ class RegistryError(MoviesForYouError):
     pass
 
 
-def model_name() -> str:
-    return os.environ.get("MFY_MODEL_NAME", "moviesforyou-als")
-
-
-#: URIs we passed to mlflow.set_tracking_uri, which copies them into
-#: MLFLOW_TRACKING_URI: there they are ours, not the user's choice of server.
-_SET_BY_US: set[str] = set()
+def model_name(settings: Settings) -> str:
+    """The registered model (``MFY_MODEL_NAME``)."""
+    return settings.training.model_name
 
 
 def tracking_uri(settings: Settings) -> str:
     """``MLFLOW_TRACKING_URI`` as the user set it, else the local store under ``home``."""
-    chosen = os.environ.get("MLFLOW_TRACKING_URI")
-    if chosen and chosen not in _SET_BY_US:
-        return chosen
-    return f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}"
+    return (settings.training.mlflow_tracking_uri
+            or f"sqlite:///{settings.home / 'mlflow' / 'mlflow.db'}")
 
 
 def configure(settings: Settings):
@@ -70,8 +63,9 @@ def configure(settings: Settings):
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
-    if uri != os.environ.get("MLFLOW_TRACKING_URI"):
-        _SET_BY_US.add(uri)
+    if uri != settings.training.mlflow_tracking_uri:
+        # mlflow copies it into MLFLOW_TRACKING_URI: there it is ours, not the user's choice
+        EXPORTED_TRACKING_URIS.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
@@ -87,7 +81,7 @@ def configure(settings: Settings):
     return client
 
 
-def log_and_register(explicit: Factors, implicit: Factors, folder: Path,
+def log_and_register(settings: Settings, explicit: Factors, implicit: Factors, folder: Path,
                      ratings: pd.DataFrame) -> str:
     """Log both models as one pyfunc in the active run and register a new version.
 
@@ -106,16 +100,16 @@ def log_and_register(explicit: Factors, implicit: Factors, folder: Path,
     info = mlflow.pyfunc.log_model(
         name="model", python_model=MoviesForYouALS(), artifacts={"factors": str(folder)},
         signature=infer_signature(example, output), input_example=example,
-        registered_model_name=model_name(),
+        registered_model_name=model_name(settings),
         code_paths=[str(Path(__file__).parent)],
         pip_requirements=["mlflow", "numpy", "pandas", "pyarrow"],
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias(model_name(), "challenger", version)
-    client.set_model_version_tag(model_name(), version, "mfy.explicit_params",
+    client.set_registered_model_alias(model_name(settings), "challenger", version)
+    client.set_model_version_tag(model_name(settings), version, "mfy.explicit_params",
                                  json.dumps(asdict(explicit.params)))
-    client.set_model_version_tag(model_name(), version, "mfy.implicit_params",
+    client.set_model_version_tag(model_name(settings), version, "mfy.implicit_params",
                                  json.dumps(asdict(implicit.params)))
     return version
 
@@ -133,7 +127,7 @@ def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
     """The champion's (explicit, implicit) configuration, or None without a champion
     of ``settings.dataset`` (a champion of another release is tuned away from)."""
     client = configure(settings)
-    champion = _champion(client)
+    champion = _champion(settings, client)
     if (champion is None or "mfy.explicit_params" not in champion.tags
             or _dataset_of(client, champion) != settings.dataset):
         return None
@@ -141,9 +135,9 @@ def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
             ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
 
 
-def version_for_snapshot(client, digest: str) -> str | None:
+def version_for_snapshot(settings: Settings, client, digest: str) -> str | None:
     """The newest version trained on the snapshot ``digest`` (its run's ``mfy.snapshot`` tag)."""
-    versions = client.search_model_versions(f"name = '{model_name()}'",
+    versions = client.search_model_versions(f"name = '{model_name(settings)}'",
                                             order_by=["version_number DESC"], max_results=50)
     for version in versions:
         run = client.get_run(version.run_id)
@@ -152,11 +146,11 @@ def version_for_snapshot(client, digest: str) -> str | None:
     return None
 
 
-def _champion(client):
+def _champion(settings: Settings, client):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(model_name(), "champion")
+        return client.get_model_version_by_alias(model_name(settings), "champion")
     except MlflowException:
         return None
 
@@ -176,8 +170,8 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
     import mlflow
 
     client = mlflow.MlflowClient()
-    name, ndcg = model_name(), f"ndcg_at_{k}"
-    champion = _champion(client)
+    name, ndcg = model_name(settings), f"ndcg_at_{k}"
+    champion = _champion(settings, client)
     for key, value in challenger_metrics.items():
         client.set_model_version_tag(name, version, f"mfy.metric.{key}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "mfy.split_id", split_id)
@@ -249,7 +243,7 @@ def _record(settings: Settings, *, challenger, before, after, promoted, action, 
                        champion_version_before, champion_version_after, promoted, action, reason,
                        dataset, snapshot_digest, metrics, mlflow_run_id)
                    values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                (model_name(), challenger, before, after, promoted, action, reason, dataset,
+                (model_name(settings), challenger, before, after, promoted, action, reason, dataset,
                  snapshot_digest, json.dumps(metrics or {}), run_id),
             )
     finally:
@@ -265,7 +259,7 @@ def history(settings: Settings, limit: int = 50) -> list[tuple]:
                 """select promotion_id, decided_at, action, challenger_version,
                           champion_version_before, champion_version_after, promoted, reason
                    from ops.model_promotions where model_name = %s
-                   order by promotion_id desc limit %s""", (model_name(), limit))
+                   order by promotion_id desc limit %s""", (model_name(settings), limit))
             return cur.fetchall()
     finally:
         conn.close()
@@ -279,13 +273,13 @@ def rollback(settings: Settings, version: str, reason: str = "manual rollback") 
 
     client = mlflow.MlflowClient()
     try:
-        target = client.get_model_version(model_name(), str(version))
+        target = client.get_model_version(model_name(settings), str(version))
     except MlflowException as exc:
-        raise RegistryError(f"{model_name()} has no version {version}") from exc
-    current = _champion(client)
+        raise RegistryError(f"{model_name(settings)} has no version {version}") from exc
+    current = _champion(settings, client)
     version = str(target.version)
-    client.set_registered_model_alias(model_name(), "champion", version)
-    client.set_model_version_tag(model_name(), version, "mfy.gate", "rolled back to")
+    client.set_registered_model_alias(model_name(settings), "champion", version)
+    client.set_model_version_tag(model_name(settings), version, "mfy.gate", "rolled back to")
     before = str(current.version) if current else None
     _record(settings, challenger=None, before=before, after=version, promoted=True,
             action="rollback", reason=reason)
@@ -302,25 +296,26 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
     import mlflow
 
     client = mlflow.MlflowClient()
-    champion = _champion(client)
+    champion = _champion(settings, client)
     if champion is None:
-        raise RegistryError(f"{model_name()} has no champion yet: run `moviesforyou train`")
+        raise RegistryError(f"{model_name(settings)} has no champion yet: run `moviesforyou train`")
     version = str(champion.version)
     trained_on = _dataset_of(client, champion)
     if trained_on != settings.dataset:
-        raise RegistryError(f"champion v{version} of {model_name()} was trained on {trained_on}, "
-                            f"not {settings.dataset}: train a model of {settings.dataset} first "
+        raise RegistryError(f"champion v{version} of {model_name(settings)} was trained on "
+                            f"{trained_on}, not {settings.dataset}: train a model of "
+                            f"{settings.dataset} first "
                             "(`moviesforyou train`), or publish with MFY_DATASET={trained_on}")
     out = out or settings.home / "models"
     target = out / version
     if not (target / "model.json").exists():
         target.mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name()}/{version}", dst_path=str(target))
+            artifact_uri=f"models:/{model_name(settings)}/{version}", dst_path=str(target))
         factors = next(Path(local).rglob("model.json")).parent
         for item in factors.iterdir():
             item.replace(target / item.name)
     (out / "champion.json").write_text(json.dumps(
-        {"model_name": model_name(), "version": version, "run_id": champion.run_id,
+        {"model_name": model_name(settings), "version": version, "run_id": champion.run_id,
          "path": str(target)}, indent=2))
     return target

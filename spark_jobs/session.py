@@ -1,6 +1,6 @@
 """The SparkSession: ``local[*]`` by default, a cluster when a master URL is set.
 
-Settings (environment):
+Settings (``settings.spark``, from the environment):
 
 | variable | default | meaning |
 |---|---|---|
@@ -22,6 +22,8 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from moviesforyou.config import SparkSettings
 
 log = logging.getLogger(__name__)
 # py4j logs each connection it closes at INFO, also from __del__ at interpreter exit
@@ -63,44 +65,47 @@ def check_pyspark_install(dist: metadata.Distribution | None = None) -> None:
             f"another package (first: {changed[0]}); run `uv sync --reinstall-package pyspark`")
 
 
-def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None = None):
+def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None = None,
+              spark: SparkSettings | None = None):
     """Create (or reuse) the SparkSession configured for ALS.
 
     Args:
         home: ``MFY_HOME``; checkpoints and scratch space go under ``home/spark``.
         app_name: shown in the Spark UI.
-        master: overrides ``MFY_SPARK_MASTER``.
+        master: overrides ``spark.master`` (``MFY_SPARK_MASTER``).
+        spark: the settings' Spark part (default: the defaults).
     """
     from pyspark.sql import SparkSession
 
+    spark = spark or SparkSettings()
     check_pyspark_install()
     cores = os.cpu_count() or 2
     scratch = home / "spark"
-    checkpoints = Path(os.environ.get("MFY_SPARK_CHECKPOINT_DIR", scratch / "checkpoints"))
+    checkpoints = spark.checkpoint_dir or scratch / "checkpoints"
     (scratch / "local").mkdir(parents=True, exist_ok=True)
     builder = (
         SparkSession.builder.appName(app_name)
-        .config("spark.driver.memory", os.environ.get("MFY_SPARK_DRIVER_MEMORY", "4g"))
-        .config("spark.sql.shuffle.partitions",
-                os.environ.get("MFY_SPARK_SHUFFLE_PARTITIONS", str(2 * cores)))
+        .config("spark.driver.memory", spark.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(spark.shuffle_partitions or 2 * cores))
         .config("spark.local.dir", str(scratch / "local"))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
-    master = master or os.environ.get("MFY_SPARK_MASTER")
+    master = master or spark.master
     # spark-submit starts the JVM first and hands it to Python: it chose the master
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     if master or not submitted:
         master = master or "local[*]"
         builder = builder.master(master)
         if master.startswith("local"):
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stays on loopback
-            # the Python workers run here: this interpreter, not python3 from PATH
+            # Spark's own variables, for the processes it starts: stay on loopback, and
+            # run the Python workers in this interpreter, not python3 from PATH
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
-    spark.sparkContext.setCheckpointDir(str(checkpoints))
-    log.info("Spark %s on %s; BLAS: %s; checkpoints in %s", spark.version,
-             spark.sparkContext.master, blas_in_use(spark), checkpoints)
-    return spark
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    session.sparkContext.setCheckpointDir(str(checkpoints))
+    log.info("Spark %s on %s; BLAS: %s; checkpoints in %s", session.version,
+             session.sparkContext.master, blas_in_use(session), checkpoints)
+    return session

@@ -10,15 +10,25 @@ cluster; the warehouse is never hit by Spark executors.
 
 The identity is the row count, the newest ``rated_at`` and a SHA-256 of the
 rows in a fixed order, so two exports of the same data have the same digest.
+
+Kept snapshots live under ``$MFY_HOME/snapshots/<digest>/`` (the newest three),
+so a training run's MLflow dataset input, and a later gate, can read the very
+rows it was trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -27,6 +37,7 @@ import pyarrow.parquet as pq
 from moviesforyou import warehouse
 from moviesforyou.config import Settings
 from moviesforyou.errors import MoviesForYouError
+from spark_jobs.models import ITEM, RATING, TIME, USER
 
 COLUMNS = ("user_id", "movie_id", "rating", "rated_at")
 
@@ -111,3 +122,53 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
     (out_dir / "snapshot.json").write_text(json.dumps({**asdict(snapshot), "path": str(path)},
                                                       indent=2))
     return snapshot
+
+
+# --------------------------------------------------------------------------- keeping
+
+
+def export_and_keep_snapshot(settings: Settings, work: Path | None = None) -> Snapshot:
+    """Export ``fct_ratings`` and keep it under ``$MFY_HOME/snapshots/<digest>``."""
+    work = work or Path(tempfile.mkdtemp(prefix="mfy-snapshot-", dir=settings.home))
+    return keep_snapshot(export_snapshot(settings, work / "snapshot"),
+                         settings.home / "snapshots")
+
+
+def read_kept_snapshot(path: Path) -> Snapshot:
+    """A kept snapshot from its ``snapshot.json`` (or the folder holding it)."""
+    path = Path(path)
+    meta = json.loads((path / "snapshot.json" if path.is_dir() else path).read_text())
+    return Snapshot(**{**meta, "path": Path(meta["path"])})
+
+
+def keep_snapshot(snapshot: Snapshot, folder: Path, keep: int = 3) -> Snapshot:
+    """Move a snapshot to ``folder/<digest>/`` (the run's dataset input points there).
+
+    The same data keeps one copy; only the ``keep`` most recent snapshots stay.
+    """
+    target = folder / snapshot.digest
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(snapshot.path.parent), target)
+    else:
+        os.utime(target)
+    for old in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    kept = dataclasses.replace(snapshot, path=target / snapshot.path.name)
+    (target / "snapshot.json").write_text(
+        json.dumps({**dataclasses.asdict(kept), "path": str(kept.path)}, indent=2))
+    return kept
+
+
+def load_snapshot(snapshot: Snapshot) -> pd.DataFrame:
+    """The snapshot's ratings, checked: the columns are there and every rating is usable."""
+    ratings = pd.read_parquet(snapshot.path)
+    missing = {USER, ITEM, RATING, TIME} - set(ratings.columns)
+    if missing:
+        raise SnapshotError(f"{snapshot.path}: missing column(s) {sorted(missing)}")
+    if ratings.empty:
+        raise SnapshotError(f"{snapshot.path}: no ratings")
+    bad = ratings[~np.isfinite(ratings[RATING]) | (ratings[RATING] <= 0)]
+    if len(bad):
+        raise SnapshotError(f"{snapshot.path}: {len(bad)} ratings are not positive finite numbers")
+    return ratings

@@ -21,7 +21,7 @@ import pytest
 from psycopg2 import sql
 
 import fixture_releases
-from moviesforyou import warehouse
+from moviesforyou import embedded, warehouse
 from moviesforyou.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def embedded_settings(state_dir: Path) -> Settings:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
     env["MFY_HOME"] = str(state_dir / "home")
     # below Linux's ephemeral range (32768-60999): no outgoing connection can take it
-    env["MFY_WAREHOUSE_PORT"] = str(warehouse._free_port(25432))
+    env["MFY_WAREHOUSE_PORT"] = str(embedded.free_port(25432))
     settings = Settings.from_env(env)
     warehouse.ensure(settings)
     yield settings
@@ -129,11 +129,13 @@ def execute(connection, statement: str, params=()) -> None:
 @pytest.fixture(scope="session")
 def spark(state_dir: Path):
     """One local SparkSession for the whole test session."""
-    os.environ.setdefault("MFY_SPARK_DRIVER_MEMORY", "2g")
-    os.environ.setdefault("MFY_SPARK_SHUFFLE_PARTITIONS", "4")
     from spark_jobs.session import get_spark
 
-    session = get_spark(state_dir / "spark-home", app_name="moviesforyou-tests")
+    # small defaults for the tests, unless the environment says otherwise
+    settings = Settings.from_env({"MFY_SPARK_DRIVER_MEMORY": "2g",
+                                  "MFY_SPARK_SHUFFLE_PARTITIONS": "4", **os.environ})
+    session = get_spark(state_dir / "spark-home", app_name="moviesforyou-tests",
+                        spark=settings.spark)
     yield session
     session.stop()
 
@@ -162,6 +164,20 @@ QUICK_MODELS = dict(
 )
 
 
+#: A DAG run's conf for a quick training (the grids of QUICK_MODELS).
+QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
+               "explicit_grid": QUICK_MODELS["explicit_grid"],
+               "implicit_grid": QUICK_MODELS["implicit_grid"]}
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db):
+    """The project's DAGs, parsed once per test module."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
 @pytest.fixture(scope="session")
 def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path):
     """The real ml-100k ingested, modelled, trained and published, once per session.
@@ -169,7 +185,8 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
     Tests may publish again or roll back, but must leave a live version behind.
     """
     from moviesforyou import publish
-    from spark_jobs.train import TrainConfig, train
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.train import train
 
     with modelled_warehouse(embedded_settings, ml100k, state_dir / "published-home") as settings:
         train(settings, TrainConfig(**QUICK_MODELS), spark=spark)
@@ -219,7 +236,7 @@ def running_api(settings: Settings, dataset: str | None = None):
     import subprocess
     import sys
 
-    port = warehouse._free_port(18000)
+    port = embedded.free_port(18000)
     env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
            "MFY_DATASET": dataset or settings.dataset}
     process = subprocess.Popen(

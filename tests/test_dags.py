@@ -1,39 +1,20 @@
-"""The Airflow DAGs: integrity, and real end-to-end runs with ``dag.test()`` on ml-100k."""
+"""The Airflow DAGs' integrity: import, house rules, shape, nothing heavy at parse time.
+
+Their end-to-end runs are in tests/test_nightly.py and tests/test_releases.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import pendulum
 import pytest
 
-from conftest import QUICK_MODELS, ROOT, execute, fresh_database, query, wait_for_http
-from moviesforyou import warehouse
-from moviesforyou.transform import temporary_environment
+from conftest import ROOT
 
-#: The logical date of the first run and of its re-run.
-LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, 30, tz="UTC")
 DAG_FILES = sorted(p for p in (ROOT / "dags").glob("*.py"))
-#: The run's conf for a quick training (the grids of conftest.QUICK_MODELS).
-QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
-               "explicit_grid": QUICK_MODELS["explicit_grid"],
-               "implicit_grid": QUICK_MODELS["implicit_grid"]}
-
-
-@pytest.fixture(scope="module")
-def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"))
 
 
 # --------------------------------------------------------------------------- integrity
@@ -51,17 +32,21 @@ def test_dag_follows_the_house_rules(dagbag, dag_file):
     assert dag.doc_md and len(dag.doc_md) > 200
     assert dag.catchup is False
     assert dag.start_date.tzinfo is not None
-    assert dag.schedule is not None or dag.timetable is not None
+    assert dag.timetable.can_be_scheduled, "the DAG runs on a schedule"
     for task in dag.tasks:
         assert task.owner not in ("", "airflow"), task.task_id
-        assert task.retries >= 0
+        # retries: the DAG's default, or none where a retry cannot help (a failed gate)
+        assert task.retries in (dag.default_args["retries"], 0), task.task_id
     assert dag.default_args["retries"] >= 1
     assert dag.default_args["retry_exponential_backoff"] is True
 
 
 def test_nightly_dag_shape(dagbag):
+    from moviesforyou import names
+
     dag = dagbag.dags["movielens_nightly"]
     assert dag.schedule == "30 2 * * *"
+    assert sorted(t.task_id for t in dag.tasks) == sorted(names.NIGHTLY_TASKS)
     edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
     assert edges == {
         ("extract_source", "validate_raw"), ("extract_source", "check_changes"),
@@ -115,390 +100,5 @@ def test_spark_connection_switches_training_to_spark_submit(airflow_db):
         env={"MFY_SPARK_CONN_ID": "spark_cluster"})
     kind, conn_id, application, upstream, downstream = out.strip().splitlines()[-1].split(" ", 4)
     assert kind == "SparkSubmitOperator" and conn_id == "spark_cluster"
-    assert application.endswith("spark_jobs/train.py")
+    assert application.endswith("spark_jobs/nightly.py")
     assert upstream == "['export_snapshot']" and downstream == "['gate_model']"
-
-
-# --------------------------------------------------------------------------- end to end
-
-
-@dataclasses.dataclass
-class Nightly:
-    settings: object
-    dag: object
-    env: dict
-
-    def run(self, conf: dict | None = None, logical_date=None):
-        with temporary_environment(self.env):
-            return self.dag.test(run_conf=conf, logical_date=logical_date)
-
-    @staticmethod
-    def states(run) -> dict[str, str]:
-        return {ti.task_id: ti.state for ti in run.get_task_instances()}
-
-
-@pytest.fixture(scope="module")
-def nightly(dagbag, embedded_settings, ml100k, spark):
-    """A fresh warehouse, MLflow store and Airflow configuration for the DAG runs."""
-    home = Path(tempfile.mkdtemp(prefix="mfy-nightly-"))
-    home.chmod(0o755)
-    with fresh_database(embedded_settings) as settings:
-        settings = dataclasses.replace(settings, home=home)
-        env = {"MFY_HOME": str(home),
-               # the conventional way: an Airflow connection and variables from the environment
-               "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
-               "AIRFLOW_VAR_MFY_DATASET": "ml-100k",
-               "AIRFLOW_VAR_MFY_SOURCE": str(ml100k)}
-        dag = dagbag.dags["movielens_nightly"]
-        for task in dag.tasks:  # a failure should fail the test now, not after back-off
-            task.retries = 0
-        yield Nightly(settings, dag, env)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def wh(nightly):
-    connection = warehouse.connect(nightly.settings)
-    yield connection
-    connection.close()
-
-
-def champion_version(settings) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    from spark_jobs import registry
-
-    client = registry.configure(settings)
-    with contextlib.suppress(MlflowException):
-        return str(client.get_model_version_by_alias(registry.model_name(), "champion").version)
-    return None
-
-
-def live(connection) -> tuple:
-    return query(connection, "select publish_id, model_version from recs.publication")[0]
-
-
-def summary(connection, run) -> dict:
-    rows = query(connection, """select state, source_status, trained, promoted, published,
-                                       model_version, publish_id, tasks, note
-                                from ops.pipeline_runs where run_id = %s""", (run.run_id,))
-    assert len(rows) == 1
-    keys = ("state", "source_status", "trained", "promoted", "published", "model_version",
-            "publish_id", "tasks", "note")
-    return dict(zip(keys, rows[0], strict=True))
-
-
-@pytest.mark.integration
-@pytest.mark.spark
-@pytest.mark.slow
-class TestNightlyRuns:
-    """Runs in order on one warehouse: first run, unchanged re-run, corrupt source,
-    a worse model, new app ratings."""
-
-    def test_first_run_builds_trains_publishes_and_summarises(self, nightly, wh):
-        run = nightly.run({"train": QUICK_TRAIN}, logical_date=LOGICAL_DATE)
-        assert run.state == "success", nightly.states(run)
-        assert set(nightly.states(run).values()) == {"success"}
-        assert query(wh, "select count(*) from marts.dim_movies") == [(1682,)]
-        assert query(wh, "select count(*) from marts.fct_ratings") == [(100_000,)]
-        champion = champion_version(nightly.settings)
-        assert champion is not None
-        assert live(wh)[1] == champion
-        assert query(wh, "select count(*) from recs.user_recommendations") == [(943 * 50,)]
-        row = summary(wh, run)
-        assert row["state"] == "success" and row["source_status"] == "loaded"
-        assert row["trained"] and row["promoted"] and row["published"]
-        assert row["model_version"] == champion and row["publish_id"] == live(wh)[0]
-        assert len(row["tasks"]) == 11  # every task but the summary itself
-        assert all(t["seconds"] is not None for t in row["tasks"].values())
-        # the Data Docs site the README points to
-        assert (nightly.settings.home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site"
-                / "index.html").exists()
-
-    def test_follower_measures_the_published_recommendations(self, nightly, dagbag, wh):
-        follower = Nightly(nightly.settings, dagbag.dags["recs_freshness"], nightly.env)
-        for task in follower.dag.tasks:
-            task.retries = 0
-        run = follower.run()
-        assert run.state == "success", follower.states(run)
-        (pid, coverage, percentile, top), = query(wh, """
-            select publish_id, catalogue_coverage, mean_popularity_percentile,
-                   share_of_top_10pct from ops.recs_quality""")
-        assert pid == live(wh)[0]
-        assert 0 < coverage <= 1 and 0 < percentile < 1 and 0 <= top <= 1
-        (fresh, pending), = query(wh, "select is_fresh, pending_app_ratings "
-                                      "from ops.freshness_checks")
-        assert fresh is True and pending == 0
-
-    def test_rerun_of_the_same_date_is_idempotent_and_skips_visibly(self, nightly, wh):
-        before = live(wh)
-        versions_before = query(wh, "select count(*) from ops.model_promotions")
-        validations_before = query(wh, "select count(*) from ops.validations")
-        run = nightly.run(logical_date=LOGICAL_DATE)
-        assert run.logical_date == LOGICAL_DATE
-        states = nightly.states(run)
-        assert run.state == "success"
-        for name in ("build_marts", "train_als", "gate_model", "score_recs", "publish_recs"):
-            assert states[name] == "skipped", name
-        assert live(wh) == before
-        assert query(wh, "select count(*) from ops.model_promotions") == versions_before
-        # the unchanged load passed the raw suites before: not validated again
-        assert query(wh, "select count(*) from ops.validations") == validations_before
-        row = summary(wh, run)
-        assert row["state"] == "skipped" and not row["trained"] and not row["published"]
-        assert "training and publishing skipped" in row["note"]
-        assert row["model_version"] == before[1]
-
-    def test_corrupt_source_fails_at_the_raw_gate(self, nightly, wh, ml100k, tmp_path, capfd):
-        before = live(wh)
-        corrupt = tmp_path / "ml-100k-corrupt"
-        corrupt.mkdir()
-        for name in ("u.item", "u.user", "u.genre", "u.occupation"):
-            shutil.copy(ml100k / name, corrupt / name)
-        lines = (ml100k / "u.data").read_text().splitlines()
-        # every line parses, but the table is wrong: a rating in 2150 and repeated ratings
-        user, movie, rating, _ = lines[0].split("\t")
-        lines += lines[:50] + [f"{user}\t{movie}\t{rating}\t5680281600"]
-        (corrupt / "u.data").write_text("\n".join(lines) + "\n")
-        nightly.env["AIRFLOW_VAR_MFY_SOURCE"] = str(corrupt)
-        try:
-            run = nightly.run({"train": QUICK_TRAIN})
-        finally:
-            nightly.env["AIRFLOW_VAR_MFY_SOURCE"] = str(ml100k)
-        states = nightly.states(run)
-        assert run.state == "failed"
-        assert states["extract_source"] == "success" and states["validate_raw"] == "failed"
-        assert states["publish_recs"] == "upstream_failed"
-        assert states["write_summary"] == "failed"  # it writes the row, then fails the run
-        log = capfd.readouterr()
-        text = log.out + log.err
-        assert "expect_compound_columns_to_be_unique" in text
-        assert "rated after MovieLens began" in text
-        assert live(wh) == before
-        assert summary(wh, run)["state"] == "failed"
-        (success, failures), = query(wh, """select success, failures from ops.validations
-                                            where layer = 'raw'
-                                            order by validation_id desc limit 1""")
-        assert success is False
-        assert {f["expectation"] for f in failures} >= {"expect_compound_columns_to_be_unique",
-                                                        "expect_column_values_to_be_between"}
-
-    def test_a_worse_model_keeps_the_champion_and_its_recommendations(self, nightly, wh):
-        champion = champion_version(nightly.settings)
-        worse = {"explicit": {"rank": 30, "reg_param": 0.001, "max_iter": 5},
-                 "implicit": {"rank": 1, "reg_param": 5.0, "max_iter": 1, "alpha": 1.0},
-                 "holdout_per_user": QUICK_TRAIN["holdout_per_user"]}
-        run = nightly.run({"force": True, "train": worse})
-        assert run.state == "success", nightly.states(run)
-        assert champion_version(nightly.settings) == champion
-        row = summary(wh, run)
-        assert row["trained"] and row["promoted"] is False and row["published"]
-        assert live(wh)[1] == champion  # re-scored, still the champion's recommendations
-        (gate, reason), = query(wh, """select promoted, reason from ops.model_promotions
-                                      order by promotion_id desc limit 1""")
-        assert gate is False and "ranks no better" in reason
-
-    def test_new_app_ratings_reach_fct_ratings(self, nightly, wh):
-        rated = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings "
-                                         "where user_id = 1")}
-        new = [m for m in range(1, 1683) if m not in rated][:3]
-        for movie in new:
-            execute(wh, "select app.submit_rating('ml-100k', 1, %s, 4.5)", (movie,))
-        run = nightly.run({"train": QUICK_TRAIN})
-        assert run.state == "success", nightly.states(run)
-        row = summary(wh, run)
-        assert "3 new app rating(s)" in row["note"] and row["trained"] and row["published"]
-        got = query(wh, """select movie_id from marts.fct_ratings
-                           where user_id = 1 and rating_source = 'app' order by movie_id""")
-        assert [m for (m,) in got] == sorted(new)
-        # the published list no longer offers them
-        offered = query(wh, "select count(*) from recs.user_recommendations "
-                            "where user_id = 1 and movie_id = any(%s)", (new,))
-        assert offered == [(0,)]
-
-    def test_training_through_spark_submit(self, nightly, wh, capfd):
-        """The cluster path for real: the Spark provider's operator runs spark-submit on a
-        connection whose master is local[2]; the gate, scoring and publish follow."""
-        from airflow.dag_processing.dagbag import DagBag
-
-        env = {**nightly.env, "MFY_SPARK_CONN_ID": "mfy_spark",
-               "AIRFLOW_CONN_MFY_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-               # spark-submit and the workers' python3 are this environment's
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        with temporary_environment(env):
-            dag = DagBag(dag_folder=str(ROOT / "dags" / "movielens_nightly.py")).dags[
-                "movielens_nightly"]
-        assert type(dag.get_task("train_als")).__name__ == "TrainOnSpark"
-        for task in dag.tasks:
-            task.retries = 0
-        before = int(champion_version(nightly.settings))
-        run = Nightly(nightly.settings, dag, env).run({"force": True, "train": QUICK_TRAIN})
-        assert run.state == "success", Nightly.states(run)
-        out = capfd.readouterr()
-        assert "spark-submit" in out.out + out.err and "--master local[2]" in out.out + out.err
-        row = summary(wh, run)
-        assert row["trained"] and row["published"]
-        (version,), = query(wh, """select challenger_version from ops.model_promotions
-                                  order by promotion_id desc limit 1""")
-        assert int(version) > before  # a new version, registered by the spark-submit driver
-        metrics = query(wh, "select metrics from ops.pipeline_runs where run_id = %s",
-                        (run.run_id,))[0][0]
-        assert metrics["model"]["ndcg_at_10"] > 0 and "most popular" in metrics["baselines"]
-        assert live(wh)[1] == champion_version(nightly.settings)
-
-
-def test_run_summary_is_one_row_per_run(published):
-    """Re-running a run (same run id, e.g. cleared in the UI) replaces its summary row."""
-    from moviesforyou import pipeline
-
-    tasks = {"extract_source": {"state": "success", "seconds": 1.0}}
-    for state in ("failed", "success"):
-        pipeline.write_summary(published, dag_id="movielens_nightly", run_id="scheduled__x",
-                               logical_date=LOGICAL_DATE, started_at=LOGICAL_DATE, tasks=tasks,
-                               results={"extract_source": {"status": "unchanged"}},
-                               state=state)
-    connection = warehouse.connect(published)
-    try:
-        rows = query(connection, "select state, model_version from ops.pipeline_runs "
-                                 "where run_id = 'scheduled__x'")
-        live_version = query(connection, "select model_version from recs.publication")[0][0]
-        execute(connection, "delete from ops.pipeline_runs where run_id = 'scheduled__x'")
-    finally:
-        connection.close()
-    assert rows == [("success", live_version)]
-
-
-def test_backfill_plans_one_run_per_night(airflow_db):
-    """catchup is off, but a backfill of past nights is planned run by run."""
-    airflow = str(Path(sys.executable).parent / "airflow")
-    done = subprocess.run([airflow, "dags", "reserialize"], capture_output=True, text=True,
-                          env=os.environ, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run([airflow, "backfill", "create", "--dag-id", "movielens_nightly",
-                           "--from-date", "2026-11-01", "--to-date", "2026-11-04", "--dry-run"],
-                          capture_output=True, text=True, env=os.environ, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    planned = re.findall(r"\| (2026-11-\d\d 02:30:00\+00:00) \|", done.stdout)
-    assert planned == ["2026-11-01 02:30:00+00:00", "2026-11-02 02:30:00+00:00",
-                       "2026-11-03 02:30:00+00:00"]
-
-
-@pytest.mark.integration
-@pytest.mark.spark
-@pytest.mark.slow
-def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml100k, tmp_path):
-    """A real backfill: `airflow standalone` (api-server, scheduler, dag-processor,
-    triggerer, LocalExecutor) runs two past nights, in order.
-
-    Airflow 3.3 leaves a paused DAG's backfill runs queued, so the DAG is unpaused;
-    the scheduler's own nightly runs are turned off (use_job_schedule) so that only
-    the backfill runs."""
-    import time
-
-    airflow = str(Path(sys.executable).parent / "airflow")
-    home = Path(tempfile.mkdtemp(prefix="mfy-backfill-"))
-    home.chmod(0o755)
-    port = warehouse._free_port(18900)
-    with fresh_database(embedded_settings) as settings:
-        # not this process's MLflow store (mlflow.set_tracking_uri exports it): the
-        # tasks' own, under MFY_HOME
-        inherited = {k: v for k, v in os.environ.items()
-                     if k != "MLFLOW_TRACKING_URI" and not k.startswith("MFY_")}
-        env = {**inherited,
-               "AIRFLOW_HOME": str(tmp_path / "airflow"),
-               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-               "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-               "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "MFY_HOME": str(home),
-               "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
-               "AIRFLOW_VAR_MFY_DATASET": "ml-100k", "AIRFLOW_VAR_MFY_SOURCE": str(ml100k)}
-
-        def cli(*args: str) -> str:
-            done = subprocess.run([airflow, *args], capture_output=True, text=True, env=env,
-                                  timeout=300)
-            assert done.returncode == 0, (args, done.stderr[-3000:])
-            return done.stdout
-
-        cli("db", "migrate")
-        cli("dags", "reserialize")
-        log = tmp_path / "standalone.log"
-        with open(log, "w") as out:
-            standalone = subprocess.Popen([airflow, "standalone"], env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_for_http(standalone, f"http://127.0.0.1:{port}/api/v2/monitor/health",
-                          "airflow standalone", timeout=180)
-            cli("backfill", "create", "--dag-id", "movielens_nightly",
-                "--from-date", "2026-11-01", "--to-date", "2026-11-03",
-                "--max-active-runs", "1",  # the DAG's max_active_runs does not bind backfills
-                "--dag-run-conf", json.dumps({"train": QUICK_TRAIN}))
-            cli("dags", "unpause", "movielens_nightly")
-            deadline = time.time() + 800
-            while True:
-                out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
-                runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
-                if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
-                    break
-                assert standalone.poll() is None, log.read_text()[-5000:]
-                assert time.time() < deadline, (runs, log.read_text()[-5000:])
-                time.sleep(10)
-        finally:
-            os.killpg(standalone.pid, 15)
-            standalone.wait(60)
-        runs = sorted(runs, key=lambda r: r["logical_date"])
-        assert [(r["logical_date"][:16], r["run_id"].split("__")[0], r["state"])
-                for r in runs] == [("2026-11-01T02:30", "backfill", "success"),
-                                   ("2026-11-02T02:30", "backfill", "success")], runs
-        # one after the other, in date order
-        assert runs[0]["end_date"] <= runs[1]["start_date"], runs
-        connection = warehouse.connect(settings)
-        try:
-            rows = {run_id: rest for run_id, *rest in query(connection, """
-                select run_id, source_status, trained, published, note
-                from ops.pipeline_runs where dag_id = 'movielens_nightly'""")}
-            live_version = query(connection, "select model_version from recs.publication")
-        finally:
-            connection.close()
-        first, second = (rows[r["run_id"]] for r in runs)
-        assert first[:3] == ["loaded", True, True]  # the first night builds and publishes
-        assert second[:3] == ["unchanged", False, False] and second[3]  # skipped, with why
-        assert live_version and champion_version(dataclasses.replace(settings, home=home)) \
-            == live_version[0][0]
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.mark.integration
-def test_console_run_of_an_unreachable_source_fails_at_once_and_says_why(embedded_settings,
-                                                                         tmp_path):
-    """`moviesforyou run` offline: the first try fails the task (no Airflow retries), the
-    console says "failed" and prints the SourceError, and the run's row keeps it."""
-    closed = warehouse._free_port(19900)  # nothing listens there
-    with fresh_database(embedded_settings) as settings:
-        env = {**{k: v for k, v in os.environ.items()
-                  if not k.startswith(("MFY_", "AIRFLOW_HOME", "MLFLOW_"))},
-               "MFY_HOME": str(tmp_path / "home"), "MFY_WAREHOUSE_URL": settings.warehouse_url,
-               "MFY_DOWNLOAD_RETRIES": "2", "COLUMNS": "400"}
-        done = subprocess.run(
-            [sys.executable, "-m", "moviesforyou.cli", "run",
-             "--source", f"http://127.0.0.1:{closed}/ml-100k.zip"],
-            env=env, capture_output=True, text=True, timeout=600)
-        out = done.stdout + done.stderr
-        assert done.returncode != 0, out
-        assert "extract_source failed" in out and "extract_source done" not in out, out
-        assert "SourceError: http://127.0.0.1" in out and "unreachable after 2 attempts" in out
-        assert "nothing is published yet" in out
-        log = (tmp_path / "home" / "airflow" / "last_run.log").read_text()
-        assert log.count("starting task_id=extract_source") == 1  # no retry
-        connection = warehouse.connect(settings)
-        try:
-            (state, errors, note), = query(connection, "select state, errors, note "
-                                                       "from ops.pipeline_runs")
-        finally:
-            connection.close()
-    assert state == "failed" and set(errors) == {"extract_source"}
-    assert "unreachable after 2 attempts" in errors["extract_source"]
-    assert note.startswith("failed at extract_source: SourceError: ")

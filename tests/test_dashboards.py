@@ -29,7 +29,7 @@ import yaml
 
 from conftest import ROOT, query, wait_for_http
 from metabase_stub import MetabaseStub
-from moviesforyou import pipeline, warehouse
+from moviesforyou import embedded, pipeline, warehouse
 
 SUPERSET_VENV = ROOT / ".venv-superset"
 BUNDLE = ROOT / "dashboards" / "superset"
@@ -122,7 +122,7 @@ def health_data(published):
     from spark_jobs import registry
 
     client = registry.configure(published)
-    champion = client.get_model_version_by_alias(registry.model_name(), "champion")
+    champion = client.get_model_version_by_alias(registry.model_name(published), "champion")
     run = client.get_run(champion.run_id)
     baselines = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/baselines.json")
     for n in range(2):
@@ -143,7 +143,7 @@ def health_data(published):
 
 
 def _free_port() -> int:
-    return warehouse._free_port(18800)
+    return embedded.free_port(18800)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ data get their own database.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 
 import pytest
 
-from conftest import FIXTURES, fresh_database, query
-from moviesforyou import ingest, sources, transform, warehouse
+from conftest import FIXTURES, ROOT, fresh_database, query
+from moviesforyou import ingest, recs_build, sources, transform, warehouse
 from moviesforyou.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -216,3 +217,62 @@ def test_dbt_env_from_a_url():
                                 "MFY_DATASET")} == {
         "PGHOST": "db.example", "PGPORT": "6543", "PGUSER": "alice", "PGPASSWORD": "s@cret",
         "PGDATABASE": "wh", "MFY_DATASET": "ml-1m"}
+
+
+# --------------------------------------------------------------------------- exposures
+
+
+def _models() -> dict[tuple[str, str], str]:
+    """(schema, relation) -> dbt model, for the schemas consumers read."""
+    out = {}
+    for sql_file in (ROOT / "dbt_project" / "models").rglob("*.sql"):
+        name, folder = sql_file.stem, sql_file.relative_to(ROOT / "dbt_project" / "models").parts[0]
+        if folder == "marts":
+            out[("marts", name)] = name
+        elif folder == "ops":  # aliased to the name without the prefix
+            out[("ops", name.removeprefix("ops_"))] = name
+    for table, (mart, _) in recs_build.COPY_FROM_MARTS.items():
+        out[("recs", table)] = mart  # the published copy of a mart
+    return out
+
+
+def _read_by(*paths) -> set[str]:
+    """The dbt models behind every schema.table the files' SQL names."""
+    text = "\n".join(p.read_text() for p in paths)
+    models = _models()
+    return {models[ref] for ref in re.findall(r"\b(marts|ops|recs)\.([a-z_]+)\b", text)
+            if ref in models}
+
+
+def _exposures() -> dict[str, set[str]]:
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dbt_project" / "models" / "exposures.yml").read_text())
+    return {e["name"]: {re.fullmatch(r"ref\('(\w+)'\)", d).group(1) for d in e["depends_on"]}
+            for e in spec["exposures"]}
+
+
+def test_exposures_list_what_each_consumer_really_reads():
+    import yaml
+
+    exposures = _exposures()
+    package = ROOT / "src" / "moviesforyou"
+    sql = package / "sql"
+    assert exposures["recommendation_api"] == _read_by(ROOT / "serving" / "db.py",
+                                                       sql / "recs_functions.sql")
+    copied = {mart for mart, _ in recs_build.COPY_FROM_MARTS.values()}
+    assert exposures["recs_publish"] == copied | _read_by(
+        package / "publish.py", package / "recs_build.py",
+        sql / "recs_tables.sql", sql / "recs_factors.sql", ROOT / "expectations" / "recs.yml")
+    assert exposures["model_training"] == _read_by(ROOT / "spark_jobs" / "snapshot.py")
+    # the dashboards: Superset's datasets (schema and table, or their SQL) and Metabase's
+    models, read = _models(), set()
+    for dataset in (ROOT / "dashboards" / "superset" / "datasets").rglob("*.yaml"):
+        spec = yaml.safe_load(dataset.read_text())
+        key = (spec.get("schema"), spec.get("table_name"))
+        read |= {models[key]} if key in models else set()
+        read |= _read_by(dataset) if spec.get("sql") else set()
+    read |= _read_by(ROOT / "dashboards" / "metabase" / "moviesforyou.json")
+    dashboards = (exposures["catalogue_dashboard"] | exposures["audience_dashboard"]
+                  | exposures["health_dashboard"])
+    assert dashboards == read

@@ -196,8 +196,9 @@ def test_versions_are_kept_and_rollback_is_instant(published, wh, spark):
 
 
 def test_only_the_last_versions_are_kept(published, wh, spark):
-    keep_one = publish.PublishConfig(keep=1)
-    publish.publish(published, keep_one, spark=spark)
+    keep_one = dataclasses.replace(published,
+                                   publish=dataclasses.replace(published.publish, keep=1))
+    publish.publish(keep_one, spark=spark)
     kept = [pid for pid, where, *_ in publish.versions(published) if where == "kept"]
     assert len(kept) == 1
     dropped = query(wh, "select count(*) from ops.publish_log where status = 'dropped'")[0][0]
@@ -205,11 +206,13 @@ def test_only_the_last_versions_are_kept(published, wh, spark):
 
 
 def test_config_from_environment_rejects_bad_values():
-    assert publish.PublishConfig.from_env({"MFY_RECS_N": "20"}).n == 20
-    with pytest.raises(publish.PublishError, match="MFY_RECS_N='ten'"):
-        publish.PublishConfig.from_env({"MFY_RECS_N": "ten"})
-    with pytest.raises(publish.PublishError, match="MFY_RECS_KEEP"):
-        publish.PublishConfig.from_env({"MFY_RECS_KEEP": "-1"})
+    from moviesforyou.config import ConfigError, Settings
+
+    assert Settings.from_env({"MFY_RECS_N": "20"}).publish.n == 20
+    with pytest.raises(ConfigError, match="MFY_RECS_N='ten'"):
+        Settings.from_env({"MFY_RECS_N": "ten"})
+    with pytest.raises(ConfigError, match="MFY_RECS_KEEP"):
+        Settings.from_env({"MFY_RECS_KEEP": "-1"})
 
 
 def test_validation_report_is_json(published):

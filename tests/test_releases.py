@@ -23,15 +23,12 @@ from pathlib import Path
 import pytest
 
 import fixture_releases
-from conftest import QUICK_MODELS, call, fresh_database, query, running_api
+from conftest import QUICK_TRAIN, call, fresh_database, query, running_api
 from moviesforyou import sources, warehouse
 from moviesforyou.transform import temporary_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
-QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
-               "explicit_grid": QUICK_MODELS["explicit_grid"],
-               "implicit_grid": QUICK_MODELS["implicit_grid"]}
 #: (release, packed as a zip?, seed), in the order they go live.
 RELEASES = [("ml-100k", False, 11), ("ml-1m", True, 12), ("ml-latest-small", False, 13),
             ("ml-25m", True, 14), ("ml-32m", True, 15)]

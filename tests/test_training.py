@@ -16,9 +16,11 @@ import pytest
 from conftest import modelled_warehouse, query
 from moviesforyou import warehouse
 from spark_jobs import registry
+from spark_jobs.config import TrainConfig, TrainingError
 from spark_jobs.models import ALSParams
-from spark_jobs.snapshot import SnapshotError
-from spark_jobs.train import TrainConfig, TrainingError, load_snapshot, official_folds, train
+from spark_jobs.snapshot import SnapshotError, load_snapshot
+from spark_jobs.splitters import official_folds
+from spark_jobs.train import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -109,7 +111,7 @@ def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
     assert artifacts == {"plots/tuning.png", "plots/predicted_vs_actual.png",
                          "plots/model_vs_baselines.png"}
     # the registered model predicts through pyfunc, without Spark
-    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name()}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name(settings)}@champion")
     out = model.predict(pd.DataFrame({"user_id": [1, 1, 99999], "movie_id": [1, 50, 1]}))
     assert list(out.columns) == ["predicted_rating", "ranking_score"]
     assert out["predicted_rating"].between(1, 5).all()
@@ -131,7 +133,7 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     assert not worse.promoted
     assert worse.reason.startswith("challenger ranks no better")
     client = mlflow.MlflowClient()
-    name = registry.model_name()
+    name = registry.model_name(settings)
     assert str(client.get_model_version_by_alias(name, "champion").version) == better.version
     assert str(client.get_model_version_by_alias(name, "challenger").version) == worse.version
     tags = client.get_model_version(name, worse.version).tags
@@ -188,7 +190,7 @@ def test_corrupt_snapshot_and_foreign_folds_are_refused(tmp_path, ml100k):
     bad = tmp_path / "ratings.parquet"
     pd.DataFrame({"user_id": [1], "movie_id": [1]}).to_parquet(bad)
     snapshot = Snapshot(bad, "x", 1, 1, 1, "0", "0" * 64)
-    with pytest.raises(TrainingError, match=r"missing column\(s\) \['rated_at', 'rating'\]"):
+    with pytest.raises(SnapshotError, match=r"missing column\(s\) \['rated_at', 'rating'\]"):
         load_snapshot(snapshot)
 
     other = pd.DataFrame({"user_id": [1], "movie_id": [2], "rating": [3.0], "rated_at": [0]})
@@ -202,8 +204,7 @@ def test_snapshots_are_kept_by_digest_and_pruned(tmp_path):
     import os
     import time
 
-    from spark_jobs.snapshot import Snapshot
-    from spark_jobs.train import keep_snapshot
+    from spark_jobs.snapshot import Snapshot, keep_snapshot
 
     kept, base = [], time.time() - 100
     for i, digest in enumerate(["a", "b", "a", "c", "d"]):

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from moviesforyou import warehouse
+from moviesforyou import embedded, warehouse
 from moviesforyou.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def test_lifecycle_from_nothing_via_cli():
     """A new MFY_HOME: `url` starts and bootstraps, `stop` stops, `url` starts again."""
     home = Path(tempfile.mkdtemp(prefix="mfy-cli-"))
     home.chmod(0o755)
-    settings = Settings(home=home, warehouse_port=warehouse._free_port(26432))
+    settings = Settings(home=home, warehouse_port=embedded.free_port(26432))
     try:
         first = cli(settings, "warehouse", "url")
         url = first.stdout.strip().splitlines()[-1]
@@ -112,7 +112,7 @@ def test_lifecycle_from_nothing_via_cli():
 
 
 def test_status_of_a_warehouse_never_started(tmp_path):
-    settings = Settings(home=tmp_path / "never", warehouse_port=warehouse._free_port(27432))
+    settings = Settings(home=tmp_path / "never", warehouse_port=embedded.free_port(27432))
 
     result = cli(settings, "warehouse", "status")
 
@@ -123,8 +123,8 @@ def test_status_of_a_warehouse_never_started(tmp_path):
 
 def test_pgserver_binaries_are_found_without_debian(monkeypatch):
     """A fresh machine without Debian's postgresql uses the wheel's bundled server."""
-    monkeypatch.setattr(warehouse.Path, "glob", lambda self, pattern: iter(()))
-    found = warehouse.find_pg_bin()
+    monkeypatch.setattr(embedded.Path, "glob", lambda self, pattern: iter(()))
+    found = embedded.find_pg_bin()
     assert found.parts[-3:] == ("pgserver", "pginstall", "bin")
     assert (found / "initdb").exists()
 
@@ -159,3 +159,21 @@ def test_settings_survive_the_trip_through_a_child_environment(tmp_path):
                         source="/data/ml-1m.zip", reader_password="s3cret", download_retries=2)
     assert Settings.from_env(settings.to_env()) == settings
     assert Settings.from_env(Settings(home=tmp_path).to_env()) == Settings(home=tmp_path)
+
+
+def test_raw_tables_have_the_parsers_columns(embedded_settings):
+    """sql/raw.sql (the DDL) and formats.RAW_TABLES (what the parsers write) agree."""
+    from moviesforyou.formats import RAW_TABLES
+
+    conn = warehouse.connect(embedded_settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""select table_name, array_agg(column_name::text order by ordinal_position)
+                           from information_schema.columns
+                           where table_schema = 'raw' and table_name = any(%s)
+                           group by table_name""", (list(RAW_TABLES),))
+            found = dict(cur.fetchall())
+    finally:
+        conn.close()
+    assert found == {table: ["dataset", *(name for name, _ in columns), "load_id", "loaded_at"]
+                     for table, columns in RAW_TABLES.items()}

@@ -1,27 +1,21 @@
-"""Configuration, read from environment variables only.
+"""Configuration: one settings tree, read from environment variables only.
 
 Every setting has a sensible default so that a fresh checkout runs with none of
-them set. ``Settings.from_env()`` is the single place that reads the
-environment; everything else receives a ``Settings``.
+them set. Each entry point (the CLI, a DAG task, the API's start, the
+spark-submit driver, a benchmark) builds :class:`Settings` once with
+:meth:`Settings.from_env` and passes it down; this module is the only one that
+reads ``MFY_*`` variables. :meth:`Settings.to_env` is the one way settings
+leave a process (a child's environment), and reads back as the same settings.
 
-| variable | default | meaning |
-|---|---|---|
-| ``MFY_HOME`` | ``<project>/.mfy`` | project-local state: embedded warehouse, downloads |
-| ``MFY_WAREHOUSE_URL`` | unset | PostgreSQL URL of a real server; unset means embedded |
-| ``MFY_WAREHOUSE_PORT`` | first free port from 54329 | TCP port of the embedded server |
-| ``MFY_PG_BIN`` | auto | folder with ``initdb``/``pg_ctl``/``postgres``/``psql`` |
-| ``MFY_DATASET`` | ``ml-100k`` | default MovieLens release |
-| ``MFY_SOURCE`` | GroupLens URL | URL, zip or folder to ingest instead of the GroupLens URL |
-| ``MFY_SOURCE_SHA256`` | unset | pinned SHA-256 of the release zip |
-| ``MFY_OWNER_ROLE`` | ``mfy_owner`` | role that owns and writes the warehouse |
-| ``MFY_READER_ROLE`` | ``mfy_reader`` | read-only role for dashboards and the API |
-| ``MFY_READER_PASSWORD`` | unset | password given to the reader role when it is created |
-| ``MFY_DOWNLOAD_RETRIES`` | ``5`` | attempts per download before giving up |
+:data:`VARIABLES` lists every variable, its place in the tree, its default and
+what it means; ``.env.example`` lists them all too (``tests/test_config.py``
+checks the two against each other).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +36,55 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
+class ConfigError(ValueError):
+    """A variable's value cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """How the recommendations are published (``moviesforyou.publish``)."""
+
+    n: int = 50
+    similar_n: int = 20
+    similar_min_ratings: int = 10
+    popular_n: int = 50
+    keep: int = 3
+    lock_timeout_ms: int = 200
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """The Spark session (``spark_jobs.session``) and the cluster path of the DAG."""
+
+    master: str | None = None
+    driver_memory: str = "4g"
+    shuffle_partitions: int | None = None
+    checkpoint_dir: Path | None = None
+    conn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The registry and the nightly training rules (``spark_jobs``)."""
+
+    model_name: str = "moviesforyou-als"
+    tune_day: str = "sun"
+    #: ``MLFLOW_TRACKING_URI``; unset: a SQLite store under ``MFY_HOME/mlflow``
+    mlflow_tracking_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The HTTP API (``serving``)."""
+
+    database_url: str | None = None
+    pool_min: int = 2
+    pool_max: int = 10
+    cache_size: int = 50_000
+    cache_ttl: float = 60.0
+    cache_seconds: float = 1.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build it with :meth:`from_env`."""
@@ -57,45 +100,52 @@ class Settings:
     reader_role: str = "mfy_reader"
     reader_password: str | None = field(default=None, repr=False)
     download_retries: int = 5
+    expectations_dir: Path | None = None
+    max_recs_age_hours: float = 36.0
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    spark: SparkSettings = field(default_factory=SparkSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Settings from ``env`` (default: this process's environment)."""
         env = dict(os.environ if env is None else env)
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        home = Path(get("MFY_HOME") or find_project_root() / ".mfy").resolve()
-        port = get("MFY_WAREHOUSE_PORT")
-        pg_bin = get("MFY_PG_BIN")
-        retries = get("MFY_DOWNLOAD_RETRIES")
-        return cls(
-            home=home,
-            warehouse_url=get("MFY_WAREHOUSE_URL"),
-            warehouse_port=int(port) if port else None,
-            pg_bin=Path(pg_bin) if pg_bin else None,
-            dataset=get("MFY_DATASET") or DEFAULT_DATASET,
-            source=get("MFY_SOURCE"),
-            source_sha256=get("MFY_SOURCE_SHA256"),
-            owner_role=get("MFY_OWNER_ROLE") or "mfy_owner",
-            reader_role=get("MFY_READER_ROLE") or "mfy_reader",
-            reader_password=get("MFY_READER_PASSWORD"),
-            download_retries=int(retries) if retries else 5,
-        )
+        if env.get("MLFLOW_TRACKING_URI") in EXPORTED_TRACKING_URIS:
+            del env["MLFLOW_TRACKING_URI"]  # mlflow copied ours there: not the user's choice
+        values: dict[str, dict] = {"": {}}
+        for variable in VARIABLES:
+            raw = env.get(variable.name, "").strip()
+            if not raw:
+                continue
+            try:
+                value = variable.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{variable.name}={raw!r}: {exc}") from None
+            group, _, name = variable.field.rpartition(".")
+            values.setdefault(group, {})[name] = value
+        top = values.pop("")
+        top["home"] = Path(top.get("home") or find_project_root() / ".mfy").resolve()
+        for group, kind in _GROUPS.items():
+            top[group] = kind(**values.get(group, {}))
+        return cls(**top)
 
     def to_env(self) -> dict[str, str]:
-        """The ``MFY_*`` variables that :meth:`from_env` reads back as these settings,
-        for a child process (spark-submit) that must see the same configuration."""
-        values = {
-            "MFY_HOME": self.home, "MFY_WAREHOUSE_URL": self.warehouse_url,
-            "MFY_WAREHOUSE_PORT": self.warehouse_port, "MFY_PG_BIN": self.pg_bin,
-            "MFY_DATASET": self.dataset, "MFY_SOURCE": self.source,
-            "MFY_SOURCE_SHA256": self.source_sha256, "MFY_OWNER_ROLE": self.owner_role,
-            "MFY_READER_ROLE": self.reader_role, "MFY_READER_PASSWORD": self.reader_password,
-            "MFY_DOWNLOAD_RETRIES": self.download_retries,
-        }
-        return {name: str(value) for name, value in values.items() if value is not None}
+        """The variables that :meth:`from_env` reads back as these settings, for a
+        child process (dbt, airflow, spark-submit, the API) that must see the same."""
+        out = {}
+        for variable in VARIABLES:
+            value = self.get(variable.field)
+            if value is not None:
+                out[variable.name] = str(value)
+        return out
+
+    def get(self, dotted: str):
+        """A setting by its place in the tree, e.g. ``publish.n``."""
+        value = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
 
     @property
     def warehouse_dir(self) -> Path:
@@ -108,3 +158,119 @@ class Settings:
     @property
     def is_embedded(self) -> bool:
         return self.warehouse_url is None
+
+    @property
+    def suites_dir(self) -> Path:
+        """The Great Expectations suites (``expectations/``)."""
+        return self.expectations_dir or find_project_root() / "expectations"
+
+
+_GROUPS = {"publish": PublishSettings, "spark": SparkSettings, "training": TrainingSettings,
+           "api": ApiSettings}
+
+#: MLflow tracking URIs that ``spark_jobs.registry`` set (mlflow copies them into
+#: ``MLFLOW_TRACKING_URI``): there they are ours, not the user's choice of server.
+EXPORTED_TRACKING_URIS: set[str] = set()
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _tune_day(text: str) -> str:
+    day = text.lower()[:3]
+    if day not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "alw", "nev"):
+        raise ValueError("expected a weekday (mon..sun), 'always' or 'never'")
+    return day
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: where it goes in :class:`Settings`, and what it means."""
+
+    name: str
+    field: str
+    default: str
+    doc: str
+    parse: Callable[[str], object] = str
+
+
+#: Every variable the platform reads, in the order ``.env.example`` lists them.
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MFY_HOME", "home", "<project>/.mfy",
+             "project-local state: embedded warehouse, downloads, MLflow store", Path),
+    Variable("MFY_DATASET", "dataset", DEFAULT_DATASET, "the MovieLens release"),
+    Variable("MFY_SOURCE", "source", "GroupLens URL",
+             "URL, zip or folder to ingest instead of the GroupLens URL"),
+    Variable("MFY_SOURCE_SHA256", "source_sha256", "unset", "pinned SHA-256 of the release zip"),
+    Variable("MFY_DOWNLOAD_RETRIES", "download_retries", "5",
+             "attempts per download before giving up", _whole(1)),
+    Variable("MFY_WAREHOUSE_URL", "warehouse_url", "unset",
+             "PostgreSQL URL of a real server; unset means the embedded one"),
+    Variable("MFY_WAREHOUSE_PORT", "warehouse_port", "first free from 54329",
+             "TCP port of the embedded server", _whole(1)),
+    Variable("MFY_PG_BIN", "pg_bin", "auto",
+             "folder with initdb/pg_ctl/postgres/psql for the embedded server", Path),
+    Variable("MFY_OWNER_ROLE", "owner_role", "mfy_owner",
+             "role that owns and writes the warehouse"),
+    Variable("MFY_READER_ROLE", "reader_role", "mfy_reader",
+             "read-only role for dashboards and the API"),
+    Variable("MFY_READER_PASSWORD", "reader_password", "unset",
+             "password given to the reader role when it is created"),
+    Variable("MFY_EXPECTATIONS_DIR", "expectations_dir", "<project>/expectations",
+             "folder of the Great Expectations suites", Path),
+    Variable("MFY_MAX_RECS_AGE_HOURS", "max_recs_age_hours", "36",
+             "the freshness check fails past this age of the live recommendations", _positive),
+    Variable("MFY_RECS_N", "publish.n", "50", "recommendations per user", _whole(1)),
+    Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
+    Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",
+             "ratings a movie needs to be offered as a neighbour", _whole(1)),
+    Variable("MFY_POPULAR_N", "publish.popular_n", "50", "length of each cold-start list",
+             _whole(1)),
+    Variable("MFY_RECS_KEEP", "publish.keep", "3", "earlier publishes kept for rollback",
+             _whole(0)),
+    Variable("MFY_SWAP_LOCK_TIMEOUT_MS", "publish.lock_timeout_ms", "200",
+             "lock wait per swap attempt, below deadlock_timeout (1 s)", _whole(1)),
+    Variable("MFY_SPARK_MASTER", "spark.master", "local[*]", "Spark master URL"),
+    Variable("MFY_SPARK_DRIVER_MEMORY", "spark.driver_memory", "4g", "Spark driver memory"),
+    Variable("MFY_SPARK_SHUFFLE_PARTITIONS", "spark.shuffle_partitions", "2 x cores",
+             "spark.sql.shuffle.partitions", _whole(1)),
+    Variable("MFY_SPARK_CHECKPOINT_DIR", "spark.checkpoint_dir", "MFY_HOME/spark/checkpoints",
+             "Spark checkpoints (ALS needs them past ~20 iterations)", Path),
+    Variable("MFY_SPARK_CONN_ID", "spark.conn_id", "unset",
+             "Airflow Spark connection: train_als goes through spark-submit", str),
+    Variable("MFY_MODEL_NAME", "training.model_name", "moviesforyou-als",
+             "the registered model in MLflow"),
+    Variable("MFY_TUNE_DAY", "training.tune_day", "sun",
+             "weekday the nightly run tunes the grids (or always, never)", _tune_day),
+    Variable("MLFLOW_TRACKING_URI", "training.mlflow_tracking_uri", "SQLite under MFY_HOME",
+             "MLflow tracking server (MLflow's own variable)"),
+    Variable("MFY_API_DATABASE_URL", "api.database_url", "the reader's URL",
+             "libpq URL the API reads with (the read-only role)"),
+    Variable("MFY_API_POOL_MIN", "api.pool_min", "2", "connections per API worker, at least",
+             _whole(0)),
+    Variable("MFY_API_POOL_MAX", "api.pool_max", "10", "connections per API worker, at most",
+             _whole(1)),
+    Variable("MFY_API_CACHE_SIZE", "api.cache_size", "50000",
+             "answers the API keeps per worker (0: no cache)", _whole(0)),
+    Variable("MFY_API_CACHE_TTL", "api.cache_ttl", "60", "seconds a cached answer lives",
+             _positive),
+    Variable("MFY_API_CACHE_SECONDS", "api.cache_seconds", "1",
+             "how often the API looks for a new publish", _positive),
+)

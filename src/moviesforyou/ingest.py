@@ -47,41 +47,6 @@ log = logging.getLogger(__name__)
 #: Called as (table, file display name, bytes read, file size) while a file loads.
 LoadProgress = Callable[[str, str, int, int], None]
 
-_LEDGER = """
-create table if not exists ops.source_loads (
-    load_id bigserial primary key,
-    dataset text not null,
-    source text not null,
-    status text not null check (status in ('loaded', 'unchanged', 'failed')),
-    archive_sha256 text,
-    files jsonb not null default '{}'::jsonb,
-    row_counts jsonb not null default '{}'::jsonb,
-    error text,
-    loaded_by text not null,
-    started_at timestamptz not null,
-    loaded_at timestamptz not null default now(),
-    duration_s numeric(10, 2)
-);
-comment on table ops.source_loads is
-    'Ledger of MovieLens loads into raw: one row per attempt, with file checksums and row counts.';
-create index if not exists source_loads_dataset_idx on ops.source_loads (dataset, load_id desc);
-alter table ops.source_loads add column if not exists layout text;
-comment on column ops.source_loads.layout is
-    'The release''s file layout (100k, 1m or csv): what it has (sources.FEATURES).';
-"""
-
-
-def create_tables(cur) -> None:
-    """Create the partitioned raw tables and the load ledger (idempotent)."""
-    for table, columns in RAW_TABLES.items():
-        cols = [sql.SQL("dataset text not null")]
-        cols += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
-                 for name, kind in columns]
-        cols += [sql.SQL("load_id bigint not null"), sql.SQL("loaded_at timestamptz not null")]
-        cur.execute(sql.SQL("create table if not exists raw.{} ({}) partition by list (dataset)")
-                    .format(sql.Identifier(table), sql.SQL(", ").join(cols)))
-    cur.execute(_LEDGER)
-
 
 def partition_name(table: str, dataset: str) -> str:
     return f"{table}__{re.sub(r'[^a-z0-9]+', '_', dataset.lower())}"
@@ -351,16 +316,6 @@ def _drop_partition(cur, table: str, dataset: str) -> None:
         cur.execute(sql.SQL("alter table raw.{} detach partition raw.{}").format(
             sql.Identifier(table), sql.Identifier(name)))
     cur.execute(sql.SQL("drop table if exists raw.{}").format(sql.Identifier(name)))
-
-
-def raw_counts(cur, dataset: str) -> dict[str, int]:
-    """Rows per raw table for one dataset."""
-    counts = {}
-    for table in RAW_TABLES:
-        cur.execute(sql.SQL("select count(*) from raw.{} where dataset = %s")
-                    .format(sql.Identifier(table)), (dataset,))
-        counts[table] = cur.fetchone()[0]
-    return counts
 
 
 def iter_ledger(cur, limit: int = 20) -> Iterator[tuple]:

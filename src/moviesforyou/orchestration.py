@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from moviesforyou import names
 from moviesforyou.config import Settings, find_project_root
 from moviesforyou.errors import MoviesForYouError
 
-DAG_ID = "movielens_nightly"
+DAG_ID = names.NIGHTLY_DAG
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -33,12 +34,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
     env.setdefault("AIRFLOW__API__PORT", "8080")
-    env["MFY_HOME"] = str(settings.home)
-    if settings.warehouse_url:
-        env["MFY_WAREHOUSE_URL"] = settings.warehouse_url
-    if settings.source:
-        env["MFY_SOURCE"] = settings.source
-    env["MFY_DATASET"] = settings.dataset
+    env.update(settings.to_env())
     return env
 
 

@@ -1,5 +1,8 @@
 """The nightly pipeline's steps, one function per Airflow task of ``movielens_nightly``.
 
+The training steps (``train_als``, ``gate_model``) and their rules are the
+training stage's own: :mod:`spark_jobs.nightly`.
+
 Each step takes :class:`~moviesforyou.config.Settings`, does one thing, logs its
 progress as plain lines (Airflow's task log) and returns a small JSON-able dict
 for XCom and the run summary. The DAG file only wires them together; tests can
@@ -22,14 +25,12 @@ from ``AIRFLOW_CONN_MFY_WAREHOUSE`` / ``AIRFLOW_VAR_MFY_DATASET`` and so on.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import time
-from pathlib import Path
 
-from moviesforyou import ingest, publish, quality, sources, transform, warehouse
+from moviesforyou import ingest, names, publish, quality, sources, transform, warehouse
 from moviesforyou.config import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def settings_from_airflow() -> Settings:
     with contextlib.suppress(AirflowNotFoundException):
         conn = Connection.get("mfy_mlflow")
         scheme = conn.schema or "http"
-        os.environ["MLFLOW_TRACKING_URI"] = (
+        env["MLFLOW_TRACKING_URI"] = (
             f"{scheme}://{conn.host}" + (f":{conn.port}" if conn.port else ""))
     for variable, name in _VARIABLES.items():
         value = Variable.get(variable, default=None)
@@ -78,7 +79,7 @@ def _every_tenth(label: str):
 # --------------------------------------------------------------------------- steps
 
 
-def extract(settings: Settings, *, force: bool = False) -> dict:
+def extract_source(settings: Settings, *, force: bool = False) -> dict:
     """Download (only when the checksum changed) and ingest the release into raw."""
     started = time.time()
     files = sources.open_release(settings, settings.dataset, settings.source,
@@ -110,6 +111,11 @@ def validate(settings: Settings, layer: str, *, subject: str | None = None) -> d
         log.error("%s", exc)
         raise
     return report.as_json()
+
+
+def validate_marts(settings: Settings) -> dict:
+    """The marts suites, on what dbt just built."""
+    return validate(settings, "marts")
 
 
 def validate_raw(settings: Settings, load: dict) -> dict:
@@ -173,7 +179,7 @@ def build_marts(settings: Settings) -> dict:
 
 
 def export_snapshot(settings: Settings) -> dict:
-    from spark_jobs.train import export_and_keep_snapshot
+    from spark_jobs.snapshot import export_and_keep_snapshot
 
     snapshot = export_and_keep_snapshot(settings)
     log.info("snapshot %s: %d ratings, %d users, %d movies", snapshot.digest, snapshot.rows,
@@ -182,114 +188,8 @@ def export_snapshot(settings: Settings) -> dict:
             "users": snapshot.users, "movies": snapshot.movies}
 
 
-def train_config(overrides: dict | None = None):
-    """A TrainConfig from the run's conf (``{"train": {...}}``), e.g. fixed ALS params."""
-    from spark_jobs.models import ALSParams
-    from spark_jobs.train import TrainConfig
-
-    values = dict(overrides or {})
-    for key in ("explicit", "implicit"):
-        if values.get(key):
-            values[key] = ALSParams(**{**values[key], "implicit": key == "implicit"})
-    return TrainConfig(**values)
-
-
-#: Tuning keys of the run's conf: any of them means "tune as told".
-_TUNING_KEYS = ("explicit", "implicit", "explicit_grid", "implicit_grid")
-
-
-def tune_today(logical_date, overrides: dict | None = None) -> bool:
-    """Whether this run tunes the ALS grids or re-trains the champion's configuration.
-
-    ``MFY_TUNE_DAY``: a weekday (``sun``, the default), ``always`` or ``never``; a
-    conf with ``{"tune": true}`` or explicit grids/params decides instead.
-    """
-    overrides = overrides or {}
-    if "tune" in overrides:
-        return bool(overrides["tune"])
-    if any(key in overrides for key in _TUNING_KEYS):
-        return True
-    day = os.environ.get("MFY_TUNE_DAY", "sun").lower()[:3]
-    if day in ("alw", "nev"):
-        return day == "alw"
-    return logical_date is None or logical_date.strftime("%a").lower()[:3] == day
-
-
-def train(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
-          logical_date=None) -> dict:
-    """Register a challenger trained on the snapshot (no gate).
-
-    On tuning days (:func:`tune_today`) the grids are searched; other nights re-fit
-    the champion's configuration on the new data, which is minutes cheaper.
-    """
-    from spark_jobs import registry
-    from spark_jobs.train import read_kept_snapshot
-    from spark_jobs.train import train as train_models
-
-    overrides = {k: v for k, v in (overrides or {}).items() if k != "tune"}
-    config = train_config(overrides)
-    tuning = tune_today(logical_date, overrides)
-    if not tuning:
-        champion = registry.champion_params(settings)
-        if champion is None:
-            tuning = True
-            log.info("no champion of %s yet: tuning", settings.dataset)
-        else:
-            config = dataclasses.replace(config, explicit=champion[0], implicit=champion[1])
-            log.info("re-training the champion's configuration: %s; %s",
-                     champion[0].label(), champion[1].label())
-    result = train_models(settings, config, snapshot=read_kept_snapshot(Path(snapshot["path"])),
-                          gate=False)
-    log.info("challenger v%s (run %s): %s", result.version, result.run_id, result.metrics)
-    return {"version": result.version, "run_id": result.run_id, "metrics": result.metrics,
-            "baselines": result.baselines, "tuned": tuning,
-            "explicit": dataclasses.asdict(result.explicit),
-            "implicit": dataclasses.asdict(result.implicit)}
-
-
-def _version_trained_on(settings: Settings, digest: str) -> tuple[object, str]:
-    """(MLflow client, the newest model version trained on the snapshot ``digest``)."""
-    from spark_jobs import registry
-
-    client = registry.configure(settings)
-    version = registry.version_for_snapshot(client, digest)
-    if version is None:
-        raise RuntimeError(f"no model version was trained on snapshot {digest}")
-    return client, version
-
-
-def trained_on_snapshot(settings: Settings, digest: str) -> dict:
-    """What :func:`train` returns, read back from MLflow, for training that ran in
-    another process (spark-submit): the newest version trained on the snapshot."""
-    import mlflow
-
-    from spark_jobs import registry
-
-    client, version = _version_trained_on(settings, digest)
-    run_id = client.get_model_version(registry.model_name(), version).run_id
-    return {"version": version, "run_id": run_id,
-            "metrics": client.get_run(run_id).data.metrics,
-            "baselines": mlflow.artifacts.load_dict(f"runs:/{run_id}/baselines.json")}
-
-
-def gate(settings: Settings, trained: dict | None, snapshot: dict,
-         overrides: dict | None = None) -> dict:
-    """The champion gate for the challenger trained in this run.
-
-    ``trained`` is the training task's XCom; without one, the challenger is the
-    newest version trained on this run's snapshot.
-    """
-    from spark_jobs.train import gate_challenger
-
-    version = ((trained or {}).get("version")
-               or _version_trained_on(settings, snapshot["digest"])[1])
-    decision = gate_challenger(settings, version, train_config(overrides))
-    return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
-            "champion_before": decision.champion_before,
-            "champion": version if decision.promoted else decision.champion_before}
-
-
-def score(settings: Settings) -> dict:
+def score_recs(settings: Settings) -> dict:
+    """Score the champion and build the recs tables beside the live ones."""
     publish_id = publish.prepare(settings)
     return {"publish_id": publish_id}
 
@@ -345,12 +245,12 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
     failed task's exception message.
     """
     errors = {task: message for task, message in (errors or {}).items() if message}
-    load = results.get("extract_source") or {}
-    marts = results.get("build_marts") or {}
-    trained = results.get("train_als") or {}
-    gated = results.get("gate_model") or {}
-    published = results.get("publish_recs") or {}
-    changes = results.get("check_changes") or {}
+    load = results.get(names.EXTRACT_SOURCE) or {}
+    marts = results.get(names.BUILD_MARTS) or {}
+    trained = results.get(names.TRAIN_ALS) or {}
+    gated = results.get(names.GATE_MODEL) or {}
+    published = results.get(names.PUBLISH_RECS) or {}
+    changes = results.get(names.CHECK_CHANGES) or {}
     row = {
         "dag_id": dag_id, "run_id": run_id, "logical_date": logical_date,
         "dataset": settings.dataset, "state": state, "started_at": started_at,
@@ -394,44 +294,15 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
 # --------------------------------------------------------------------------- follower DAG
 
 
-_RECS_QUALITY = """
-insert into ops.recs_quality (publish_id, model_version, users, recommendations,
-    catalogue_movies, recommended_movies, catalogue_coverage, mean_popularity_percentile,
-    share_of_top_10pct)
-with popularity as (
-    select movie_id, percent_rank() over (order by rating_count) as percentile
-    from recs.movie_catalogue
-),
-recommended as (
-    select r.movie_id, p.percentile
-    from recs.user_recommendations as r
-    join popularity as p on p.movie_id = r.movie_id
-)
-select pub.publish_id, pub.model_version,
-       (select count(distinct user_id) from recs.user_recommendations),
-       (select count(*) from recommended),
-       (select count(*) from recs.movie_catalogue where rating_count > 0),
-       (select count(distinct movie_id) from recommended),
-       (select count(distinct movie_id) from recommended)::float8
-           / nullif((select count(*) from recs.movie_catalogue where rating_count > 0), 0),
-       (select avg(percentile) from recommended),
-       (select avg((percentile >= 0.9)::int) from recommended)
-from recs.publication as pub
-on conflict (publish_id) do update set measured_at = now(), users = excluded.users,
-    recommendations = excluded.recommendations,
-    catalogue_movies = excluded.catalogue_movies,
-    recommended_movies = excluded.recommended_movies,
-    catalogue_coverage = excluded.catalogue_coverage,
-    mean_popularity_percentile = excluded.mean_popularity_percentile,
-    share_of_top_10pct = excluded.share_of_top_10pct
-returning publish_id, catalogue_coverage, mean_popularity_percentile, share_of_top_10pct
-"""
-
-
 def measure_recs(settings: Settings) -> dict:
-    """Coverage and popularity bias of the live recommendations, into ops.recs_quality."""
+    """Coverage and popularity bias of the live recommendations, into ops.recs_quality
+    (the dbt models tagged ``after_publish``)."""
+    transform.run_dbt(settings, ["build", "--select", "tag:after_publish"])
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
-        cur.execute(_RECS_QUALITY)
+        cur.execute("""select q.publish_id, q.catalogue_coverage, q.mean_popularity_percentile,
+                              q.share_of_top_10pct
+                       from ops.recs_quality as q
+                       join recs.publication as pub on pub.publish_id = q.publish_id""")
         publish_id, coverage, percentile, top = cur.fetchone()
     log.info("publish %s: coverage %.1f%%, mean popularity percentile %.2f, %.0f%% from the "
              "top 10%%", publish_id, 100 * coverage, percentile, 100 * top)
@@ -444,8 +315,9 @@ class StaleRecommendations(RuntimeError):
 
 
 def check_freshness(settings: Settings, max_age_hours: float | None = None) -> dict:
-    """How old the served recommendations are; raises past ``MFY_MAX_RECS_AGE_HOURS`` (36)."""
-    max_age = float(max_age_hours or os.environ.get("MFY_MAX_RECS_AGE_HOURS", "36"))
+    """How old the served recommendations are; raises past ``max_recs_age_hours``
+    (``MFY_MAX_RECS_AGE_HOURS``, 36)."""
+    max_age = float(max_age_hours or settings.max_recs_age_hours)
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute("""
             insert into ops.freshness_checks (dataset, publish_id, published_hours_ago,

@@ -37,20 +37,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from moviesforyou import warehouse
-from moviesforyou.config import Settings, find_project_root
+from moviesforyou.config import Settings
 from moviesforyou.errors import MoviesForYouError
 
 log = logging.getLogger(__name__)
 # GX logs every metric at INFO; its progress bars are off via the context's config
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
-LAYERS = ("raw", "marts", "recs")
 _URL_VARIABLE = "MFY_GX_WAREHOUSE_URL"
 
 
@@ -90,13 +88,8 @@ class Report:
                 "seconds": round(self.seconds, 3), "docs": self.docs}
 
 
-def suites_dir() -> Path:
-    return Path(os.environ.get("MFY_EXPECTATIONS_DIR",
-                               find_project_root() / "expectations"))
-
-
-def load_suite_spec(layer: str) -> dict:
-    path = suites_dir() / f"{layer}.yml"
+def load_suite_spec(settings: Settings, layer: str) -> dict:
+    path = settings.suites_dir / f"{layer}.yml"
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or not isinstance(spec.get("tables"), dict):
         raise MoviesForYouError(f"{path}: expected a mapping with a 'tables' mapping")
@@ -167,7 +160,7 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     from moviesforyou.ingest import release_features
 
     started = time.time()
-    spec = load_suite_spec(layer)
+    spec = load_suite_spec(settings, layer)
     schema = schema or spec.get("schema", layer)
     variables = {"schema": schema, "dataset": settings.dataset,
                  **spec.get("params", {}), **(params or {})}

@@ -16,13 +16,13 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 #: not) and its training conf; ``gate_model`` gates the challenger afterwards.
 APPLICATION_ARGS = [
     "--snapshot", "{{ ti.xcom_pull(task_ids='export_snapshot')['path'] }}",
-    "--nightly", "{{ (dag_run.logical_date or dag_run.run_after).isoformat() }}",
+    "--date", "{{ (dag_run.logical_date or dag_run.run_after).isoformat() }}",
     "--config", "{{ (dag_run.conf or {}).get('train', {}) | tojson }}",
 ]
 
 
 class TrainOnSpark(SparkSubmitOperator):
-    """``spark-submit spark_jobs/train.py --nightly ...`` with the run's settings.
+    """``spark-submit spark_jobs/nightly.py --snapshot … --date …`` with the run's settings.
 
     The driver is a new process: the warehouse and MLflow settings that the
     in-process tasks take from Airflow connections and variables are handed to
@@ -31,7 +31,7 @@ class TrainOnSpark(SparkSubmitOperator):
     """
 
     def __init__(self, *, project: str, **kwargs) -> None:
-        super().__init__(application=os.path.join(project, "spark_jobs", "train.py"),
+        super().__init__(application=os.path.join(project, "spark_jobs", "nightly.py"),
                          application_args=list(APPLICATION_ARGS), **kwargs)
         self.project = project
 
@@ -39,7 +39,7 @@ class TrainOnSpark(SparkSubmitOperator):
         from airflow.sdk import Connection
 
         from moviesforyou import pipeline
-        from spark_jobs import registry
+        from spark_jobs import nightly, registry
 
         settings = pipeline.settings_from_airflow()
         python_path = os.pathsep.join(
@@ -57,4 +57,4 @@ class TrainOnSpark(SparkSubmitOperator):
         super().execute(context)
         # the same XCom as the in-process task, read back from MLflow
         snapshot = context["ti"].xcom_pull(task_ids="export_snapshot")
-        return pipeline.trained_on_snapshot(settings, snapshot["digest"])
+        return nightly.trained_on_snapshot(settings, snapshot["digest"])

@@ -327,11 +327,8 @@ def _ratings_schema() -> pa.Schema:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _write_100k_meta(out: Path, model: _Model, rng: np.random.Generator) -> None:

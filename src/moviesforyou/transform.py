@@ -17,7 +17,6 @@ messages.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -50,7 +49,7 @@ def dbt_env(settings: Settings) -> dict[str, str]:
         "PGUSER": unquote(parts.username or query.get("user") or settings.owner_role),
         "PGPASSWORD": unquote(parts.password or query.get("password") or ""),
         "PGDATABASE": unquote(parts.path.lstrip("/") or query.get("dbname") or "moviesforyou"),
-        "MFY_DATASET": settings.dataset,
+        **settings.to_env(),  # env_var('MFY_DATASET'), env_var('MFY_POPULAR_N')
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
     return env
@@ -163,8 +162,8 @@ def transform(settings: Settings, *, full_refresh: bool = False,
     args = ["build"]
     if full_refresh:
         args.append("--full-refresh")
-    if select:
-        args += ["--select", select]
+    # the after_publish models read the published recs: the follower DAG builds them
+    args += ["--select", select] if select else ["--exclude", "tag:after_publish"]
     build = run_dbt(settings, args)
     if docs:
         run_dbt(settings, ["docs", "generate"])
@@ -196,8 +195,3 @@ def _release_reloaded(settings: Settings) -> bool:
             return cur.fetchone()[0]
     finally:
         conn.close()
-
-
-def read_run_results(settings: Settings) -> dict:
-    """The last dbt command's run_results.json."""
-    return json.loads((target_dir(settings) / "run_results.json").read_text())

@@ -1,4 +1,5 @@
-"""The warehouse: a PostgreSQL database, embedded by default.
+"""The warehouse: a PostgreSQL database, embedded by default (the server itself:
+:mod:`moviesforyou.embedded`).
 
 ``MFY_WAREHOUSE_URL`` set
     that server is used as it is; the user in the URL is the pipeline's owner.
@@ -19,19 +20,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import importlib.util
-import json
 import logging
-import os
-import pwd
 import shutil
-import socket
-import stat
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -40,429 +30,18 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from moviesforyou.config import DEFAULT_PORT, Settings
+from moviesforyou.config import Settings
+from moviesforyou.embedded import DATABASE, EmbeddedPostgres
 from moviesforyou.errors import WarehouseError
 
 log = logging.getLogger(__name__)
 
-DATABASE = "moviesforyou"
-SUPERUSER = "postgres"
 #: Schemas, in the order a reader meets them. dbt writes staging, intermediate and marts.
 SCHEMAS = ("raw", "staging", "intermediate", "marts", "recs", "app", "ops",
            # the next recs version is built here, and the last few are kept here (publish.py)
            "recs_build", "recs_history")
 #: Schemas the reader role may read.
 READABLE_SCHEMAS = ("marts", "recs", "app", "ops")
-#: Tables people write through the application; dbt reads them as sources.
-_APP_DDL = """
-create table if not exists app.users (
-    user_id integer primary key,
-    dataset text not null,
-    gender text check (gender in ('M', 'F')),
-    age integer check (age between 1 and 120),
-    occupation text,
-    zip_code text,
-    preferred_genres text[] not null default '{}',
-    created_at timestamptz not null default now()
-);
-comment on table app.users is
-    'People who signed up through the API, beyond the release''s own users.';
-create table if not exists app.ratings (
-    app_rating_id bigserial primary key,
-    dataset text not null,
-    user_id integer not null,
-    movie_id integer not null,
-    rating numeric(2, 1) not null
-        check (rating between 0.5 and 5 and rating * 2 = round(rating * 2)),
-    rated_at timestamptz not null default now(),
-    received_at timestamptz not null default now()
-);
-comment on table app.ratings is
-    'Ratings submitted through the API; the next nightly dbt build adds them to marts.fct_ratings.';
-create index if not exists ratings_received_at_idx on app.ratings (received_at);
-
--- The API connects as the read-only role; these two functions are its only way to
--- write. They run as the owner, check what they are given, and touch nothing else.
-create or replace function app.sign_up(p_dataset text, p_age integer, p_gender text,
-        p_occupation text, p_zip_code text, p_preferred_genres text[])
-    returns integer language plpgsql security definer
-    set search_path = pg_catalog, pg_temp as $fn$
-declare
-    new_id integer;
-begin
-    lock table app.users in exclusive mode;  -- one id at a time
-    select greatest(
-        coalesce((select max(user_id) from app.users), 0),
-        case when to_regclass('marts.dim_users') is null then 0
-             else coalesce((select max(user_id) from marts.dim_users), 0) end,
-        case when to_regclass('raw.users') is null then 0
-             else coalesce((select max(user_id) from raw.users where dataset = p_dataset), 0)
-        end) + 1
-        into new_id;
-    insert into app.users (user_id, dataset, gender, age, occupation, zip_code, preferred_genres)
-    values (new_id, p_dataset, p_gender, p_age, p_occupation, p_zip_code,
-            coalesce(p_preferred_genres, '{}'));
-    return new_id;
-end
-$fn$;
-create or replace function app.submit_rating(p_dataset text, p_user_id integer,
-        p_movie_id integer, p_rating numeric)
-    returns bigint language sql security definer
-    set search_path = pg_catalog, pg_temp as $fn$
-    insert into app.ratings (dataset, user_id, movie_id, rating)
-    values (p_dataset, p_user_id, p_movie_id, p_rating)
-    returning app_rating_id
-$fn$;
-"""
-
-#: Operational history the platform keeps beside MLflow.
-_OPS_DDL = """
-create table if not exists ops.model_promotions (
-    promotion_id bigserial primary key,
-    decided_at timestamptz not null default now(),
-    model_name text not null,
-    challenger_version text,
-    champion_version_before text,
-    champion_version_after text,
-    promoted boolean not null,
-    action text not null check (action in ('gate', 'rollback')),
-    reason text not null,
-    dataset text,
-    snapshot_digest text,
-    metrics jsonb not null default '{}'::jsonb,
-    mlflow_run_id text
-);
-comment on table ops.model_promotions is
-    'Every champion decision: gate outcomes and rollbacks, with the figures behind them.';
-create table if not exists ops.publish_log (
-    publish_id bigserial primary key,
-    action text not null check (action in ('publish', 'rollback')),
-    status text not null
-        check (status in ('building', 'failed', 'live', 'archived', 'dropped')),
-    dataset text not null,
-    model_name text,
-    model_version text,
-    mlflow_run_id text,
-    started_at timestamptz not null default now(),
-    finished_at timestamptz,
-    went_live_at timestamptz,
-    row_counts jsonb not null default '{}'::jsonb,
-    timings jsonb not null default '{}'::jsonb,
-    validation jsonb,
-    metrics jsonb not null default '{}'::jsonb,
-    swap_lock_ms double precision,
-    error text
-);
-create table if not exists ops.pipeline_runs (
-    dag_id text not null,
-    run_id text not null,
-    logical_date timestamptz,
-    dataset text not null,
-    state text not null check (state in ('success', 'failed', 'skipped')),
-    started_at timestamptz,
-    finished_at timestamptz not null default now(),
-    source_status text,
-    trained boolean not null default false,
-    promoted boolean,
-    published boolean not null default false,
-    model_version text,
-    publish_id bigint,
-    tasks jsonb not null default '{}'::jsonb,
-    row_counts jsonb not null default '{}'::jsonb,
-    metrics jsonb not null default '{}'::jsonb,
-    note text,
-    primary key (dag_id, run_id)
-);
-comment on table ops.pipeline_runs is
-    'One row per nightly DAG run (re-runs overwrite it): each task''s state and seconds, '
-    'row counts, model metrics, the model version and whether recommendations were published.';
-alter table ops.pipeline_runs add column if not exists errors jsonb not null default '{}'::jsonb;
-comment on column ops.pipeline_runs.errors is
-    'Per failed task, the message of the exception that failed it.';
-comment on column ops.pipeline_runs.note is
-    'How the run ended, in a sentence: what is live now and why the run did what it did.';
-create table if not exists ops.recs_quality (
-    publish_id bigint primary key,
-    model_version text,
-    measured_at timestamptz not null default now(),
-    users integer not null,
-    recommendations bigint not null,
-    catalogue_movies integer not null,
-    recommended_movies integer not null,
-    catalogue_coverage double precision not null,
-    mean_popularity_percentile double precision,
-    share_of_top_10pct double precision
-);
-comment on table ops.recs_quality is
-    'Per publish: catalogue coverage of the published lists and their popularity bias '
-    '(mean popularity percentile of recommended movies; share from the 10% most rated). '
-    'Written by the recs_freshness DAG after each publish.';
-create table if not exists ops.freshness_checks (
-    check_id bigserial primary key,
-    checked_at timestamptz not null default now(),
-    dataset text not null,
-    publish_id bigint,
-    published_hours_ago double precision,
-    ratings_through timestamptz,
-    source_checked_hours_ago double precision,
-    pending_app_ratings integer not null,
-    max_age_hours double precision not null,
-    is_fresh boolean not null
-);
-comment on table ops.freshness_checks is
-    'Each freshness check of the served recommendations (recs_freshness DAG).';
-create table if not exists ops.validations (
-    validation_id bigserial primary key,
-    validated_at timestamptz not null default now(),
-    layer text not null,
-    dataset text not null,
-    schema_name text not null,
-    subject text,
-    success boolean not null,
-    evaluated integer not null,
-    failures jsonb not null default '[]'::jsonb,
-    seconds double precision
-);
-comment on table ops.validations is
-    'Every Great Expectations validation: layer, what it validated (subject: the raw load '
-    'or the publish), the outcome and the failing expectations.';
--- flat views of the jsonb columns, for dashboards
-create or replace view ops.model_metrics_by_run as
-select r.run_id, r.finished_at, r.model_version, r.promoted, 'ALS (challenger)' as model,
-       m.key as metric, m.value::float8 as value
-from ops.pipeline_runs as r, jsonb_each_text(r.metrics -> 'model') as m
-where r.trained
-union all
-select r.run_id, r.finished_at, r.model_version, r.promoted, b.key, m.key, m.value::float8
-from ops.pipeline_runs as r, jsonb_each(r.metrics -> 'baselines') as b,
-     jsonb_each_text(b.value) as m
-where r.trained;
-comment on view ops.model_metrics_by_run is
-    'One row per run, model (the challenger or a baseline) and metric, from ops.pipeline_runs.';
-create or replace view ops.freshness_latest as
-select * from ops.freshness_checks order by checked_at desc limit 1;
-comment on view ops.freshness_latest is 'The newest freshness check (one row).';
-create or replace view ops.task_durations as
-select r.run_id, r.finished_at, r.state as run_state, t.key as task_id,
-       t.value ->> 'state' as state, (t.value ->> 'seconds')::float8 as seconds
-from ops.pipeline_runs as r, jsonb_each(r.tasks) as t;
-comment on view ops.task_durations is 'Seconds and state of each task of each nightly run.';
-comment on table ops.publish_log is
-    'Every publish of the recs tables and every rollback: model version, row counts, '
-    'step timings, the Great Expectations result and how long the swap held its locks.';
-"""
-
-#: System user that runs the embedded server when we are root (initdb refuses root).
-SERVER_OS_USER = "mfy-postgres"
-
-_SERVER_CONF = """
-# --- written by moviesforyou: embedded warehouse ---
-listen_addresses = '127.0.0.1'
-port = {port}
-unix_socket_directories = ''
-max_connections = 100
-shared_buffers = '256MB'
-work_mem = '64MB'
-maintenance_work_mem = '512MB'
-max_wal_size = '4GB'
-checkpoint_timeout = '15min'
-timezone = 'UTC'
-log_timezone = 'UTC'
-logging_collector = off
-"""
-
-
-def find_pg_bin(preferred: Path | None = None) -> Path:
-    """Locate a folder holding ``initdb``, ``pg_ctl``, ``postgres`` and ``psql``.
-
-    Order: ``MFY_PG_BIN``; Debian's newest ``/usr/lib/postgresql/<v>/bin``; the
-    binaries bundled with the ``pgserver`` wheel.
-    """
-    candidates: list[Path] = []
-    if preferred:
-        candidates.append(preferred)
-    debian = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    candidates.extend(debian)
-    # the pgserver wheel ships a whole server under pginstall/; importing it has side effects
-    spec = importlib.util.find_spec("pgserver")
-    if spec and spec.submodule_search_locations:
-        candidates.append(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin")
-    for folder in candidates:
-        if all((folder / exe).exists() for exe in ("initdb", "pg_ctl", "postgres")):
-            return folder
-    raise WarehouseError(
-        "no PostgreSQL server binaries found: install the locked environment "
-        "(it carries pgserver), Debian's postgresql package, or set MFY_PG_BIN"
-    )
-
-
-def _free_port(start: int) -> int:
-    for port in range(start, start + 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise WarehouseError(f"no free TCP port in {start}..{start + 199}")
-
-
-def _os_user_for_server() -> pwd.struct_passwd | None:
-    """The OS account to run postgres as: ourselves, or a system user when root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(SERVER_OS_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SERVER_OS_USER],
-            check=True, capture_output=True,
-        )
-        return pwd.getpwnam(SERVER_OS_USER)
-
-
-def _let_others_traverse(path: Path) -> None:
-    """When root hands a folder to the server's OS user, every ancestor must be searchable."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-
-
-@dataclass
-class EmbeddedPostgres:
-    """A PostgreSQL cluster in a project-local folder.
-
-    Args:
-        directory: where the cluster lives (``pgdata/``, ``postgres.log``, ``server.json``).
-        port: TCP port on 127.0.0.1, chosen on first start when ``None``.
-        bin_dir: folder with the server binaries, found by :func:`find_pg_bin` when ``None``.
-    """
-
-    directory: Path
-    port: int | None = None
-    bin_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        self.directory = Path(self.directory).resolve()
-        state = self._read_state()
-        if state:
-            self.port = self.port or state["port"]
-            if self.bin_dir is None and Path(state["bin_dir"]).exists():
-                self.bin_dir = Path(state["bin_dir"])
-        self.bin_dir = find_pg_bin(self.bin_dir)
-
-    @property
-    def data_dir(self) -> Path:
-        return self.directory / "pgdata"
-
-    @property
-    def log_file(self) -> Path:
-        return self.directory / "postgres.log"
-
-    @property
-    def _state_file(self) -> Path:
-        return self.directory / "server.json"
-
-    def _read_state(self) -> dict | None:
-        if self._state_file.exists():
-            return json.loads(self._state_file.read_text())
-        return None
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _run(self, exe: str, *args: str) -> subprocess.CompletedProcess:
-        user = _os_user_for_server()
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
-        return subprocess.run(
-            [str(self.bin_dir / exe), *args],
-            capture_output=True, text=True,
-            cwd=self.directory if self.directory.exists() else None,
-            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, **kwargs,
-        )
-
-    def is_initialized(self) -> bool:
-        return (self.data_dir / "PG_VERSION").exists()
-
-    def is_running(self) -> bool:
-        if not self.is_initialized():
-            return False
-        return self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
-
-    def _initialize(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        user = _os_user_for_server()
-        if user:
-            _let_others_traverse(self.directory)
-            os.chown(self.directory, user.pw_uid, user.pw_gid)
-        if self.data_dir.exists():  # a failed earlier initdb
-            shutil.rmtree(self.data_dir)
-        result = self._run(
-            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C.UTF-8",
-        )
-        if result.returncode != 0:
-            raise WarehouseError(f"initdb failed in {self.data_dir}:\n{result.stderr.strip()}")
-        self.port = self.port or _free_port(DEFAULT_PORT)
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write(_SERVER_CONF.format(port=self.port))
-        self._state_file.write_text(
-            json.dumps({"port": self.port, "bin_dir": str(self.bin_dir)}, indent=2)
-        )
-        log.info("initialised embedded PostgreSQL in %s (port %s)", self.data_dir, self.port)
-
-    def start(self) -> bool:
-        """Start the server, creating the cluster first if needed.
-
-        Returns:
-            True when this call started it, False when it was already running.
-        """
-        with self._lock():
-            if not self.is_initialized():
-                self._initialize()
-            if self.is_running():
-                return False
-            result = self._run(
-                "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
-                "-l", str(self.log_file),
-            )
-            if result.returncode != 0:
-                tail = ""
-                if self.log_file.exists():
-                    tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
-                raise WarehouseError(
-                    f"the embedded PostgreSQL in {self.data_dir} did not start "
-                    f"(port {self.port}):\n{result.stderr.strip()}\n{tail}"
-                )
-            log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
-            return True
-
-    def stop(self) -> bool:
-        """Stop the server. Returns False when it was not running."""
-        with self._lock():
-            if not self.is_running():
-                return False
-            result = self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
-            if result.returncode != 0:
-                raise WarehouseError(f"pg_ctl stop failed: {result.stderr.strip()}")
-            return True
-
-    def url(self, user: str = SUPERUSER, database: str = DATABASE) -> str:
-        return f"postgresql://{quote(user)}@127.0.0.1:{self.port}/{quote(database)}"
-
-    def version(self) -> str:
-        return self._run("postgres", "--version").stdout.strip()
-
 
 # --------------------------------------------------------------------------- access
 
@@ -565,19 +144,26 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
         log.warning("cannot create role %s on this server: ask a DBA to create it", reader)
         reader = None
 
-    from moviesforyou import ingest  # the raw tables and the load ledger
-
     conn = psycopg2.connect(target)
     try:
         with conn, conn.cursor() as db:
             _create_schemas(db, owner, reader)
             _create_extension(db, "pg_trgm")  # fuzzy title search in the API
             db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
-            ingest.create_tables(db)
-            db.execute(_APP_DDL)
-            db.execute(_OPS_DDL)
+            for name in TABLE_FILES:
+                db.execute(ddl(name))
     finally:
         conn.close()
+
+
+#: The warehouse's own tables, in the order they are created (``sql/<name>.sql``).
+TABLE_FILES = ("raw", "ops", "app")
+
+
+def ddl(name: str) -> str:
+    """The SQL file ``src/moviesforyou/sql/<name>.sql``: the one place the warehouse's
+    own DDL (raw, ops, app, the recs tables and functions) is read from."""
+    return (Path(__file__).parent / "sql" / f"{name}.sql").read_text()
 
 
 def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> bool:

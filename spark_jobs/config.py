@@ -1,0 +1,56 @@
+"""What a training run depends on: :class:`TrainConfig`, and the error it raises.
+
+Every field of :class:`TrainConfig` is logged as an MLflow parameter. The
+nightly DAG's run conf (``{"train": {...}}``) overrides fields through
+:func:`train_config`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moviesforyou.errors import MoviesForYouError
+from spark_jobs.models import ALSParams
+
+
+class TrainingError(MoviesForYouError):
+    """The job cannot train on this input; nothing was registered."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; each field is logged as an MLflow parameter."""
+
+    folds_dir: Path | None = None
+    k: int = 10
+    relevance_threshold: float = 4.0
+    holdout_per_user: int = 10
+    test_fraction: float = 0.2
+    seed: int = 42
+    # defaults from benchmarks/model_quality.py on ml-100k: reg 0.15 / rank 50 was the
+    # best explicit setting, reg 0.5 / alpha 4 / rank 64 the best implicit one
+    explicit_grid: dict = field(default_factory=lambda: {
+        "rank": [20, 50], "reg_param": [0.1, 0.15], "max_iter": [15]})
+    implicit_grid: dict = field(default_factory=lambda: {
+        "rank": [50, 64], "reg_param": [0.1, 0.5], "alpha": [1.0, 4.0], "max_iter": [15]})
+    explicit: ALSParams | None = None  # fixed configuration: skip tuning
+    implicit: ALSParams | None = None
+    rmse_tolerance: float = 0.01
+    blocks: int | None = None
+
+    def grid(self, implicit: bool) -> list[ALSParams]:
+        spec = self.implicit_grid if implicit else self.explicit_grid
+        keys = list(spec)
+        return [ALSParams(implicit=implicit, **dict(zip(keys, values, strict=True)))
+                for values in itertools.product(*(spec[k] for k in keys))]
+
+
+def train_config(overrides: dict | None = None) -> TrainConfig:
+    """A TrainConfig from a run's conf (``{"train": {...}}``), e.g. fixed ALS params."""
+    values = dict(overrides or {})
+    for key in ("explicit", "implicit"):
+        if values.get(key):
+            values[key] = ALSParams(**{**values[key], "implicit": key == "implicit"})
+    return TrainConfig(**values)

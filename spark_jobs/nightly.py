@@ -1,0 +1,142 @@
+"""The nightly training rules, as the Airflow DAG's ``train_als`` and ``gate_model`` run them.
+
+* **Tune or re-fit.** On the tuning day (``MFY_TUNE_DAY``, Sundays by default),
+  or when there is no champion of this release yet, the ALS grids are searched;
+  other nights re-fit the champion's configuration on the new data, which is
+  minutes cheaper (:func:`tune_today`, :func:`train_als`).
+* **Gate separately.** Training registers a challenger; the gate runs as its own
+  step (:func:`gate_model`) on the very same splits, so a failed gate can be retried
+  without retraining.
+* **The same on a cluster.** ``spark-submit spark_jobs/nightly.py --snapshot …
+  --date …`` (what :class:`moviesforyou.spark_submit.TrainOnSpark` runs) trains
+  exactly as the in-process task does; the task then reads the result back from
+  MLflow (:func:`trained_on_snapshot`).
+
+Every function returns a small JSON-able dict for XCom and the run summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from moviesforyou.config import Settings
+from spark_jobs import registry
+from spark_jobs.config import train_config
+
+log = logging.getLogger(__name__)
+
+#: Tuning keys of the run's conf: any of them means "tune as told".
+_TUNING_KEYS = ("explicit", "implicit", "explicit_grid", "implicit_grid")
+
+
+def tune_today(settings: Settings, logical_date, overrides: dict | None = None) -> bool:
+    """Whether this run tunes the ALS grids or re-trains the champion's configuration.
+
+    ``settings.training.tune_day`` (``MFY_TUNE_DAY``): a weekday (``sun``, the
+    default), ``always`` or ``never``; a conf with ``{"tune": true}`` or explicit
+    grids/params decides instead.
+    """
+    overrides = overrides or {}
+    if "tune" in overrides:
+        return bool(overrides["tune"])
+    if any(key in overrides for key in _TUNING_KEYS):
+        return True
+    day = settings.training.tune_day
+    if day in ("alw", "nev"):
+        return day == "alw"
+    return logical_date is None or logical_date.strftime("%a").lower()[:3] == day
+
+
+def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
+          logical_date=None) -> dict:
+    """Register a challenger trained on the snapshot (no gate).
+
+    On tuning days (:func:`tune_today`) the grids are searched; other nights re-fit
+    the champion's configuration on the new data, which is minutes cheaper.
+    """
+    from spark_jobs.snapshot import read_kept_snapshot
+    from spark_jobs.train import train as train_models
+
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "tune"}
+    config = train_config(overrides)
+    tuning = tune_today(settings, logical_date, overrides)
+    if not tuning:
+        champion = registry.champion_params(settings)
+        if champion is None:
+            tuning = True
+            log.info("no champion of %s yet: tuning", settings.dataset)
+        else:
+            config = dataclasses.replace(config, explicit=champion[0], implicit=champion[1])
+            log.info("re-training the champion's configuration: %s; %s",
+                     champion[0].label(), champion[1].label())
+    result = train_models(settings, config, snapshot=read_kept_snapshot(Path(snapshot["path"])),
+                          gate=False)
+    log.info("challenger v%s (run %s): %s", result.version, result.run_id, result.metrics)
+    return {"version": result.version, "run_id": result.run_id, "metrics": result.metrics,
+            "baselines": result.baselines, "tuned": tuning,
+            "explicit": dataclasses.asdict(result.explicit),
+            "implicit": dataclasses.asdict(result.implicit)}
+
+
+def _version_trained_on(settings: Settings, digest: str) -> tuple[object, str]:
+    """(MLflow client, the newest model version trained on the snapshot ``digest``)."""
+    client = registry.configure(settings)
+    version = registry.version_for_snapshot(settings, client, digest)
+    if version is None:
+        raise RuntimeError(f"no model version was trained on snapshot {digest}")
+    return client, version
+
+
+def trained_on_snapshot(settings: Settings, digest: str) -> dict:
+    """What :func:`train_als` returns, read back from MLflow, for training that ran in
+    another process (spark-submit): the newest version trained on the snapshot."""
+    import mlflow
+
+    client, version = _version_trained_on(settings, digest)
+    run_id = client.get_model_version(registry.model_name(settings), version).run_id
+    return {"version": version, "run_id": run_id,
+            "metrics": client.get_run(run_id).data.metrics,
+            "baselines": mlflow.artifacts.load_dict(f"runs:/{run_id}/baselines.json")}
+
+
+def gate_model(settings: Settings, trained: dict | None, snapshot: dict,
+         overrides: dict | None = None) -> dict:
+    """The champion gate for the challenger trained in this run.
+
+    ``trained`` is the training task's XCom; without one, the challenger is the
+    newest version trained on this run's snapshot.
+    """
+    from spark_jobs.train import gate_challenger
+
+    version = ((trained or {}).get("version")
+               or _version_trained_on(settings, snapshot["digest"])[1])
+    decision = gate_challenger(settings, version, train_config(overrides))
+    return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
+            "champion_before": decision.champion_before,
+            "champion": version if decision.promoted else decision.champion_before}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--snapshot", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="A kept snapshot folder.")
+@click.option("--date", "date", required=True, type=datetime.datetime.fromisoformat, metavar="DATE",
+              help="The run's logical date (ISO 8601).")
+@click.option("--config", default="{}", help="The run conf's training overrides, as JSON.")
+def main(snapshot: Path, date: datetime.datetime, config: str) -> None:
+    """Train as the nightly run of DATE does (spark-submit spark_jobs/nightly.py): tune on
+    MFY_TUNE_DAY or without a champion, else re-fit the champion's configuration;
+    never gate."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = train_als(Settings.from_env(), {"path": str(snapshot)}, json.loads(config),
+                    logical_date=date)
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

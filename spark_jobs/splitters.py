@@ -1,0 +1,91 @@
+"""Splitters: the held-out data every model and baseline is scored on.
+
+* :func:`official_folds`: ml-100k's own u1-u5 (rating error) and ua (ranking).
+* :func:`random_split`: a seeded random fraction of all ratings (rating error).
+* :func:`chronological_holdout`: each user's latest ratings (ranking), as a
+  recommender meets them: trained on the past, asked about the future.
+
+The same snapshot and :class:`~spark_jobs.config.TrainConfig` always give the
+same :class:`Splits`, whose :meth:`~Splits.identity` lets the gate recognise a
+champion scored on the very same holdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spark_jobs.config import TrainConfig, TrainingError
+from spark_jobs.models import ITEM, RATING, TIME, USER
+from spark_jobs.snapshot import Snapshot
+
+
+@dataclass
+class Splits:
+    """Rating splits (one or the five official folds) and one ranking split."""
+
+    rating: list[tuple[pd.DataFrame, pd.DataFrame]]
+    ranking: tuple[pd.DataFrame, pd.DataFrame]
+    description: str
+
+    def identity(self, snapshot: Snapshot) -> str:
+        return hashlib.sha256(f"{snapshot.sha256}|{self.description}".encode()).hexdigest()[:16]
+
+
+
+def read_fold(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", names=[USER, ITEM, RATING, TIME])
+    return frame.astype({USER: "int32", ITEM: "int32", RATING: "float32"})
+
+
+def official_folds(folder: Path, ratings: pd.DataFrame) -> Splits:
+    names = [*(f"u{i}" for i in range(1, 6)), "ua"]
+    missing = [f"{n}.{part}" for n in names for part in ("base", "test")
+               if not (folder / f"{n}.{part}").exists()]
+    if missing:
+        raise TrainingError(f"{folder}: missing fold file(s) {', '.join(missing)}")
+    known = set(zip(ratings[USER], ratings[ITEM], strict=True))
+    folds = {}
+    for name in names:
+        base, test = read_fold(folder / f"{name}.base"), read_fold(folder / f"{name}.test")
+        outside = [p for p in zip(test[USER], test[ITEM], strict=True) if p not in known]
+        if outside:
+            raise TrainingError(f"{folder / (name + '.test')}: {len(outside)} ratings are not in "
+                                f"the snapshot (e.g. user {outside[0][0]}, movie {outside[0][1]})"
+                                ": these folds belong to another release")
+        folds[name] = (base, test)
+    return Splits([folds[f"u{i}"] for i in range(1, 6)], folds["ua"],
+                  f"official folds u1-u5, ua ({folder.name})")
+
+
+def chronological_holdout(ratings: pd.DataFrame,
+                          per_user: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's latest ``per_user`` ratings form the test (users with twice as many)."""
+    ordered = ratings.sort_values([USER, TIME, ITEM], kind="stable")
+    rank_from_end = ordered.groupby(USER).cumcount(ascending=False)
+    counts = ordered.groupby(USER)[ITEM].transform("size")
+    test_mask = (rank_from_end < per_user) & (counts >= 2 * per_user)
+    return ordered[~test_mask], ordered[test_mask]
+
+
+def random_split(ratings: pd.DataFrame, fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    test_mask = rng.random(len(ratings)) < fraction
+    return ratings[~test_mask], ratings[test_mask]
+
+
+def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
+    if config.folds_dir:
+        return official_folds(Path(config.folds_dir), ratings)
+    train, test = chronological_holdout(ratings, config.holdout_per_user)
+    if test.empty:
+        raise TrainingError(
+            f"no user has {2 * config.holdout_per_user} ratings: too little data for a "
+            "per-user chronological holdout")
+    return Splits([random_split(ratings, config.test_fraction, config.seed)], (train, test),
+                  f"random {config.test_fraction:g} seed {config.seed}; latest "
+                  f"{config.holdout_per_user} per user")

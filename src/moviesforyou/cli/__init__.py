@@ -1,0 +1,82 @@
+"""The ``moviesforyou`` command line.
+
+Run ``moviesforyou --help`` for the commands. Configuration comes from the
+environment (see :mod:`moviesforyou.config`), built once here into the settings
+every command receives; options override it per call.
+
+The commands live by stage: :mod:`.data` (warehouse, ingest, dbt, quality,
+synthetic data), :mod:`.models` (training, the registry, publishing, the API)
+and :mod:`.run` (the nightly DAG once).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from moviesforyou.config import Settings
+from moviesforyou.errors import MoviesForYouError
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+class _Group(click.Group):
+    """Prints our own errors as one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MoviesForYouError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """MoviesForYou: nightly movie recommendations from MovieLens.
+
+    Configuration is read from MFY_* environment variables; see README.md.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    ctx.obj = Settings.from_env()
+
+
+
+def counts_table(title: str, schema: str, counts: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column(f"{schema} table")
+    table.add_column("rows", justify="right")
+    for name, count in counts.items():
+        table.add_row(f"{schema}.{name}", f"{count:,}")
+    return table
+
+
+# the commands register themselves on `main`
+from moviesforyou.cli import data, models, run  # noqa: E402
+
+__all__ = ["console", "data", "main", "models", "run"]

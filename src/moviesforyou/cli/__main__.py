@@ -1,0 +1,3 @@
+from moviesforyou.cli import main
+
+main()

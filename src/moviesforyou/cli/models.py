@@ -1,0 +1,188 @@
+"""Commands on the models and what they serve: training, the registry, publishing, the API."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from moviesforyou.cli import console, counts_table, main
+from moviesforyou.config import Settings
+
+# --------------------------------------------------------------------------- train
+
+
+@main.command("train")
+@click.option("--folds", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with the official ml-100k folds (u1-u5, ua) to evaluate on.")
+@click.option("--quick", is_flag=True, help="A small tuning grid, for a fast run.")
+@click.option("--seed", default=42, show_default=True)
+@click.pass_obj
+def train_command(settings: Settings, folds: Path | None, quick: bool, seed: int) -> None:
+    """Tune, evaluate and register ALS in MLflow, then run the champion gate."""
+    result = _train(settings, folds, quick, seed)
+    _print_train(result)
+
+
+def _train(settings: Settings, folds: Path | None, quick: bool, seed: int):
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.train import train
+
+    config = TrainConfig(folds_dir=folds, seed=seed)
+    if quick:
+        config.explicit_grid = {"rank": [50], "reg_param": [0.15], "max_iter": [10]}
+        config.implicit_grid = {"rank": [64], "reg_param": [0.5], "alpha": [4.0],
+                                "max_iter": [10]}
+    return train(settings, config)
+
+
+def _print_train(result) -> None:
+    table = Table(title=f"model version {result.version}: "
+                        f"{'promoted to champion' if result.promoted else 'not promoted'}")
+    table.add_column("metric")
+    table.add_column("ALS", justify="right")
+    for name in result.baselines:
+        table.add_column(name, justify="right")
+    for metric in ("rmse", "mae", "ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10",
+                   "coverage_at_10", "novelty_at_10", "popularity_bias_at_10"):
+        cells = [result.metrics.get(metric)] + [b.get(metric) for b in result.baselines.values()]
+        table.add_row(metric, *("" if v is None else f"{v:.4f}" for v in cells))
+    console.print(table)
+    console.print(f"gate: {result.reason}")
+    console.print(f"explicit: {result.explicit.label()}; implicit: {result.implicit.label()}")
+
+
+@main.group("models")
+def models_group() -> None:
+    """The registered model: champion history, rollback, factor export."""
+
+
+@models_group.command("history")
+@click.option("--limit", default=20, show_default=True)
+@click.pass_obj
+def models_history(settings: Settings, limit: int) -> None:
+    """Champion decisions from ops.model_promotions, newest first."""
+    from spark_jobs import registry
+
+    table = Table(title=f"{registry.model_name(settings)}: champion history")
+    for column in ("#", "at (UTC)", "action", "challenger", "champion before", "after",
+                   "promoted", "reason"):
+        table.add_column(column)
+    for pid, at, action, challenger, before, after, promoted, reason in registry.history(
+            settings, limit):
+        table.add_row(str(pid), f"{at:%Y-%m-%d %H:%M}", action, challenger or "", before or "",
+                      after or "", "yes" if promoted else "no", reason)
+    console.print(table)
+
+
+@models_group.command("rollback")
+@click.argument("version")
+@click.option("--reason", default="manual rollback", show_default=True)
+@click.pass_obj
+def models_rollback(settings: Settings, version: str, reason: str) -> None:
+    """Make VERSION the champion again."""
+    from spark_jobs import registry
+
+    before = registry.rollback(settings, version, reason)
+    console.print(f"champion: v{before} -> v{version}")
+
+
+@models_group.command("export")
+@click.pass_obj
+def models_export(settings: Settings) -> None:
+    """Download the champion's factors for publishing (to $MFY_HOME/models)."""
+    from spark_jobs import registry
+
+    console.print(f"champion factors in {registry.export_champion(settings)}")
+
+
+@main.command("mlflow-ui")
+@click.option("--port", default=5000, show_default=True)
+@click.pass_obj
+def mlflow_ui(settings: Settings, port: int) -> None:
+    """Start the MLflow UI on the tracking store (http://127.0.0.1:PORT)."""
+    from spark_jobs import registry
+
+    uri = registry.tracking_uri(settings)
+    registry.configure(settings)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--registry-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port)])
+
+
+# --------------------------------------------------------------------------- publish and serve
+
+
+@main.command("publish")
+@click.pass_obj
+def publish_command(settings: Settings) -> None:
+    """Score the champion, validate the recs tables and swap them in atomically."""
+    _print_publish(_publish(settings))
+
+
+def _publish(settings: Settings):
+    from moviesforyou import publish
+
+    with console.status("scoring the champion and publishing the recs tables"):
+        return publish.publish(settings)
+
+
+def _print_publish(result) -> None:
+    console.print(counts_table(
+        f"publish {result.publish_id}: model v{result.model_version} is live", "recs",
+        result.row_counts))
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    console.print(f"steps: {steps}; the swap held its locks {result.swap_lock_ms:.1f} ms")
+
+
+@main.group("recs")
+def recs_group() -> None:
+    """The published recommendation tables: versions and rollback."""
+
+
+@recs_group.command("versions")
+@click.pass_obj
+def recs_versions(settings: Settings) -> None:
+    """The live version and the ones kept for rollback."""
+    from moviesforyou import publish
+
+    table = Table(title="recs versions")
+    for column in ("publish", "", "model version", "went live (UTC)", "user recommendations"):
+        table.add_column(column)
+    for pid, where, version, at, counts in publish.versions(settings):
+        table.add_row(str(pid), where, version or "", f"{at:%Y-%m-%d %H:%M:%S}" if at else "",
+                      f"{(counts or {}).get('user_recommendations', 0):,}")
+    console.print(table)
+
+
+@recs_group.command("rollback")
+@click.argument("publish_id", required=False, type=int)
+@click.pass_obj
+def recs_rollback(settings: Settings, publish_id: int | None) -> None:
+    """Make a kept version live again (default: the newest kept one)."""
+    from moviesforyou import publish
+
+    target, lock_ms = publish.rollback(settings, publish_id)
+    console.print(f"publish {target} is live again (swap held its locks {lock_ms:.1f} ms)")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.pass_obj
+def serve_command(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run the API and web page (connects as the read-only role)."""
+    import uvicorn
+
+    from serving import db
+
+    # the workers build their settings from the environment: hand them ours
+    api = dataclasses.replace(settings.api, database_url=db.database_url(settings))
+    os.environ.update(dataclasses.replace(settings, api=api).to_env())
+    uvicorn.run("serving.app:app", host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)

@@ -1,0 +1,244 @@
+"""The embedded PostgreSQL server: one cluster under ``$MFY_HOME/warehouse``.
+
+It listens on 127.0.0.1 only, runs Debian's server binaries when they are
+installed and those bundled in the ``pgserver`` wheel otherwise, and runs as its
+own system user when we are root (``initdb`` refuses root). ``start`` and
+``stop`` are safe to call any number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from moviesforyou.config import DEFAULT_PORT
+from moviesforyou.errors import WarehouseError
+
+log = logging.getLogger(__name__)
+
+DATABASE = "moviesforyou"
+SUPERUSER = "postgres"
+
+#: System user that runs the embedded server when we are root (initdb refuses root).
+SERVER_OS_USER = "mfy-postgres"
+
+_SERVER_CONF = """
+# --- written by moviesforyou: embedded warehouse ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = ''
+max_connections = 100
+shared_buffers = '256MB'
+work_mem = '64MB'
+maintenance_work_mem = '512MB'
+max_wal_size = '4GB'
+checkpoint_timeout = '15min'
+timezone = 'UTC'
+log_timezone = 'UTC'
+logging_collector = off
+"""
+
+
+def find_pg_bin(preferred: Path | None = None) -> Path:
+    """Locate a folder holding ``initdb``, ``pg_ctl``, ``postgres`` and ``psql``.
+
+    Order: ``MFY_PG_BIN``; Debian's newest ``/usr/lib/postgresql/<v>/bin``; the
+    binaries bundled with the ``pgserver`` wheel.
+    """
+    candidates: list[Path] = []
+    if preferred:
+        candidates.append(preferred)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(debian)
+    # the pgserver wheel ships a whole server under pginstall/; importing it has side effects
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin")
+    for folder in candidates:
+        if all((folder / exe).exists() for exe in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    raise WarehouseError(
+        "no PostgreSQL server binaries found: install the locked environment "
+        "(it carries pgserver), Debian's postgresql package, or set MFY_PG_BIN"
+    )
+
+
+def free_port(start: int) -> int:
+    for port in range(start, start + 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise WarehouseError(f"no free TCP port in {start}..{start + 199}")
+
+
+def _os_user_for_server() -> pwd.struct_passwd | None:
+    """The OS account to run postgres as: ourselves, or a system user when root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SERVER_OS_USER],
+            check=True, capture_output=True,
+        )
+        return pwd.getpwnam(SERVER_OS_USER)
+
+
+def _let_others_traverse(path: Path) -> None:
+    """When root hands a folder to the server's OS user, every ancestor must be searchable."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in a project-local folder.
+
+    Args:
+        directory: where the cluster lives (``pgdata/``, ``postgres.log``, ``server.json``).
+        port: TCP port on 127.0.0.1, chosen on first start when ``None``.
+        bin_dir: folder with the server binaries, found by :func:`find_pg_bin` when ``None``.
+    """
+
+    directory: Path
+    port: int | None = None
+    bin_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory).resolve()
+        state = self._read_state()
+        if state:
+            self.port = self.port or state["port"]
+            if self.bin_dir is None and Path(state["bin_dir"]).exists():
+                self.bin_dir = Path(state["bin_dir"])
+        self.bin_dir = find_pg_bin(self.bin_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "pgdata"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "postgres.log"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.directory / "server.json"
+
+    def _read_state(self) -> dict | None:
+        if self._state_file.exists():
+            return json.loads(self._state_file.read_text())
+        return None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _run(self, exe: str, *args: str) -> subprocess.CompletedProcess:
+        user = _os_user_for_server()
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+        return subprocess.run(
+            [str(self.bin_dir / exe), *args],
+            capture_output=True, text=True,
+            cwd=self.directory if self.directory.exists() else None,
+            env={**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}, **kwargs,
+        )
+
+    def is_initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def is_running(self) -> bool:
+        if not self.is_initialized():
+            return False
+        return self._run("pg_ctl", "status", "-D", str(self.data_dir)).returncode == 0
+
+    def _initialize(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        user = _os_user_for_server()
+        if user:
+            _let_others_traverse(self.directory)
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        if self.data_dir.exists():  # a failed earlier initdb
+            shutil.rmtree(self.data_dir)
+        result = self._run(
+            "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+            "--encoding=UTF8", "--locale=C.UTF-8",
+        )
+        if result.returncode != 0:
+            raise WarehouseError(f"initdb failed in {self.data_dir}:\n{result.stderr.strip()}")
+        self.port = self.port or free_port(DEFAULT_PORT)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(_SERVER_CONF.format(port=self.port))
+        self._state_file.write_text(
+            json.dumps({"port": self.port, "bin_dir": str(self.bin_dir)}, indent=2)
+        )
+        log.info("initialised embedded PostgreSQL in %s (port %s)", self.data_dir, self.port)
+
+    def start(self) -> bool:
+        """Start the server, creating the cluster first if needed.
+
+        Returns:
+            True when this call started it, False when it was already running.
+        """
+        with self._lock():
+            if not self.is_initialized():
+                self._initialize()
+            if self.is_running():
+                return False
+            result = self._run(
+                "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
+                "-l", str(self.log_file),
+            )
+            if result.returncode != 0:
+                tail = ""
+                if self.log_file.exists():
+                    tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+                raise WarehouseError(
+                    f"the embedded PostgreSQL in {self.data_dir} did not start "
+                    f"(port {self.port}):\n{result.stderr.strip()}\n{tail}"
+                )
+            log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
+            return True
+
+    def stop(self) -> bool:
+        """Stop the server. Returns False when it was not running."""
+        with self._lock():
+            if not self.is_running():
+                return False
+            result = self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+            if result.returncode != 0:
+                raise WarehouseError(f"pg_ctl stop failed: {result.stderr.strip()}")
+            return True
+
+    def url(self, user: str = SUPERUSER, database: str = DATABASE) -> str:
+        return f"postgresql://{quote(user)}@127.0.0.1:{self.port}/{quote(database)}"
+
+    def version(self) -> str:
+        return self._run("postgres", "--version").stdout.strip()

@@ -1,0 +1,186 @@
+"""Building the recs tables in ``recs_build``, the schema readers never look at.
+
+:func:`build` creates every table from ``sql/recs_tables.sql`` and
+``sql/recs_factors.sql``, COPYs Spark's scored lists and the champion's factors
+into them, copies the catalogue and the cold-start lists from their dbt marts
+(:data:`COPY_FROM_MARTS`), indexes, analyses and grants, all in one
+transaction. :mod:`moviesforyou.publish` validates the result and swaps it in.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from psycopg2 import sql
+
+from moviesforyou import warehouse
+from moviesforyou.config import Settings
+
+LIVE, BUILD, HISTORY = "recs", "recs_build", "recs_history"
+#: The published tables, in the order the swap moves them.
+TABLES = ("publication", "user_recommendations", "popular_movies", "similar_movies",
+          "movie_catalogue", "user_factors", "movie_factors")
+
+
+_COMMENTS = {
+    "publication": "The publish behind every other recs table: model, time and data freshness.",
+    "user_recommendations": (
+        "Top-N movies per user, already-rated movies excluded. source: als (implicit ALS "
+        "ranking) or popular (users the model does not know yet)."),
+    "similar_movies": "Nearest movies per movie by cosine similarity of implicit ALS factors.",
+    "popular_movies": (
+        "Cold-start lists by list_type: overall, genre, age_gender (age band and gender), "
+        "occupation and season of the rating date; score is the number of ratings."),
+    "movie_catalogue": "The catalogue as the API serves it, with a trigram-searchable title.",
+    "user_factors": "Per-user bias and factor vectors of the explicit and implicit ALS models.",
+    "movie_factors": "Per-movie bias and factor vectors of the explicit and implicit ALS models.",
+}
+
+#: The cold-start lists and the catalogue are dbt models (marts/serving); the
+#: publish copies them into the build schema, so they go live with the rest.
+COPY_FROM_MARTS = {
+    "popular_movies": ("mart_cold_start_lists", ("list_type", "segment", "rank", "movie_id",
+                                                 "score", "rating_count", "mean_rating")),
+    "movie_catalogue": ("mart_movie_catalogue", ("movie_id", "title", "original_title",
+                                                 "release_year", "genres", "mean_rating",
+                                                 "bayesian_rating", "rating_count", "imdb_url",
+                                                 "search_text")),
+}
+
+
+_PUBLICATION = """
+insert into {s}.publication
+select %(pid)s, %(dataset)s, %(model_name)s, %(version)s, %(run_id)s, %(generated)s, %(n)s,
+       %(mu)s, %(lo)s, %(hi)s,
+       (select max(rated_at) from marts.fct_ratings where dataset = %(dataset)s),
+       (select max(loaded_at) from ops.source_loads
+        where dataset = %(dataset)s and status in ('loaded', 'unchanged'))
+"""
+
+
+def _copy_parquet(cur, table: sql.Composable, folder: Path, columns: list[str]) -> int:
+    """COPY a Parquet folder (Spark's output) into ``table``, in bounded batches."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+
+    rows = 0
+    statement = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    for batch in pads.dataset(str(folder), format="parquet").to_batches(
+            columns=columns, batch_size=250_000):
+        if batch.num_rows == 0:
+            continue
+        buffer = io.BytesIO()
+        pacsv.write_csv(pa.Table.from_batches([batch]), buffer,
+                        write_options=pacsv.WriteOptions(include_header=False))
+        buffer.seek(0)
+        cur.copy_expert(statement.as_string(cur), buffer)
+        rows += batch.num_rows
+    return rows
+
+
+def _pg_array(vector) -> str:
+    return "{" + ",".join(repr(float(x)) for x in vector) + "}"
+
+
+def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias) -> int:
+    """COPY both models' factors (outer-joined on id) and the bias into ``table``.
+
+    Args:
+        key: ``user`` or ``item``, which side of the factor sets to write.
+    """
+    import numpy as np
+
+    from spark_jobs.models import lookup, positions
+
+    ids = np.union1d(getattr(explicit, f"{key}_ids"), getattr(implicit, f"{key}_ids"))
+    columns = [lookup(bias, ids, 0.0).astype(str)]
+    for factors in (explicit, implicit):
+        rows = positions(getattr(factors, f"{key}_index"), ids)
+        matrix = getattr(factors, f"{key}_factors")
+        columns.append([_pg_array(matrix[r]) if r >= 0 else r"\N" for r in rows])
+    buffer = io.StringIO()
+    for ident, *values in zip(ids, *columns, strict=True):
+        buffer.write(f"{int(ident)}\t" + "\t".join(values) + "\n")
+    buffer.seek(0)
+    id_column = "user_id" if key == "user" else "movie_id"
+    cur.copy_expert(sql.SQL("copy {} ({}, bias, explicit_factors, implicit_factors) from stdin")
+                    .format(table, sql.Identifier(id_column)).as_string(cur), buffer)
+    return len(ids)
+
+
+def _has_extension(cur, name: str) -> bool:
+    cur.execute("select 1 from pg_extension where extname = %s", (name,))
+    return cur.fetchone() is not None
+
+
+def build(conn, settings: Settings, *, publish_id: int, champion: dict,
+          factors: Path, scored) -> dict[str, int]:
+    """Create and fill every recs table in the build schema (one transaction)."""
+    from spark_jobs.models import load_factors
+
+    explicit, implicit = load_factors(factors)
+    config = settings.publish
+    s = sql.Identifier(BUILD)
+    generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    counts: dict[str, int] = {}
+    with conn, conn.cursor() as cur:
+        drop_schema_tables(cur, BUILD)
+        values = {"s": s, "pid": sql.Literal(publish_id),
+                  "version": sql.Literal(champion["version"])}
+        cur.execute(sql.SQL(warehouse.ddl("recs_tables")).format(
+            generated=sql.Literal(generated), **values))
+        for side in ("user", "movie"):
+            cur.execute(sql.SQL(warehouse.ddl("recs_factors")).format(
+                table=sql.Identifier(f"{side}_factors"), key=sql.Identifier(f"{side}_id"),
+                pkey=sql.Identifier(f"{side}_factors_p{publish_id}_pkey"), **values))
+        for table, comment in _COMMENTS.items():
+            cur.execute(sql.SQL("comment on table {}.{} is {}").format(
+                s, sql.Identifier(table), sql.Literal(comment)))
+        counts["user_recommendations"] = _copy_parquet(
+            cur, sql.SQL("{}.user_recommendations").format(s), scored.user_recommendations,
+            ["user_id", "rank", "movie_id", "score", "predicted_rating", "source"])
+        counts["similar_movies"] = _copy_parquet(
+            cur, sql.SQL("{}.similar_movies").format(s), scored.similar_movies,
+            ["movie_id", "rank", "similar_movie_id", "similarity"])
+        counts["user_factors"] = _copy_factors(cur, sql.SQL("{}.user_factors").format(s), "user",
+                                               explicit, implicit, explicit.biases.user)
+        counts["movie_factors"] = _copy_factors(cur, sql.SQL("{}.movie_factors").format(s),
+                                                "item", explicit, implicit, explicit.biases.item)
+        for table, (mart, columns) in COPY_FROM_MARTS.items():
+            names = sql.SQL(", ").join(map(sql.Identifier, columns))
+            cur.execute(sql.SQL("insert into {}.{} ({}) select {} from marts.{}").format(
+                s, sql.Identifier(table), names, names, sql.Identifier(mart))
+                + (sql.SQL(" where rank <= {}").format(sql.Literal(config.popular_n))
+                   if table == "popular_movies" else sql.SQL("")))
+            counts[table] = cur.rowcount
+        cur.execute(sql.SQL(_PUBLICATION).format(s=s), {
+            "pid": publish_id, "dataset": settings.dataset, "model_name": champion["model_name"],
+            "version": champion["version"], "run_id": champion.get("run_id"),
+            "generated": generated, "n": config.n, "mu": explicit.biases.mu,
+            "lo": explicit.scale[0], "hi": explicit.scale[1]})
+        counts["publication"] = 1
+        if _has_extension(cur, "pg_trgm"):
+            cur.execute(sql.SQL(
+                "create index {} on {}.movie_catalogue using gin (search_text gin_trgm_ops)"
+            ).format(sql.Identifier(f"movie_catalogue_p{publish_id}_search_idx"), s))
+        for table in TABLES:
+            cur.execute(sql.SQL("analyze {}.{}").format(s, sql.Identifier(table)))
+        if _role_exists(cur, settings.reader_role):
+            cur.execute(sql.SQL("grant select on all tables in schema {} to {}").format(
+                s, sql.Identifier(settings.reader_role)))
+    return counts
+
+
+def _role_exists(cur, role: str) -> bool:
+    cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+    return cur.fetchone() is not None
+
+
+def drop_schema_tables(cur, schema: str, suffix: str = "") -> None:
+    for table in TABLES:
+        cur.execute(sql.SQL("drop table if exists {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table + suffix)))

@@ -1,0 +1,11 @@
+-- user_factors and movie_factors: the same shape, keyed by {key} (user_id or
+-- movie_id); a psycopg2 template filled in by publish.py.
+create table {s}.{table} (
+    {key} integer not null,
+    bias double precision not null,
+    explicit_factors double precision[],
+    implicit_factors double precision[],
+    model_version text not null default {version},
+    publish_id bigint not null default {pid},
+    constraint {pkey} primary key ({key})
+);

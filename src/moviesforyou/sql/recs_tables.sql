@@ -1,0 +1,67 @@
+-- The published recs tables, created in the build schema by publish.py (a psycopg2
+-- template: {s} the schema, {pid} the publish id, {version} the model version,
+-- {generated} the build time). user_factors and movie_factors are recs_factors.sql.
+create table {s}.publication (
+    publish_id bigint not null,
+    dataset text not null,
+    model_name text not null,
+    model_version text not null,
+    mlflow_run_id text,
+    generated_at timestamptz not null,
+    recommendations_per_user integer not null,
+    global_mean double precision not null,
+    rating_min double precision not null,
+    rating_max double precision not null,
+    ratings_through timestamptz,
+    source_loaded_at timestamptz,
+    constraint publication_p{pid}_pkey primary key (publish_id)
+);
+create table {s}.user_recommendations (
+    user_id integer not null,
+    rank integer not null,
+    movie_id integer not null,
+    score double precision not null,
+    predicted_rating double precision,
+    source text not null,
+    model_version text not null default {version},
+    publish_id bigint not null default {pid},
+    generated_at timestamptz not null default {generated},
+    constraint user_recommendations_p{pid}_pkey primary key (user_id, rank)
+);
+create table {s}.similar_movies (
+    movie_id integer not null,
+    rank integer not null,
+    similar_movie_id integer not null,
+    similarity double precision not null,
+    model_version text not null default {version},
+    publish_id bigint not null default {pid},
+    generated_at timestamptz not null default {generated},
+    constraint similar_movies_p{pid}_pkey primary key (movie_id, rank)
+);
+create table {s}.popular_movies (
+    list_type text not null,
+    segment text not null,
+    rank integer not null,
+    movie_id integer not null,
+    score double precision not null,
+    rating_count integer not null,
+    mean_rating double precision,
+    model_version text not null default {version},
+    publish_id bigint not null default {pid},
+    generated_at timestamptz not null default {generated},
+    constraint popular_movies_p{pid}_pkey primary key (list_type, segment, rank)
+);
+create table {s}.movie_catalogue (
+    movie_id integer not null,
+    title text not null,
+    original_title text,
+    release_year integer,
+    genres text[] not null,
+    mean_rating double precision,
+    bayesian_rating double precision,
+    rating_count integer not null,
+    imdb_url text,
+    search_text text not null,
+    publish_id bigint not null default {pid},
+    constraint movie_catalogue_p{pid}_pkey primary key (movie_id)
+);
