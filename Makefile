@@ -9,7 +9,7 @@ AIRFLOW_ENV = AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.mfy/airflow} \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
-.PHONY: setup run test lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
+.PHONY: setup run test screenshots lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
 	up down compose-config clean
 
 setup:
@@ -20,6 +20,10 @@ run: setup          ## the nightly job: the Airflow DAG once, on the embedded wa
 
 test: setup         ## the whole test suite on real components
 	$(IN_VENV) $(VENV)/pytest
+
+screenshots: setup  ## refresh docs/screenshots from the page and dashboard tests
+	$(IN_VENV) $(VENV)/pytest --screenshots -k "page_ or dashboards_screenshots" \
+		tests/test_api.py tests/test_dashboards.py
 
 lint: setup
 	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests scripts benchmarks

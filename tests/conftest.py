@@ -39,6 +39,22 @@ FIXTURES = fixture_releases.write(Path(tempfile.mkdtemp(prefix="mfy-fixtures-"))
 ML100K = (ROOT.parent / "shared" / "data" / "ml-100k").resolve()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--screenshots", action="store_true",
+                     help="write the page and dashboard screenshots into docs/screenshots "
+                          "(`make screenshots`); otherwise into a temporary folder")
+
+
+@pytest.fixture(scope="session")
+def screenshots(request, tmp_path_factory) -> Path:
+    """Where page tests save what they saw: docs/screenshots only when asked."""
+    if request.config.getoption("--screenshots"):
+        folder = ROOT / "docs" / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path_factory.mktemp("screenshots")
+
+
 @pytest.fixture(scope="session")
 def ml100k() -> Path:
     """The real MovieLens 100K release, read in place (never copied into the repo)."""

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT, call, query, wait_for
+from conftest import call, query, wait_for
 from moviesforyou import publish, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -226,10 +226,7 @@ def test_readers_never_fail_during_back_to_back_publishes(api_server, published,
 # --------------------------------------------------------------------------- the web page
 
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-
-
-def test_page_search_shows_your_movie_and_similar_ones(browser, api_server):
+def test_page_search_shows_your_movie_and_similar_ones(browser, api_server, screenshots):
     from selenium.webdriver.common.by import By
 
     browser.get(api_server + "/")
@@ -243,8 +240,7 @@ def test_page_search_shows_your_movie_and_similar_ones(browser, api_server):
     items = browser.find_elements(By.CSS_SELECTOR, "#similar-list li.movie")
     assert len(items) == 10
     assert "Model version" in browser.find_element(By.ID, "served-by").text
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "search.png"))
+    browser.save_screenshot(str(screenshots / "search.png"))
 
 
 def table_rows(driver) -> list[list[str]]:
@@ -254,7 +250,7 @@ def table_rows(driver) -> list[list[str]]:
         ".map(r => [...r.cells].map(c => c.textContent))")
 
 
-def test_page_user_recommendations_with_genre_filter(browser, api_server):
+def test_page_user_recommendations_with_genre_filter(browser, api_server, screenshots):
     from selenium.webdriver.common.by import By
 
     browser.get(api_server + "/")
@@ -274,10 +270,10 @@ def test_page_user_recommendations_with_genre_filter(browser, api_server):
         time.sleep(0.2)
     assert len(rows) == 20 and not any("Drama" in genres for _, _, genres, _ in rows)
     assert all(0.5 <= float(predicted) <= 5 for *_, predicted in rows)
-    browser.save_screenshot(str(SCREENSHOTS / "user.png"))
+    browser.save_screenshot(str(screenshots / "user.png"))
 
 
-def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_server):
+def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_server, screenshots):
     from selenium.webdriver.common.by import By
 
     browser.get(api_server + "/signup")
@@ -291,5 +287,5 @@ def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_serv
     items = browser.find_elements(By.CSS_SELECTOR, "#signup-list li.movie")
     assert len(items) == 10
     assert "Western" in items[0].find_element(By.CLASS_NAME, "genres").text
-    browser.save_screenshot(str(SCREENSHOTS / "signup.png"))
+    browser.save_screenshot(str(screenshots / "signup.png"))
 

@@ -33,7 +33,6 @@ from moviesforyou import embedded, pipeline, warehouse
 
 SUPERSET_VENV = ROOT / ".venv-superset"
 BUNDLE = ROOT / "dashboards" / "superset"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 sys.path.insert(0, str(ROOT / "dashboards"))
 
 import metabase_provision  # noqa: E402
@@ -200,8 +199,8 @@ def test_every_superset_chart_query_runs(superset):
     assert results["Top 20 movies by Bayesian average"] == ("ok", 20)
 
 
-def test_superset_dashboards_screenshots(superset):
-    saved = superset_bundle.screenshots(superset["url"], "admin", "admin-test", SCREENSHOTS,
+def test_superset_dashboards_screenshots(superset, screenshots):
+    saved = superset_bundle.screenshots(superset["url"], "admin", "admin-test", screenshots,
                                         "MoviesForYou")
     assert {p.name for p in saved} == {"superset-moviesforyou-catalogue.png",
                                        "superset-moviesforyou-audience.png",

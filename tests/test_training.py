@@ -226,8 +226,12 @@ def test_each_home_has_its_own_tracking_store(tmp_path, monkeypatch):
     from moviesforyou.config import Settings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    first, second = Settings(home=tmp_path / "a"), Settings(home=tmp_path / "b")
-    registry.configure(first)
+    monkeypatch.setenv("MFY_HOME", str(tmp_path / "a"))
+    registry.configure(Settings.from_env())
+    # configure() exported the first home's store into MLFLOW_TRACKING_URI: a second
+    # home read from the environment afterwards still gets its own store
+    monkeypatch.setenv("MFY_HOME", str(tmp_path / "b"))
+    second = Settings.from_env()
     assert registry.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert registry.tracking_uri(second) == "http://mlflow.example:5000"
+    assert registry.tracking_uri(Settings.from_env()) == "http://mlflow.example:5000"

@@ -21,7 +21,7 @@ The GX context is file based, under ``$MFY_HOME/gx``: data sources, suites,
 validation definitions and one checkpoint per layer are (re)written from the
 YAML on each run, and the checkpoint updates the Data Docs site at
 ``$MFY_HOME/gx/gx/uncommitted/data_docs/local_site/index.html``
-(``moviesforyou quality docs`` prints the path). The warehouse URL reaches GX
+(``moviesforyou validate LAYER`` prints the path). The warehouse URL reaches GX
 through the ``MFY_GX_WAREHOUSE_URL`` config variable, so no password is
 written into ``great_expectations.yml``.
 
