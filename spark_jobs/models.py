@@ -8,7 +8,7 @@ Two ALS models come out of every run, because one objective cannot do both jobs:
   biases carry what ALS' regularisation would otherwise shrink away.
 * **implicit ALS** (``implicitPrefs=True``) ranks movies for top-N lists: a
   rating is evidence of interest with confidence ``1 + alpha * r``. Explicit
-  ALS ranks worse than most-popular (DEVELOPERS.md); implicit ALS does not.
+  ALS ranks worse than most-popular on top-N lists; implicit ALS does not.
 
 Cold start is explicit: Spark's ``coldStartStrategy='drop'`` while tuning (a
 NaN would poison RMSE), and at prediction time an unseen user or movie falls

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 
 from moviesforyou.config import Settings
-from spark_jobs import registry
+from spark_jobs import registry, session
 from spark_jobs.config import train_config
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,10 @@ def main(snapshot: Path, date: datetime.datetime, config: str) -> None:
     MFY_TUNE_DAY or without a champion, else re-fit the champion's configuration;
     never gate."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = train_als(Settings.from_env(), {"path": str(snapshot)}, json.loads(config),
+    settings = Settings.from_env()
+    spark = session.get_spark(settings.home, spark=settings.spark)
+    click.echo(f"executors import spark_jobs from {session.executor_code(spark)}")
+    out = train_als(settings, {"path": str(snapshot)}, json.loads(config),
                     logical_date=date)
     click.echo(json.dumps(out, indent=2, default=str))
 

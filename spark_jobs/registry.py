@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,24 @@ class RegistryError(MoviesForYouError):
 def model_name(settings: Settings) -> str:
     """The registered model (``MFY_MODEL_NAME``)."""
     return settings.training.model_name
+
+
+def package_copy(out: Path) -> Path:
+    """This package's files copied under ``out`` (the model's ``code_paths``): read
+    through importlib.resources, so it also works when imported from a shipped zip."""
+    from importlib import resources
+
+    def copy(node, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for child in node.iterdir():
+            if child.is_dir():
+                if child.name != "__pycache__":
+                    copy(child, target / child.name)
+            else:
+                (target / child.name).write_bytes(child.read_bytes())
+
+    copy(resources.files("spark_jobs"), out / "spark_jobs")
+    return out / "spark_jobs"
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -97,13 +116,14 @@ def log_and_register(settings: Settings, explicit: Factors, implicit: Factors, f
     example = ratings[[USER, ITEM]].head(5).reset_index(drop=True).astype("int64")
     output = pd.DataFrame({"predicted_rating": explicit.predict(example[USER], example[ITEM]),
                            "ranking_score": 0.0})
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=MoviesForYouALS(), artifacts={"factors": str(folder)},
-        signature=infer_signature(example, output), input_example=example,
-        registered_model_name=model_name(settings),
-        code_paths=[str(Path(__file__).parent)],
-        pip_requirements=["mlflow", "numpy", "pandas", "pyarrow"],
-    )
+    with tempfile.TemporaryDirectory(prefix="mfy-code-") as code:
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=MoviesForYouALS(), artifacts={"factors": str(folder)},
+            signature=infer_signature(example, output), input_example=example,
+            registered_model_name=model_name(settings),
+            code_paths=[str(package_copy(Path(code)))],
+            pip_requirements=["mlflow", "numpy", "pandas", "pyarrow"],
+        )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(model_name(settings), "challenger", version)

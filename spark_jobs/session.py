@@ -65,6 +65,36 @@ def check_pyspark_install(dist: metadata.Distribution | None = None) -> None:
             f"another package (first: {changed[0]}); run `uv sync --reinstall-package pyspark`")
 
 
+def _code_location(_) -> str:
+    """Run on an executor: where its Python imports this package from."""
+    import spark_jobs
+
+    return spark_jobs.__file__
+
+
+class ExecutorCodeMissing(RuntimeError):
+    """The executors' Python cannot import the project's code."""
+
+
+def executor_code(spark) -> str:
+    """Where an executor's Python worker imports ``spark_jobs`` from (one small task).
+
+    On a cluster the code comes with the job (``--py-files``, see
+    :class:`moviesforyou.spark_submit.TrainOnSpark`), not from the driver's folder;
+    a job checks this first, so a missing archive fails in seconds with this
+    message, not deep inside a Python UDF an hour later.
+    """
+    try:
+        return spark.sparkContext.parallelize([0], 1).map(_code_location).collect()[0]
+    except Exception as exc:  # Py4JJavaError wraps the worker's ModuleNotFoundError
+        said = [line.strip() for line in str(exc).splitlines() if "Error:" in line]
+        raise ExecutorCodeMissing(
+            f"the executors on {spark.sparkContext.master} cannot import spark_jobs: ship the "
+            "project with the job (spark-submit --py-files, as TrainOnSpark does) and give "
+            "them a Python with the locked dependencies (PYSPARK_PYTHON); Spark said: "
+            f"{(said or [str(exc)])[-1][:300]}") from exc
+
+
 def get_spark(home: Path, *, app_name: str = "moviesforyou", master: str | None = None,
               spark: SparkSettings | None = None):
     """Create (or reuse) the SparkSession configured for ALS.

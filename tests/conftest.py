@@ -59,7 +59,8 @@ def screenshots(request, tmp_path_factory) -> Path:
 def ml100k() -> Path:
     """The real MovieLens 100K release, read in place (never copied into the repo)."""
     if not (ML100K / "u.data").exists():
-        pytest.fail(f"the real ml-100k is expected at {ML100K} (see DEVELOPERS.md)")
+        pytest.fail(f"the real ml-100k is expected at {ML100K}: it is read in place, as its "
+                    "licence forbids copying it into the repository (README, *Tests*)")
     return ML100K
 
 
@@ -322,3 +323,76 @@ def wait_for(driver, css: str, text: str | None = None, timeout: float = 15):
         raise AssertionError(f"{css} {text!r} not shown in {timeout} s at {driver.current_url}."
                              f"\nPage:\n{page[:1500]}\nConsole: {logs}") from None
     return driver.find_element(By.CSS_SELECTOR, css)
+
+
+@dataclasses.dataclass
+class SparkCluster:
+    master: str  #: spark://127.0.0.1:PORT
+    python: Path  #: the executors' Python: the locked dependencies, not the project
+    work: Path  #: the worker's folder (executor logs, shipped files)
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster on 127.0.0.1: a master and a worker, each its own JVM,
+    started from the installed Spark distribution (the pyspark wheel's ``spark-class``).
+
+    Its executors run Python in a separate environment that has the locked dependencies
+    but not this project (no editable install, not started in the checkout), so a
+    job's code reaches them only if it is shipped with the job.
+    """
+    import json
+    import subprocess
+    import sys
+    import sysconfig
+    import urllib.request
+
+    import pyspark
+
+    folder = tmp_path_factory.mktemp("spark-cluster")
+    executors = folder / "executor-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(executors)], check=True)
+    python = executors / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    # a plain path: the locked packages, without running their .pth files (the editable
+    # install of this project is one of those)
+    Path(site, "locked-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+
+    spark_home = Path(pyspark.__file__).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPARK_HOME")}
+    env |= {"SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOG_DIR": str(folder), "PYSPARK_PYTHON": str(python)}
+    port, ui = embedded.free_port(57077), embedded.free_port(58080)
+    spark_class = str(spark_home / "bin" / "spark-class")
+    logs = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        log = open(folder / f"{name}.log", "w")  # noqa: SIM115 - closed at teardown
+        logs.append(log)
+        return subprocess.Popen([spark_class, *args], cwd=folder, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    processes = [start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                       "--port", str(port), "--webui-port", str(ui))]
+    wait_for_http(processes[0], f"http://127.0.0.1:{ui}/json/", "the Spark master", 60)
+    processes.append(start("worker", "org.apache.spark.deploy.worker.Worker",
+                           f"spark://127.0.0.1:{port}", "--host", "127.0.0.1", "--cores", "2",
+                           "--memory", "3g", "--work-dir", str(folder / "work"),
+                           "--webui-port", "0"))
+    deadline = time.time() + 60
+    while json.load(urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/"))["aliveworkers"] < 1:
+        if time.time() > deadline or processes[1].poll() is not None:
+            log = (folder / "worker.log").read_text()[-2000:]
+            pytest.fail(f"the Spark worker did not register: {log}")
+        time.sleep(0.5)
+    yield SparkCluster(f"spark://127.0.0.1:{port}", python, folder / "work")
+    for process in reversed(processes):
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for log in logs:
+        log.close()

@@ -224,14 +224,19 @@ class TestNightlyRuns:
                             "where user_id = 1 and movie_id = any(%s)", (new,))
         assert offered == [(0,)]
 
-    def test_training_through_spark_submit(self, nightly, wh, capfd):
-        """The cluster path for real: the Spark provider's operator runs spark-submit on a
-        connection whose master is local[2]; the gate, scoring and publish follow."""
+    def test_training_through_spark_submit(self, nightly, wh, capfd, spark_cluster):
+        """The cluster path for real: the Spark provider's operator runs spark-submit against
+        a standalone cluster (its own master and worker JVMs); the executors' Python lacks
+        the project, so they import it from the archive shipped with the job. The gate,
+        scoring and publish follow."""
         from airflow.dag_processing.dagbag import DagBag
 
+        host, port = spark_cluster.master.rsplit(":", 1)
         env = {**nightly.env, "MFY_SPARK_CONN_ID": "mfy_spark",
-               "AIRFLOW_CONN_MFY_SPARK": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-               # spark-submit and the workers' python3 are this environment's
+               "AIRFLOW_CONN_MFY_SPARK": json.dumps(
+                   {"conn_type": "spark", "host": host, "port": int(port)}),
+               "PYSPARK_PYTHON": str(spark_cluster.python), "SPARK_LOCAL_IP": "127.0.0.1",
+               # spark-submit is this environment's
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         with temporary_environment(env):
             dag = DagBag(dag_folder=str(ROOT / "dags" / "movielens_nightly.py")).dags[
@@ -243,7 +248,12 @@ class TestNightlyRuns:
         run = Nightly(nightly.settings, dag, env).run({"force": True, "train": QUICK_TRAIN})
         assert run.state == "success", Nightly.states(run)
         out = capfd.readouterr()
-        assert "spark-submit" in out.out + out.err and "--master local[2]" in out.out + out.err
+        printed = out.out + out.err
+        assert f"--master {spark_cluster.master}" in printed and "--py-files" in printed
+        where = re.search(r"executors import spark_jobs from (\S+)", printed)
+        assert where and where.group(1).endswith("moviesforyou-code.zip/spark_jobs/__init__.py")
+        # the application ran on the worker: its executors' folders hold the shipped archive
+        assert list(spark_cluster.work.glob("app-*/*/moviesforyou-code.zip"))
         row = summary(wh, run)
         assert row["trained"] and row["published"]
         (version,), = query(wh, """select challenger_version from ops.model_promotions

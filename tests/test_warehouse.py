@@ -146,7 +146,8 @@ def test_cli_error_is_one_clear_line(embedded_settings, tmp_path):
 
 
 def test_great_expectations_then_pyspark_imports():
-    """pyspark 4 can exit silently with status 0 after GX is imported (DEVELOPERS.md)."""
+    """pyspark 4 can exit silently with status 0 after GX is imported (without its
+    connect extras, which the lock has)."""
     code = "import great_expectations; import pyspark; print('both imported', pyspark.__version__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)

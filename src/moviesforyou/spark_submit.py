@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
@@ -21,13 +24,36 @@ APPLICATION_ARGS = [
 ]
 
 
+#: The packages a job imports, by where they are in the checkout.
+PACKAGES = {"moviesforyou": Path("src") / "moviesforyou", "spark_jobs": Path("spark_jobs")}
+
+
+def code_archive(project: str | Path, out: Path) -> Path:
+    """Zip the project's packages for ``--py-files``: the executors import from it.
+
+    Built from the checkout at submit time, so a cluster needs no redeploy when
+    the code changes; the executors need only a Python with the locked
+    dependencies (``PYSPARK_PYTHON``).
+    """
+    project = Path(project)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package, folder in PACKAGES.items():
+            for path in sorted((project / folder).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    archive.write(path, Path(package) / path.relative_to(project / folder))
+    return out
+
+
 class TrainOnSpark(SparkSubmitOperator):
     """``spark-submit spark_jobs/nightly.py --snapshot … --date …`` with the run's settings.
 
     The driver is a new process: the warehouse and MLflow settings that the
     in-process tasks take from Airflow connections and variables are handed to
     it as ``MFY_*`` variables and ``MLFLOW_TRACKING_URI`` (client deploy mode;
-    on YARN and Kubernetes the provider passes them to the driver as conf).
+    on YARN and Kubernetes the provider passes them to the driver as conf). The
+    project's packages go with the job as a zip (``--py-files``); the executors'
+    Python is ``PYSPARK_PYTHON`` from the environment (this interpreter on a local
+    master).
     """
 
     def __init__(self, *, project: str, **kwargs) -> None:
@@ -42,19 +68,19 @@ class TrainOnSpark(SparkSubmitOperator):
         from spark_jobs import nightly, registry
 
         settings = pipeline.settings_from_airflow()
-        python_path = os.pathsep.join(
-            p for p in (self.project, os.environ.get("PYTHONPATH")) if p)
         self.env_vars = {
             **(self.env_vars or {}), **settings.to_env(),
             "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
-            "PYTHONPATH": python_path,
             # client mode: the driver runs here, in this environment's Python
             "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
         }
         if str(Connection.get(self._conn_id).host or "").startswith("local"):
             # a local master: the workers run here too, in this environment's Python
             self.env_vars.setdefault("PYSPARK_PYTHON", sys.executable)
-        super().execute(context)
+        with tempfile.TemporaryDirectory(prefix="mfy-submit-") as folder:
+            # the driver and every executor import the project from this archive
+            self.py_files = str(code_archive(self.project, Path(folder) / "moviesforyou-code.zip"))
+            super().execute(context)
         # the same XCom as the in-process task, read back from MLflow
         snapshot = context["ti"].xcom_pull(task_ids="export_snapshot")
         return nightly.trained_on_snapshot(settings, snapshot["digest"])

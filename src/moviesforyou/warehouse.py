@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
+from importlib import resources
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2
@@ -162,8 +162,9 @@ TABLE_FILES = ("raw", "ops", "app")
 
 def ddl(name: str) -> str:
     """The SQL file ``src/moviesforyou/sql/<name>.sql``: the one place the warehouse's
-    own DDL (raw, ops, app, the recs tables and functions) is read from."""
-    return (Path(__file__).parent / "sql" / f"{name}.sql").read_text()
+    own DDL (raw, ops, app, the recs tables and functions) is read from (also from
+    the zip a Spark job ships, hence importlib.resources)."""
+    return resources.files("moviesforyou").joinpath("sql", f"{name}.sql").read_text()
 
 
 def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> bool:
