@@ -1,100 +1,240 @@
-"""How long the nightly DAG takes on ml-100k, end to end through Airflow, and where.
+"""The whole nightly DAG at growing scale: each task's wall time and peak memory.
 
-In a fresh, throw-away ``MFY_HOME`` (its own embedded warehouse, MLflow store
-and Airflow home), one after the other:
+For each size (``--ratings``, e.g. 1000000 5000000 25000000) a seeded synthetic
+release in the CSV layout of ml-25m (half stars, no demographics, sparse movie
+ids) is written by ``moviesforyou synth``; then, in a fresh throw-away
+``MFY_HOME`` (its own embedded warehouse, MLflow store and Airflow home), one
+after the other, each through ``moviesforyou run`` (``airflow dags test``):
 
-1. **first run**: nothing exists yet, so it ingests, builds, tunes the ALS grids,
-   gates, scores and publishes (``moviesforyou run``, i.e. ``airflow dags test``);
-2. **nightly run**: 200 new ratings arrive through ``app.ratings`` (as the API
-   stores them); the run rebuilds the marts and re-fits the champion's
-   configuration (no tuning, as on six nights of seven);
+1. **first run**: ingest, dbt build, tuning, gate, scoring of every user, publish;
+2. **nightly run**: ``--new`` app ratings (20,000) arrive through
+   ``app.submit_rating`` as the API stores them; the marts are updated and the
+   champion's configuration re-fitted (no tuning, as on six nights of seven);
 3. **unchanged re-run**: nothing new, so training and publishing are skipped.
 
-For each it prints the wall time of the command and each task's seconds and
-share, from ``ops.pipeline_runs``. Goals on the 2-core machine: a nightly run
-under 3 minutes, an unchanged re-run under 30 seconds.
+Per run it prints each task's wall time (Airflow's task instances) and the peak
+resident memory of the run's process tree while the task ran (sampled every
+0.25 s: the Airflow process, Spark's JVM, dbt; the embedded PostgreSQL is a
+separate server and not counted). At the end one table puts the sizes side by
+side with the issue's 25M targets.
 
 Usage::
 
-    uv run python benchmarks/nightly_run.py [--source ../shared/data/ml-100k] [--keep]
+    .venv/bin/python benchmarks/nightly_run.py --ratings 1000000 5000000 [--keep]
+    .venv/bin/python benchmarks/nightly_run.py --source ../shared/data/ml-100k --dataset ml-100k
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import datetime
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from moviesforyou import embedded, orchestration, warehouse
 from moviesforyou.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+
+#: The issue's targets at 25M ratings: (what, seconds or GiB).
+TARGETS = {"first run": 45 * 60, "nightly run": 10 * 60, "unchanged re-run": 60,
+           "build_marts (nightly)": 60, "score + validate + publish": 5 * 60, "peak RSS": 12}
 
 
-def run(env: dict, label: str, conf: str | None = None) -> float:
-    command = [sys.executable, "-m", "moviesforyou", "run"] + (["--conf", conf] if conf else [])
+class TreeMemory:
+    """Samples the resident memory of a process and all its children in a thread."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.samples: list[tuple[float, int]] = []
+        self._root, self._every, self._stop = psutil.Process(pid), every, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for process in [self._root, *self._root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):  # it may just have ended
+                        total += process.memory_info().rss
+            except psutil.Error:
+                return
+            self.samples.append((time.time(), total))
+            self._stop.wait(self._every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float, end: float) -> int:
+        inside = [rss for t, rss in self.samples if start - self._every <= t <= end + self._every]
+        return max(inside, default=0)
+
+
+@dataclasses.dataclass
+class RunFigures:
+    label: str
+    seconds: float
+    state: str
+    tasks: dict[str, tuple[float, int]]  #: task -> (seconds, peak RSS bytes)
+    peak: int
+
+
+def task_times(airflow_db: Path) -> dict[str, tuple[float, float]]:
+    """Start and end (epoch seconds) of each task of the newest DAG run."""
+    def epoch(text: str | None) -> float | None:
+        if not text:
+            return None
+        value = datetime.datetime.fromisoformat(text)
+        return value.replace(tzinfo=value.tzinfo or datetime.UTC).timestamp()
+
+    with sqlite3.connect(airflow_db) as db:
+        (run_id,), = db.execute("select run_id from dag_run order by id desc limit 1")
+        rows = db.execute("select task_id, start_date, end_date from task_instance "
+                          "where run_id = ?", (run_id,)).fetchall()
+    return {task: (epoch(start), epoch(end)) for task, start, end in rows if start and end}
+
+
+def run(env: dict, home: Path, label: str) -> RunFigures:
     started = time.time()
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "moviesforyou", "run"], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    memory = TreeMemory(process.pid)
+    output = process.communicate()[0]
+    memory.stop()
     seconds = time.time() - started
-    if done.returncode:
-        sys.exit(f"{label} failed:\n{done.stderr[-3000:]}")
-    return seconds
-
-
-def report(settings: Settings, label: str, seconds: float) -> None:
+    if process.returncode:
+        sys.exit(f"{label} failed:\n{output[-3000:]}")
+    settings = Settings.from_env(env)
     summary = orchestration.last_run_summary(settings)
-    tasks = summary["tasks"]
-    total = sum((t["seconds"] or 0) for t in tasks.values())
-    print(f"\n{label}: {seconds:.0f} s wall ({summary['state']}; trained {summary['trained']}, "
-          f"published {summary['published']}); tasks {total:.0f} s")
-    for name, info in sorted(tasks.items(), key=lambda kv: -(kv[1]["seconds"] or 0)):
-        if info["seconds"]:
-            print(f"  {name:16} {info['state']:8} {info['seconds']:7.1f} s "
-                  f"{100 * info['seconds'] / max(total, 1e-9):5.1f}%")
+    tasks = {task: (end - start, memory.peak(start, end))
+             for task, (start, end) in task_times(home / "airflow" / "airflow.db").items()}
+    figures = RunFigures(label, seconds, summary["state"], tasks,
+                         max((rss for _, rss in memory.samples), default=0))
+    print(f"\n{label}: {seconds:.0f} s wall, {summary['state']} (trained {summary['trained']}, "
+          f"published {summary['published']}); peak RSS {figures.peak / GIB:.2f} GiB")
+    print(f"  {'task':18} {'seconds':>9} {'peak RSS':>10}")
+    for task, (took, rss) in sorted(tasks.items(), key=lambda kv: -kv[1][0]):
+        if took >= 0.5:
+            print(f"  {task:18} {took:9.1f} {rss / GIB:8.2f} GiB")
+    return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
-    parser.add_argument("--keep", action="store_true", help="keep the temporary MFY_HOME")
-    args = parser.parse_args()
+def add_app_ratings(settings: Settings, count: int) -> int:
+    """``count`` new ratings by existing users of movies they have not rated, stored the
+    way the API stores them."""
+    conn = warehouse.connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("""
+                select count(app.submit_rating(%(dataset)s, u.user_id, m.movie_id, 4))
+                from (select user_id from marts.dim_users order by user_id limit %(users)s) u
+                cross join (select movie_id from marts.dim_movies order by movie_id limit 40) m
+                where not exists (select 1 from marts.fct_ratings f
+                                  where f.user_id = u.user_id and f.movie_id = m.movie_id)
+                limit %(count)s""", {"dataset": settings.dataset, "users": count // 20 + 1,
+                                     "count": count})
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
 
+
+def benchmark(source: Path, dataset: str, new: int, keep: bool) -> list[RunFigures]:
     home = Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
     home.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MFY_", "AIRFLOW", "MLFLOW_TRACKING_URI"))}
-    env.update({"MFY_HOME": str(home), "MFY_SOURCE": args.source,
-                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)),
-                "MFY_TUNE_DAY": "sun"})
+    env.update({"MFY_HOME": str(home), "MFY_SOURCE": str(source), "MFY_DATASET": dataset,
+                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)), "MFY_TUNE_DAY": "sun"})
     settings = Settings.from_env(env)
     try:
-        report(settings, "first run (tunes)", run(env, "first run"))
-
-        conn = warehouse.connect(settings)
-        with conn, conn.cursor() as cur:  # 200 ratings by users 1-20, as the API stores them
-            cur.execute("""
-                select app.submit_rating('ml-100k', u, m, 4)
-                from generate_series(1, 20) as u, generate_series(1, 400) as m
-                where not exists (select 1 from marts.fct_ratings f
-                                  where f.user_id = u and f.movie_id = m)
-                order by u, m limit 200""")
-        conn.close()
-        env_nightly = {**env, "MFY_TUNE_DAY": "never"}
-        report(settings, "nightly run (+200 app ratings, champion's configuration)",
-               run(env_nightly, "nightly run"))
-        report(settings, "unchanged re-run", run(env_nightly, "unchanged re-run"))
+        figures = [run(env, home, "first run")]
+        added = add_app_ratings(settings, new)
+        quiet = {**env, "MFY_TUNE_DAY": "never"}
+        figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
+        figures.append(run(quiet, home, "unchanged re-run"))
+        return figures
     finally:
-        warehouse.embedded(dataclasses.replace(settings)).stop()
-        if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
-        else:
+        warehouse.embedded(settings).stop()
+        if keep:
             print(f"\nkept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def side_by_side(results: dict[str, list[RunFigures]]) -> None:
+    """One markdown table: runs and their heaviest parts, one column per size."""
+    def cell(figures: RunFigures, tasks: tuple[str, ...] = ()) -> str:
+        if not tasks:
+            return f"{figures.seconds:.0f} s, {figures.peak / GIB:.1f} GiB"
+        took = sum(figures.tasks.get(t, (0, 0))[0] for t in tasks)
+        rss = max((figures.tasks.get(t, (0, 0))[1] for t in tasks), default=0)
+        return f"{took:.0f} s, {rss / GIB:.1f} GiB"
+
+    rows = [
+        ("first run (wall, peak RSS)", 0, ()), ("nightly run", 1, ()),
+        ("unchanged re-run", 2, ()),
+        ("first: ingest (extract_source)", 0, ("extract_source",)),
+        ("first: build_marts", 0, ("build_marts",)),
+        ("first: train_als (tuning)", 0, ("train_als",)),
+        ("first: score + validate + publish", 0, ("score_recs", "validate_recs",
+                                                  "publish_recs")),
+        ("nightly: build_marts", 1, ("build_marts",)),
+        ("nightly: train_als (re-fit)", 1, ("train_als",)),
+        ("nightly: score + validate + publish", 1, ("score_recs", "validate_recs",
+                                                    "publish_recs")),
+    ]
+    sizes = list(results)
+    print("\n| run / task | " + " | ".join(sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for label, index, tasks in rows:
+        print(f"| {label} | " + " | ".join(cell(results[s][index], tasks) for s in sizes) + " |")
+    print("\n25M targets: " + "; ".join(
+        f"{k} ≤ {v} GiB" if k == "peak RSS" else f"{k} ≤ {v} s" for k, v in TARGETS.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ratings", type=int, nargs="*", default=[1_000_000],
+                        help="synthetic CSV releases of these sizes (default: 1,000,000)")
+    parser.add_argument("--source", help="instead: a release folder or zip to run on")
+    parser.add_argument("--dataset", default="ml-25m",
+                        help="the release's layout name (default: ml-25m)")
+    parser.add_argument("--new", type=int, default=20_000, help="app ratings before the nightly")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    args = parser.parse_args()
+
+    results: dict[str, list[RunFigures]] = {}
+    if args.source:
+        results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
+                                                    args.keep)
+    else:
+        for n in args.ratings:
+            folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))
+            started = time.time()
+            subprocess.run([sys.executable, "-m", "moviesforyou", "synth", "-n", str(n),
+                            "--layout", "csv", str(folder / "release")], check=True,
+                           stdout=subprocess.DEVNULL)
+            print(f"\n=== {n:,} ratings (synthetic CSV release written in "
+                  f"{time.time() - started:.0f} s)")
+            try:
+                results[f"{n / 1e6:g}M"] = benchmark(folder / "release", args.dataset,
+                                                     args.new, args.keep)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+    side_by_side(results)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """Spark ALS training, evaluation and the MLflow registry gate.
 
-Modules, one per step (each docstring names its inputs and outputs):
-
-* :mod:`spark_jobs.session` - the SparkSession for this machine or a cluster;
-* :mod:`spark_jobs.snapshot` - export the training snapshot from the warehouse;
-* :mod:`spark_jobs.metrics` - rating and ranking metrics;
-* :mod:`spark_jobs.models` - ALS, baselines, and the registered pyfunc model;
-* :mod:`spark_jobs.train` - the job: split, tune, evaluate, log, register, gate;
-* :mod:`spark_jobs.registry` - champion history, promotions and rollback.
+Modules, one per concern (each docstring names its inputs and outputs; the
+table in ``spark_jobs/README.md`` says what each holds): :mod:`~spark_jobs.nightly`
+(the nightly rules, what spark-submit runs), :mod:`~spark_jobs.train` (the job),
+:mod:`~spark_jobs.config`, :mod:`~spark_jobs.splitters`,
+:mod:`~spark_jobs.evaluation`, :mod:`~spark_jobs.tuning`, :mod:`~spark_jobs.plots`,
+:mod:`~spark_jobs.snapshot`, :mod:`~spark_jobs.session`, :mod:`~spark_jobs.metrics`,
+:mod:`~spark_jobs.models`, :mod:`~spark_jobs.registry` and :mod:`~spark_jobs.score`.
 """

@@ -80,7 +80,13 @@ class TrainOnSpark(SparkSubmitOperator):
         with tempfile.TemporaryDirectory(prefix="mfy-submit-") as folder:
             # the driver and every executor import the project from this archive
             self.py_files = str(code_archive(self.project, Path(folder) / "moviesforyou-code.zip"))
-            super().execute(context)
+            try:
+                super().execute(context)
+            except Exception as exc:  # as the in-process steps do: the run summary keeps it
+                context["ti"].xcom_push(key="error", value=(
+                    f"{type(exc).__name__}: {exc} (the driver's traceback is in this task's "
+                    "log)")[:4000])
+                raise
         # the same XCom as the in-process task, read back from MLflow
         snapshot = context["ti"].xcom_pull(task_ids="export_snapshot")
         return nightly.trained_on_snapshot(settings, snapshot["digest"])
