@@ -139,13 +139,17 @@ def add_app_ratings(settings: Settings, count: int) -> int:
     try:
         with conn, conn.cursor() as cur:
             cur.execute("""
-                select count(app.submit_rating(%(dataset)s, u.user_id, m.movie_id, 4))
-                from (select user_id from marts.dim_users order by user_id limit %(users)s) u
-                cross join (select movie_id from marts.dim_movies order by movie_id limit 40) m
-                where not exists (select 1 from marts.fct_ratings f
-                                  where f.user_id = u.user_id and f.movie_id = m.movie_id)
-                limit %(count)s""", {"dataset": settings.dataset, "users": count // 20 + 1,
-                                     "count": count})
+                select count(app.submit_rating(%(dataset)s, user_id, movie_id, 4))
+                from (select u.user_id, m.movie_id
+                      from (select user_id from marts.dim_users
+                            order by user_id limit %(users)s) u
+                      cross join (select movie_id from marts.dim_movies
+                                  order by movie_id limit 40) m
+                      where not exists (select 1 from marts.fct_ratings f
+                                        where f.user_id = u.user_id and f.movie_id = m.movie_id)
+                      order by u.user_id, m.movie_id
+                      limit %(count)s) pairs""",
+                        {"dataset": settings.dataset, "users": count // 20 + 1, "count": count})
             return cur.fetchone()[0]
     finally:
         conn.close()
