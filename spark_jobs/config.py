@@ -39,6 +39,9 @@ class TrainConfig:
     implicit: ALSParams | None = None
     rmse_tolerance: float = 0.01
     blocks: int | None = None
+    #: tune on the whole histories of a user sample of about this many ratings (None:
+    #: on all); the chosen configuration is then fitted on all of them
+    tune_max_ratings: int | None = 2_000_000
 
     def grid(self, implicit: bool) -> list[ALSParams]:
         spec = self.implicit_grid if implicit else self.explicit_grid

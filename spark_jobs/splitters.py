@@ -78,6 +78,21 @@ def random_split(ratings: pd.DataFrame, fraction: float, seed: int):
     return ratings[~test_mask], ratings[test_mask]
 
 
+def user_sample(ratings: pd.DataFrame, max_ratings: int | None, seed: int) -> pd.DataFrame:
+    """The whole histories of a seeded sample of users, about ``max_ratings`` ratings in
+    all; every rating when there are no more than that.
+
+    Tuning uses it at scale: each grid point then fits on the sample, and only the
+    chosen configuration is fitted on everything. Whole histories keep each user's
+    count (ALS-WR scales regularization by it) and the per-user holdouts intact.
+    """
+    if not max_ratings or len(ratings) <= max_ratings:
+        return ratings
+    users = np.sort(ratings[USER].unique())
+    chosen = users[np.random.default_rng(seed).random(len(users)) < max_ratings / len(ratings)]
+    return ratings[ratings[USER].isin(chosen)]
+
+
 def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
     if config.folds_dir:
         return official_folds(Path(config.folds_dir), ratings)

@@ -202,6 +202,7 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             "split": splits.description, "k": config.k,
             "relevance_threshold": config.relevance_threshold, "seed": config.seed,
             "spark_master": spark.sparkContext.master, "als_blocks": config.blocks,
+            "tune_max_ratings": config.tune_max_ratings,
         })
 
         # tuning

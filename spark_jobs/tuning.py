@@ -3,7 +3,8 @@
 Explicit ALS is tuned with Spark's ``TrainValidationSplit`` by RMSE, on bias
 residuals; implicit ALS by NDCG@k on a chronological carve-out of the training
 part (Spark's tuning tools score per-row predictions, so they cannot rank
-unseen candidates).
+unseen candidates). Above ``TrainConfig.tune_max_ratings`` both tune on the
+whole histories of a seeded user sample (:func:`~spark_jobs.splitters.user_sample`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict
 from spark_jobs.config import TrainConfig
 from spark_jobs.evaluation import Evaluator
 from spark_jobs.models import ITEM, RATING, USER, ALSParams, Biases, als_estimator
-from spark_jobs.splitters import Splits, chronological_holdout
+from spark_jobs.splitters import Splits, chronological_holdout, user_sample
 
 
 def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[ALSParams, list]:
@@ -21,7 +22,7 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
     from pyspark.ml.evaluation import RegressionEvaluator
     from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
 
-    train = splits.rating[0][0].copy()
+    train = user_sample(splits.rating[0][0], config.tune_max_ratings, config.seed).copy()
     train[RATING] = train[RATING] - Biases.fit(train).predict(train[USER], train[ITEM])
     df = spark.createDataFrame(train[[USER, ITEM, RATING]].astype(
         {USER: "int32", ITEM: "int32", RATING: "float32"}))
@@ -44,7 +45,8 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
                            max_iter=values["maxIter"])
         results.append((params, score))
         with mlflow.start_run(run_name=f"tune {params.label()}", nested=True):
-            mlflow.log_params({**asdict(params), "tuner": "TrainValidationSplit"})
+            mlflow.log_params({**asdict(params), "tuner": "TrainValidationSplit",
+                               "tuned_on_ratings": len(train)})
             mlflow.log_metric("validation_rmse", score)
     best = min(results, key=lambda r: r[1])[0]
     return best, results
@@ -52,7 +54,7 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
 
 def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[ALSParams, list]:
     """Grid over implicit ALS, by NDCG@k on a chronological carve-out of the training part."""
-    train = evaluator.splits.ranking[0]
+    train = user_sample(evaluator.splits.ranking[0], config.tune_max_ratings, config.seed)
     fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
     inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,
                       evaluator.scale)
@@ -61,7 +63,8 @@ def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[AL
         score = inner.implicit(params).ranking[f"ndcg_at_{config.k}"]
         results.append((params, score))
         with mlflow.start_run(run_name=f"tune {params.label()}", nested=True):
-            mlflow.log_params({**asdict(params), "tuner": "chronological validation"})
+            mlflow.log_params({**asdict(params), "tuner": "chronological validation",
+                               "tuned_on_ratings": len(train)})
             mlflow.log_metric(f"validation_ndcg_at_{config.k}", score)
     best = max(results, key=lambda r: r[1])[0]
     return best, results

@@ -82,7 +82,8 @@ def config(pair=None, **kwargs) -> TrainConfig:
 def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
     settings = dataclasses.replace(sample_warehouse, home=tmp_path)
 
-    result = train(settings, config(), spark=spark)
+    # tuning on a user sample of about 12,000 of the ~30,000 training ratings, as at scale
+    result = train(settings, config(tune_max_ratings=12_000), spark=spark)
 
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
@@ -99,6 +100,9 @@ def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
     children = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     assert len(children) == 4
+    tuned_on = [int(child.data.params["tuned_on_ratings"]) for child in children]
+    assert all(6_000 < n < 18_000 for n in tuned_on), tuned_on
+    assert run.data.params["tune_max_ratings"] == "12000"
     # baselines: their own runs in the same experiment, linked to this one
     baselines = client.search_runs(
         [run.info.experiment_id], f"tags.`mfy.parent_run_id` = '{result.run_id}'")
@@ -235,3 +239,18 @@ def test_each_home_has_its_own_tracking_store(tmp_path, monkeypatch):
     assert registry.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert registry.tracking_uri(Settings.from_env()) == "http://mlflow.example:5000"
+
+
+def test_tuning_sample_keeps_whole_user_histories(ml100k):
+    from spark_jobs.splitters import user_sample
+
+    ratings = pd.read_csv(ml100k / "u.data", sep="\t", names=["user_id", "movie_id", "rating",
+                                                              "rated_at"])
+    assert user_sample(ratings, None, 42) is ratings
+    assert user_sample(ratings, len(ratings), 42) is ratings
+    sample = user_sample(ratings, 20_000, 42)
+    assert 12_000 < len(sample) < 28_000
+    counts = ratings.groupby("user_id").size()
+    kept = sample.groupby("user_id").size()
+    assert kept.equals(counts[kept.index])  # every chosen user with all their ratings
+    assert sample.equals(user_sample(ratings, 20_000, 42))  # seeded
