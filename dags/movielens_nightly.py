@@ -104,8 +104,9 @@ def _step(*args, **kwargs):
     try:
         return step(_settings(), *args, **kwargs)
     except Exception as exc:
-        ti = get_current_context()["ti"]
-        ti.xcom_push(key="error", value=f"{type(exc).__name__}: {exc}"[:4000])
+        from moviesforyou import pipeline
+
+        pipeline.record_error(get_current_context()["ti"], exc)
         if _conf().get("fail_fast"):
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -190,7 +191,7 @@ def movielens_nightly():
         results[names.CHECK_CHANGES] = ti.xcom_pull(task_ids=names.CHECK_CHANGES, key="changes")
         failed = sorted(t for t, v in tasks.items()
                         if v["state"] in ("failed", "upstream_failed"))
-        errors = {t: ti.xcom_pull(task_ids=t, key="error") for t, v in tasks.items()
+        errors = {t: ti.xcom_pull(task_ids=t, key=pipeline.ERROR_KEY) for t, v in tasks.items()
                   if v["state"] == "failed"}
         state = "failed" if failed else (
             "success" if tasks.get(names.PUBLISH_RECS, {}).get("state") == "success"

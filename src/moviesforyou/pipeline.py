@@ -236,6 +236,16 @@ def ending(state: str, *, changes: dict, gated: dict, published: dict,
             f"v{published.get('model_version')}, {model})" + (f"; why: {why}" if why else ""))
 
 
+#: The XCom key under which a failed task keeps its message for the run summary.
+ERROR_KEY = "error"
+
+
+def record_error(ti, exc: BaseException, hint: str = "") -> None:
+    """Keep a failed task's message (XCom :data:`ERROR_KEY`); ``write_summary`` stores it
+    in ``ops.pipeline_runs.errors`` and the console prints it."""
+    ti.xcom_push(key=ERROR_KEY, value=f"{type(exc).__name__}: {exc}{hint}"[:4000])
+
+
 def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
                   started_at, tasks: dict[str, dict], results: dict[str, dict | None],
                   state: str, errors: dict[str, str | None] | None = None) -> dict:

@@ -83,9 +83,8 @@ class TrainOnSpark(SparkSubmitOperator):
             try:
                 super().execute(context)
             except Exception as exc:  # as the in-process steps do: the run summary keeps it
-                context["ti"].xcom_push(key="error", value=(
-                    f"{type(exc).__name__}: {exc} (the driver's traceback is in this task's "
-                    "log)")[:4000])
+                pipeline.record_error(context["ti"], exc,
+                                      " (the driver's traceback is in this task's log)")
                 raise
         # the same XCom as the in-process task, read back from MLflow
         snapshot = context["ti"].xcom_pull(task_ids="export_snapshot")
