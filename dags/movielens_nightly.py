@@ -89,6 +89,12 @@ def _settings():
 _STEPS = {names.TRAIN_ALS: "spark_jobs.nightly", names.GATE_MODEL: "spark_jobs.nightly"}
 
 
+def _run_date():
+    """The run's logical date; a manual run may have none, then its own time decides."""
+    context = get_current_context()
+    return context.get("logical_date") or context["dag_run"].run_after
+
+
 def _step(*args, **kwargs):
     """Run this task's step, the function named like the task (``pipeline.<task id>``,
     or the training stage's), with this run's settings.
@@ -149,7 +155,7 @@ def movielens_nightly():
 
     @task(outlets=[MARTS])
     def build_marts() -> dict:
-        return _step()
+        return _step(logical_date=_run_date())
 
     @task(retries=0)
     def validate_marts() -> dict:
@@ -221,10 +227,7 @@ def movielens_nightly():
     else:
         @task(outlets=[MODEL])
         def train_als(snapshot: dict) -> dict:
-            context = get_current_context()
-            # manual runs may have no logical date: then the run's own time decides
-            when = context.get("logical_date") or context["dag_run"].run_after
-            return _step(snapshot, _conf().get("train"), logical_date=when)
+            return _step(snapshot, _conf().get("train"), logical_date=_run_date())
 
         train = trained = train_als(snapshot)
     gated = gate_model(trained, snapshot)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from moviesforyou.config import Settings
+from moviesforyou.config import Settings, on_weekday
 from spark_jobs import registry, session
 from spark_jobs.config import train_config
 
@@ -47,10 +47,7 @@ def tune_today(settings: Settings, logical_date, overrides: dict | None = None) 
         return bool(overrides["tune"])
     if any(key in overrides for key in _TUNING_KEYS):
         return True
-    day = settings.training.tune_day
-    if day in ("alw", "nev"):
-        return day == "alw"
-    return logical_date is None or logical_date.strftime("%a").lower()[:3] == day
+    return on_weekday(settings.training.tune_day, logical_date)
 
 
 def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None, *,

@@ -102,6 +102,8 @@ class Settings:
     download_retries: int = 5
     expectations_dir: Path | None = None
     max_recs_age_hours: float = 36.0
+    #: weekday the nightly dbt build rebuilds every incremental model in full
+    dbt_rebuild_day: str = "sun"
     publish: PublishSettings = field(default_factory=PublishSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -193,11 +195,20 @@ def _positive(text: str) -> float:
     return value
 
 
-def _tune_day(text: str) -> str:
+def _weekday(text: str) -> str:
     day = text.lower()[:3]
     if day not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "alw", "nev"):
         raise ValueError("expected a weekday (mon..sun), 'always' or 'never'")
     return day
+
+
+def on_weekday(day: str, when) -> bool:
+    """Whether a run at ``when`` falls on ``day`` (as :func:`_weekday` keeps it:
+    ``mon``..``sun``, ``alw`` or ``nev``). A run without a date (a manual one)
+    counts as the day."""
+    if day in ("alw", "nev"):
+        return day == "alw"
+    return when is None or when.strftime("%a").lower()[:3] == day
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,9 @@ VARIABLES: tuple[Variable, ...] = (
              "folder of the Great Expectations suites", Path),
     Variable("MFY_MAX_RECS_AGE_HOURS", "max_recs_age_hours", "36",
              "the freshness check fails past this age of the live recommendations", _positive),
+    Variable("MFY_DBT_REBUILD_DAY", "dbt_rebuild_day", "sun",
+             "weekday the nightly dbt build rebuilds the incremental models in full "
+             "(or always, never)", _weekday),
     Variable("MFY_RECS_N", "publish.n", "50", "recommendations per user", _whole(1)),
     Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
     Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",
@@ -258,7 +272,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_MODEL_NAME", "training.model_name", "moviesforyou-als",
              "the registered model in MLflow"),
     Variable("MFY_TUNE_DAY", "training.tune_day", "sun",
-             "weekday the nightly run tunes the grids (or always, never)", _tune_day),
+             "weekday the nightly run tunes the grids (or always, never)", _weekday),
     Variable("MLFLOW_TRACKING_URI", "training.mlflow_tracking_uri", "SQLite under MFY_HOME",
              "MLflow tracking server (MLflow's own variable)"),
     Variable("MFY_API_DATABASE_URL", "api.database_url", "the reader's URL",

@@ -166,10 +166,14 @@ def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dic
     return {"changed": changed, "reason": reason}
 
 
-def build_marts(settings: Settings) -> dict:
-    """dbt build (models, unit and data tests) and source freshness."""
+def build_marts(settings: Settings, *, logical_date=None) -> dict:
+    """dbt build (models, unit and data tests) and source freshness.
+
+    Incremental, except on the weekly rebuild day for ``logical_date`` and the
+    other cases :func:`moviesforyou.transform.transform` names.
+    """
     started = time.time()
-    summary = transform.transform(settings, docs=True)
+    summary = transform.transform(settings, docs=True, logical_date=logical_date)
     with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from marts.fct_ratings where dataset = %s",
                     (settings.dataset,))

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from moviesforyou import warehouse
-from moviesforyou.config import Settings, find_project_root
+from moviesforyou.config import Settings, find_project_root, on_weekday
 from moviesforyou.errors import MoviesForYouError
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,18 @@ class TransformSummary:
 
 
 def transform(settings: Settings, *, full_refresh: bool = False,
-              select: str | None = None, docs: bool = True) -> TransformSummary:
-    """The nightly modelling step: freshness check, ``dbt build``, ``dbt docs generate``."""
+              select: str | None = None, docs: bool = True,
+              logical_date=None) -> TransformSummary:
+    """The nightly modelling step: freshness check, ``dbt build``, ``dbt docs generate``.
+
+    The build is incremental: fct_ratings adds the new ratings, and the
+    aggregates under it add or recompute only what those touched. It is a full
+    one (``--full-refresh``, identical rows by ``tests/test_marts_incremental.py``)
+    on the first build, after ingest loaded a new version of the release, when a
+    new app rating predates its user's first counted one (it would move earlier
+    ratings between a user's stages), and on ``settings.dbt_rebuild_day`` for a
+    run of that ``logical_date``.
+    """
     warehouse.ensure(settings)
     if not _relation_exists(settings, "marts", "fct_ratings"):
         # dbt's unit tests of an incremental model read its columns from the
@@ -155,6 +165,13 @@ def transform(settings: Settings, *, full_refresh: bool = False,
         # times slower than rebuilding the table
         log.info("ingest loaded a new version of %s: rebuilding fct_ratings in full",
                  settings.dataset)
+        full_refresh = True
+    elif (not full_refresh and select is None and logical_date is not None
+          and on_weekday(settings.dbt_rebuild_day, logical_date)):
+        log.info("weekly full rebuild (MFY_DBT_REBUILD_DAY=%s)", settings.dbt_rebuild_day)
+        full_refresh = True
+    elif not full_refresh and _late_app_ratings(settings):
+        log.info("an app rating predates its user's first counted rating: rebuilding in full")
         full_refresh = True
     freshness = run_dbt(settings, ["source", "freshness"], check=False)
     if not freshness.success:
@@ -175,6 +192,28 @@ def _relation_exists(settings: Settings, schema: str, name: str) -> bool:
     try:
         with conn.cursor() as cur:
             cur.execute("select to_regclass(%s) is not null", (f"{schema}.{name}",))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _late_app_ratings(settings: Settings) -> bool:
+    """True when an app rating not counted yet is older than its user's first counted one.
+
+    A counted rating is never older than its user's first, so no watermark is needed.
+    """
+    if not _relation_exists(settings, "intermediate", "int_ratings_aggregated_to_users"):
+        return False
+    conn = warehouse.connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """select exists (
+                     select 1 from app.ratings
+                     join intermediate.int_ratings_aggregated_to_users as counted
+                       on counted.user_id = ratings.user_id
+                     where ratings.dataset = %s and ratings.rated_at < counted.first_rated_at)""",
+                (settings.dataset,))
             return cur.fetchone()[0]
     finally:
         conn.close()

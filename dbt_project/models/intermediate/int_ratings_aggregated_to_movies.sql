@@ -1,52 +1,39 @@
 {#- Rating statistics per movie, with a Bayesian average that pulls movies with
     few votes towards the global mean:
-    (prior_votes * global_mean + sum of ratings) / (prior_votes + votes). -#}
+    (prior_votes * global_mean + sum of ratings) / (prior_votes + votes).
+    Computed from the running totals (int_movie_rating_totals), so every movie's
+    Bayesian average follows the global mean each night without re-reading
+    ratings. -#}
 with
 
-ratings as (
+totals as (
 
-    select * from {{ ref('fct_ratings') }}
+    select * from {{ ref('int_movie_rating_totals') }}
 
 ),
 
 global as (
 
-    select avg(rating) as global_mean from ratings
-
-),
-
-per_movie as (
-
-    select
-        movie_id,
-        count(*) as rating_count,
-        count(distinct user_id) as rater_count,
-        avg(rating) as mean_rating,
-        sum(rating) as rating_sum,
-        min(rated_at) as first_rated_at,
-        max(rated_at) as last_rated_at
-
-    from ratings
-    group by movie_id
+    select sum(rating_sum) / sum(rating_count) as global_mean from totals
 
 ),
 
 final as (
 
     select
-        per_movie.movie_id,
-        per_movie.rating_count,
-        per_movie.rater_count,
-        round(per_movie.mean_rating, 4) as mean_rating,
+        totals.movie_id,
+        totals.rating_count,
+        totals.rater_count,
+        round(totals.rating_sum / totals.rating_count, 4) as mean_rating,
         round(
-            ({{ var('bayesian_prior_votes') }} * global.global_mean + per_movie.rating_sum)
-            / ({{ var('bayesian_prior_votes') }} + per_movie.rating_count),
+            ({{ var('bayesian_prior_votes') }} * global.global_mean + totals.rating_sum)
+            / ({{ var('bayesian_prior_votes') }} + totals.rating_count),
             4
         ) as bayesian_rating,
-        per_movie.first_rated_at,
-        per_movie.last_rated_at
+        totals.first_rated_at,
+        totals.last_rated_at
 
-    from per_movie
+    from totals
     cross join global
 
 )

@@ -1,8 +1,10 @@
+{#- Built from per-user totals (int_ratings_aggregated_to_users), so a
+    nightly build reads no ratings. -#}
 with
 
-ratings as (
+totals as (
 
-    select * from {{ ref('fct_ratings') }}
+    select * from {{ ref('int_ratings_aggregated_to_users') }}
 
 ),
 
@@ -18,13 +20,13 @@ joined as (
         users.age_band,
         coalesce(users.gender, 'Unknown') as gender,
         users.occupation,
-        ratings.user_id,
-        ratings.rating,
-        ratings.is_liked
+        totals.rating_count,
+        totals.rating_sum,
+        totals.liked_count
 
-    from ratings
+    from totals
     inner join users
-        on ratings.user_sk = users.user_sk
+        on totals.user_id = users.user_id
 
 ),
 
@@ -43,10 +45,10 @@ grouped as (
             when grouping(gender) = 0 then gender
             else occupation
         end as demographic_value,
-        count(distinct user_id) as user_count,
-        count(*) as rating_count,
-        avg(rating) as mean_rating,
-        avg(case when is_liked then 1.0 else 0.0 end) as liked_share
+        count(*) as user_count,
+        sum(rating_count) as rating_count,
+        sum(rating_sum) / sum(rating_count) as mean_rating,
+        1.0 * sum(liked_count) / sum(rating_count) as liked_share
 
     from joined
     group by grouping sets ((age_band), (gender), (occupation), (age_band, gender))

@@ -2,12 +2,6 @@
     them rate again in each following month. -#}
 with
 
-ratings as (
-
-    select * from {{ ref('fct_ratings') }}
-
-),
-
 users as (
 
     select * from {{ ref('dim_users') }}
@@ -16,13 +10,7 @@ users as (
 
 user_months as (
 
-    select
-        ratings.user_id,
-        cast(date_trunc('month', ratings.rated_at at time zone 'UTC') as date) as activity_month,
-        count(*) as rating_count
-
-    from ratings
-    group by ratings.user_id, activity_month
+    select * from {{ ref('int_ratings_aggregated_to_user_months') }}
 
 ),
 

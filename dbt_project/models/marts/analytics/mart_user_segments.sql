@@ -3,36 +3,15 @@
     who liked nothing falls back to all their ratings. -#}
 with
 
-ratings as (
-
-    select * from {{ ref('fct_ratings') }}
-
-),
-
 users as (
 
     select * from {{ ref('dim_users') }}
 
 ),
 
-bridge as (
-
-    select * from {{ ref('bridge_movie_genres') }}
-
-),
-
 genre_counts as (
 
-    select
-        ratings.user_id,
-        bridge.genre,
-        count(*) filter (where ratings.is_liked) as liked_count,
-        count(*) as rated_count
-
-    from ratings
-    inner join bridge
-        on ratings.movie_sk = bridge.movie_sk
-    group by ratings.user_id, bridge.genre
+    select * from {{ ref('int_ratings_aggregated_to_user_genres') }}
 
 ),
 

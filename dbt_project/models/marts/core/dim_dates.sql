@@ -27,12 +27,7 @@ final as (
         cast(extract(isodow from date_day) as integer) as day_of_week,
         trim(to_char(date_day, 'Day')) as day_name,
         extract(isodow from date_day) in (6, 7) as is_weekend,
-        case
-            when extract(month from date_day) in (12, 1, 2) then 'Winter'
-            when extract(month from date_day) in (3, 4, 5) then 'Spring'
-            when extract(month from date_day) in (6, 7, 8) then 'Summer'
-            else 'Autumn'
-        end as season
+        {{ season_of('date_day') }} as season
 
     from spine
 

@@ -6,8 +6,10 @@
     * app ratings received since the newest one here, minus a lookback for
       submissions that committed late.
 
-    delete+insert on rating_sk makes re-reads harmless, so re-running never
-    duplicates rows. The post-hook removes ratings of superseded loads of the
+    Re-read app ratings already in the table are skipped, so every row is
+    inserted once, and `built_at` (the start of the dbt invocation that
+    inserted it) tells the incremental aggregates downstream which rows they
+    have not counted yet. The post-hook removes ratings of superseded loads of the
     release and of any other release, through the (dataset, rating_source,
     load_id) index.
 -#}
@@ -23,6 +25,8 @@
             {'columns': ['rating_source', 'ingested_at']},
             {'columns': ['user_id']},
             {'columns': ['movie_id']},
+            {'columns': ['built_at']},
+            {'columns': ['rated_at']},
         ],
         post_hook=[
             "delete from {{ this }}
@@ -80,6 +84,10 @@ ratings as (
                         built.dataset = '{{ var("dataset") }}'
                         and built.rating_source = 'app'
                 )
+                and not exists (
+                    select 1 from {{ this }} as built
+                    where built.rating_sk = unioned.rating_sk
+                )
             )
     {% endif %}
 
@@ -100,7 +108,8 @@ final as (
         rating >= 4 as is_liked,
         rated_at,
         ingested_at,
-        load_id
+        load_id,
+        {{ batch_time() }} as built_at
 
     from ratings
 

@@ -4,15 +4,15 @@
     publish.py copies this table into recs.popular_movies. -#}
 with
 
-ratings as (
+movie_totals as (
 
-    select * from {{ ref('fct_ratings') }}
+    select * from {{ ref('int_movie_rating_totals') }}
 
 ),
 
-dates as (
+season_totals as (
 
-    select * from {{ ref('dim_dates') }}
+    select * from {{ ref('int_movie_season_totals') }}
 
 ),
 
@@ -28,17 +28,27 @@ users as (
 
 ),
 
-rated as (
+ratings as (
 
+    select * from {{ ref('fct_ratings') }}
+
+),
+
+demographic_ratings as (
+
+    -- driven from the users who have demographics (none in the CSV releases),
+    -- so it reads only their ratings, through the index on user_id
     select
-        ratings.user_id,
+        users.age_band,
+        users.gender,
+        users.occupation,
         ratings.movie_id,
-        ratings.rating,
-        dates.season
+        ratings.rating
 
-    from ratings
-    left join dates on ratings.date_sk = dates.date_sk
-    where ratings.dataset = '{{ var("dataset") }}'
+    from users
+    inner join ratings
+        on users.user_id = ratings.user_id
+    where users.has_demographics
 
 ),
 
@@ -48,48 +58,43 @@ counted as (
         'overall' as list_type,
         'all' as segment,
         movie_id,
-        count(*) as n,
-        avg(rating) as mean
-    from rated
-    group by movie_id
+        rating_count as n,
+        rating_sum / rating_count as mean
+    from movie_totals
 
     union all
 
     select
         'genre' as list_type,
         movie_genres.genre as segment,
-        rated.movie_id,
-        count(*) as n,
-        avg(rated.rating) as mean
-    from rated
-    inner join movie_genres on rated.movie_id = movie_genres.movie_id
-    group by movie_genres.genre, rated.movie_id
+        movie_totals.movie_id,
+        movie_totals.rating_count as n,
+        movie_totals.rating_sum / movie_totals.rating_count as mean
+    from movie_totals
+    inner join movie_genres on movie_totals.movie_id = movie_genres.movie_id
 
     union all
 
     select
         'age_gender' as list_type,
-        users.age_band || ' ' || users.gender as segment,
-        rated.movie_id,
+        age_band || ' ' || gender as segment,
+        movie_id,
         count(*) as n,
-        avg(rated.rating) as mean
-    from rated
-    inner join users on rated.user_id = users.user_id
-    where users.has_demographics and users.gender is not null
-    group by users.age_band, users.gender, rated.movie_id
+        avg(rating) as mean
+    from demographic_ratings
+    where gender is not null
+    group by age_band, gender, movie_id
 
     union all
 
     select
         'occupation' as list_type,
-        users.occupation as segment,
-        rated.movie_id,
+        occupation as segment,
+        movie_id,
         count(*) as n,
-        avg(rated.rating) as mean
-    from rated
-    inner join users on rated.user_id = users.user_id
-    where users.has_demographics
-    group by users.occupation, rated.movie_id
+        avg(rating) as mean
+    from demographic_ratings
+    group by occupation, movie_id
 
     union all
 
@@ -97,11 +102,9 @@ counted as (
         'season' as list_type,
         season as segment,
         movie_id,
-        count(*) as n,
-        avg(rating) as mean
-    from rated
-    where season is not null
-    group by season, movie_id
+        rating_count as n,
+        rating_sum / rating_count as mean
+    from season_totals
 
 ),
 
