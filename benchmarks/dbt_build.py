@@ -9,8 +9,9 @@ For each size:
    the API would, and time the nightly ``dbt build`` that follows;
 4. time a nightly build with nothing new.
 
-It prints, per step, the whole build's wall time and the seconds spent in
-fct_ratings (incremental) and in the rest (dimensions and marts, rebuilt in full).
+It prints, per step, the whole build's wall time, the seconds spent in
+fct_ratings, in the incremental aggregates (``int_*`` tables), in the other
+models and in the data tests (summed over dbt's threads), and the slowest nodes.
 
 Usage::
 
@@ -32,24 +33,38 @@ from moviesforyou import ingest, sources, synth, transform, warehouse
 from moviesforyou.config import Settings
 
 
-def timed_build(settings: Settings) -> tuple[float, float, float]:
+def timed_build(settings: Settings) -> dict:
     start = time.perf_counter()
     summary = transform.transform(settings, docs=False)
     wall = time.perf_counter() - start
+    nodes = {r["unique_id"]: r["seconds"] for r in summary.build.results}
     models = summary.model_seconds()
     fct = models.get("model.moviesforyou.fct_ratings", 0.0)
-    return wall, fct, sum(models.values()) - fct
+    aggregates = sum(v for k, v in models.items() if k.startswith("model.moviesforyou.int_"))
+    tests = sum(v for k, v in nodes.items() if k.startswith(("test.", "unit_test.")))
+    slowest = sorted(nodes.items(), key=lambda kv: -kv[1])[:3]
+    return {"wall": wall, "fct": fct, "aggregates": aggregates,
+            "other": sum(models.values()) - fct - aggregates, "tests": tests,
+            "slowest": ", ".join(f"{k.split('.')[2]} {v:.1f}" for k, v in slowest)}
 
 
-def add_day_of_ratings(settings: Settings, n: int, n_users: int, n_movies: int) -> None:
+def add_day_of_ratings(settings: Settings, n: int) -> None:
+    """``n`` app ratings of the last day, spread over all users and movies (a
+    pessimistic night for the incremental aggregates: ~``n`` touched users)."""
     conn = warehouse.connect(settings)
     with conn, conn.cursor() as cur:
         cur.execute(
-            """insert into app.ratings (dataset, user_id, movie_id, rating, rated_at)
-               select %s, 1 + (i * 7919) %% %s, 1 + (i * 104729) %% %s, 1 + i %% 5,
+            """with users as (select user_id, row_number() over (order by user_id) - 1 as k
+                              from marts.dim_users),
+                    movies as (select movie_id, row_number() over (order by movie_id) - 1 as k
+                               from marts.dim_movies)
+               insert into app.ratings (dataset, user_id, movie_id, rating, rated_at)
+               select %s, users.user_id, movies.movie_id, 1 + i %% 5,
                       now() - (i %% 86400) * interval '1 second'
-               from generate_series(1, %s) as i""",
-            (settings.dataset, n_users, n_movies, n),
+               from generate_series(1, %s) as i
+               join users on users.k = (i * 7919) %% (select count(*) from users)
+               join movies on movies.k = (i * 104729) %% (select count(*) from movies)""",
+            (settings.dataset, n),
         )
     conn.close()
 
@@ -70,7 +85,7 @@ def main() -> None:
         env["MFY_HOME"] = str(work / "home")
         settings = dataclasses.replace(Settings.from_env(env), dataset=f"synth-{n}")
         try:
-            summary = synth.generate(work / "release", synth.SynthSpec(n_ratings=n),
+            synth.generate(work / "release", synth.SynthSpec(n_ratings=n),
                                      layout="csv")
             warehouse.ensure(settings)
             conn = warehouse.connect(settings)
@@ -79,7 +94,7 @@ def main() -> None:
             shutil.rmtree(work / "release")
 
             full = timed_build(settings)
-            add_day_of_ratings(settings, options.day_ratings, summary.n_users, summary.n_movies)
+            add_day_of_ratings(settings, options.day_ratings)
             nightly = timed_build(settings)
             idle = timed_build(settings)
             rows.append((n, full, nightly, idle))
@@ -87,15 +102,17 @@ def main() -> None:
             warehouse.embedded(settings).stop()
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'ratings':>12} | {'step':<28} | {'build s':>8} | {'fct_ratings s':>13} | "
-          f"{'other models s':>14}")
+    print(f"\n{'ratings':>12} | {'step':<28} | {'build s':>8} | {'fct s':>6} | "
+          f"{'int_* s':>7} | {'marts s':>7} | {'tests s':>7} | slowest nodes (s)")
     for n, full, nightly, idle in rows:
-        for label, (wall, fct, other) in (
+        for label, timing in (
             ("full build", full),
             (f"nightly, +{options.day_ratings:,} ratings", nightly),
             ("nightly, nothing new", idle),
         ):
-            print(f"{n:>12,} | {label:<28} | {wall:>8.1f} | {fct:>13.1f} | {other:>14.1f}")
+            print(f"{n:>12,} | {label:<28} | {timing['wall']:>8.1f} | {timing['fct']:>6.1f} | "
+                  f"{timing['aggregates']:>7.1f} | {timing['other']:>7.1f} | "
+                  f"{timing['tests']:>7.1f} | {timing['slowest']}")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,17 @@
     select *, {{ batch_time() }} as through_built_at from {{ delta }}
     {%- endif %}
 {%- endmacro %}
+
+{% macro touched_months() -%}
+    {#- The calendar months (UTC, 'YYYY-MM-DD' of their first day) of the ratings
+        the model has not counted yet, as a list read when the model compiles:
+        the model filters on them as literals, since a subquery made Postgres
+        expect thousands of months and scan every rating. -#}
+    {%- if execute and is_incremental() -%}
+        {%- set found = run_query(
+            "select distinct cast(date_trunc('month', rated_at at time zone 'UTC') as date)"
+            ~ " from (" ~ new_ratings() ~ ") as new_ratings") -%}
+        {{ return(found.columns[0].values() | map('string') | list) }}
+    {%- endif -%}
+    {{ return([]) }}
+{%- endmacro %}

@@ -24,31 +24,22 @@ bridge as (
 
 ),
 
-{% if is_incremental() %}
-    touched as (
+history as (
 
-        select distinct date_trunc('month', rated_at at time zone 'UTC') as month_start
-        from ({{ new_ratings() }}) as new_ratings
+    select ratings.* from ratings
+    {%- if is_incremental() %}
+        where
+            false
+        {%- for month in touched_months() %}
+                or (
+                    ratings.rated_at >= cast('{{ month }}' as timestamp) at time zone 'UTC'
+                    and ratings.rated_at
+                    < (cast('{{ month }}' as timestamp) + interval '1 month') at time zone 'UTC'
+                )
+            {%- endfor %}
+    {%- endif %}
 
-    ),
-
-    history as (
-
-        select ratings.*
-        from ratings
-        inner join touched
-            on
-                ratings.rated_at >= touched.month_start at time zone 'UTC'
-                and ratings.rated_at < (touched.month_start + interval '1 month') at time zone 'UTC'
-
-    ),
-{% else %}
-    history as (
-
-        select * from ratings
-
-    ),
-{% endif %}
+),
 
 final as (
 

@@ -11,7 +11,9 @@
     inserted it) tells the incremental aggregates downstream which rows they
     have not counted yet. The post-hook removes ratings of superseded loads of the
     release and of any other release, through the (dataset, rating_source,
-    load_id) index.
+    load_id) index, then refreshes the table's statistics, so that the
+    aggregates downstream plan their delta scans with the real row counts
+    (without them Postgres guessed a third of the table and scanned it all).
 -#}
 {{
     config(
@@ -38,6 +40,7 @@
                    select coalesce(max(load_id), 0) from {{ source('ops', 'source_loads') }}
                    where dataset = '{{ var('dataset') }}' and status = 'loaded'
                )",
+            "analyze {{ this }}",
         ],
     )
 }}
