@@ -274,6 +274,17 @@ def _genre_list(values: list[str] | None) -> list[str]:
     return sorted({g.strip() for v in values or [] for g in v.split(",") if g.strip()})
 
 
+async def _check_genres(conn, field: str, genres) -> None:
+    """422 naming the unknown genres and listing the known ones."""
+    if not genres:
+        return
+    known = {r["genre"] for r in await conn.fetch(db.GENRES)}
+    unknown = sorted(set(genres) - known)
+    if unknown:
+        raise HTTPException(422, f"{field}: unknown genre(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(sorted(known))}")
+
+
 @app.get("/api/users/{user_id}/recommendations", tags=["recommendations"],
          response_class=Response,
          responses={200: {"content": {"application/json": {"example": {
@@ -289,6 +300,7 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     body = cache.get(key)
     if body is None:
         async with _pool(request).acquire() as conn:
+            await _check_genres(conn, "exclude_genres", excluded)
             row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
             if not row["personal"]:
                 await _require_user(conn, user_id, await _dataset(conn, request))
@@ -369,11 +381,7 @@ class NewRatings(BaseModel):
 async def sign_up(request: Request, user: NewUser, k: K = 10):
     """Sign a newcomer up; the answer has their first (cold-start) recommendations."""
     async with _pool(request).acquire() as conn:
-        known = {r["genre"] for r in await conn.fetch(db.GENRES)}
-        unknown = sorted(set(user.preferred_genres) - known)
-        if unknown:
-            raise HTTPException(422, f"preferred_genres: unknown genre(s) {', '.join(unknown)}; "
-                                     f"known: {', '.join(sorted(known))}")
+        await _check_genres(conn, "preferred_genres", user.preferred_genres)
         async with conn.transaction():
             user_id = await conn.fetchval(db.SIGN_UP, await _dataset(conn, request), user.age,
                                           user.gender,

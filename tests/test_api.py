@@ -65,10 +65,18 @@ def test_hostile_input_stays_data(api_server, wh):
     hostile = "x'); drop table recs.user_recommendations; --"
     status, answer = call(api_server, "/api/movies/search?q=" + urllib.parse.quote(hostile))
     assert status == 200
-    status, _ = call(api_server, "/api/users/1/recommendations?exclude_genres="
-                     + urllib.parse.quote(hostile))
-    assert status == 200
+    status, answer = call(api_server, "/api/users/1/recommendations?exclude_genres="
+                          + urllib.parse.quote(hostile))
+    assert status == 422 and "exclude_genres: unknown genre(s) x')" in answer["detail"]
     assert query(wh, "select count(*) > 0 from recs.user_recommendations") == [(True,)]
+
+
+def test_unknown_excluded_genre_is_refused_with_the_known_ones(api_server):
+    status, answer = call(api_server, "/api/users/1/recommendations?exclude_genres=Drama,Foo")
+
+    assert status == 422
+    assert answer["detail"].startswith("exclude_genres: unknown genre(s) Foo; known: Action, ")
+    assert "Drama" in answer["detail"].split("known: ")[1]
 
 
 def test_user_ratings(api_server):

@@ -118,6 +118,46 @@ def test_unknown_movie(conn, good, tmp_path):
     assert_untouched(conn, "unknown movie id 404")
 
 
+def test_duplicate_rating(conn, good, tmp_path):
+    # line 9 repeats user 2's rating of movie 2 (line 5), with another score
+    rewrite_line(good / "ratings.dat", 9, "2::2::5::978299999")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.path, error.line, error.field) == (str(good / "ratings.dat"), 9, "movie_id")
+    assert "duplicate rating: user 2 already rated movie 2 on line 5" in str(error)
+    assert_untouched(conn, "duplicate rating")
+
+
+@pytest.mark.parametrize("stamp, problem", [
+    ("-86400", "before 1995"),
+    ("788918399", "before 1995"),        # 1994-12-31 23:59:59 UTC
+    ("4102444800", "in the future"),     # 2100-01-01
+])
+def test_impossible_rating_time(conn, good, tmp_path, stamp, problem):
+    rewrite_line(good / "ratings.dat", 4, f"2::1::4::{stamp}")
+
+    error = ingest_bad(conn, good, tmp_path)
+
+    assert (error.line, error.field) == (4, "timestamp")
+    assert f"impossible rating time {stamp}" in str(error) and problem in str(error)
+    assert_untouched(conn, "impossible rating time")
+
+
+def test_csv_duplicate_rating_names_both_lines(conn, tmp_path):
+    release = tmp_path / "latest"
+    shutil.copytree(FIXTURES / "ml-latest-mini", release)
+    with (release / "ratings.csv").open("a") as handle:
+        handle.write("1,3,2.0,964982999\n")
+
+    with pytest.raises(SourceError) as caught:
+        ingest.load_release(conn, sources.open_source(release, tmp_path), "ml-latest-small")
+
+    assert (caught.value.line, caught.value.field) == (11, "movieId")
+    assert "user 1 already rated movie 3 on line 3" in str(caught.value)
+    assert query(conn, "select count(*) from raw.ratings") == [(0,)]
+
+
 def test_missing_file(conn, good, tmp_path):
     (good / "users.dat").unlink()
 

@@ -2,8 +2,10 @@
 
 Every release, whatever its layout, lands in the same tables with the same
 columns (see :data:`RAW_TABLES`); a column a release lacks is null. Each parser
-checks every line: field count, types, the rating scale, and that ratings, tags
-and links refer to known users and movies. The first problem raises
+checks every line: field count, types, the rating scale, that ratings, tags
+and links refer to known users and movies, that a rating's time is possible
+(not before MovieLens began in 1995, not in the future) and that no user rates
+a movie twice. The first problem raises
 :class:`~moviesforyou.errors.SourceError` naming the file, line and field.
 
 Layouts, from the READMEs GroupLens ships with each release:
@@ -21,8 +23,10 @@ Layouts, from the READMEs GroupLens ships with each release:
 
 from __future__ import annotations
 
+import array
 import csv
 import io
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -178,6 +182,61 @@ def _check_ids(user: int | None, movie: int, ctx: Context, where: _Where) -> Non
                          "movie_id")
 
 
+#: 1995-01-01 UTC: MovieLens collected its first ratings in 1995.
+FIRST_POSSIBLE_RATING = 788_918_400
+
+
+class _RatingChecks:
+    """A ratings file's time and uniqueness checks.
+
+    Times are checked per line. Uniqueness of (user, movie) is checked when the
+    file ends: keeping a set of 25M pairs in Python would take about 2 GB, so
+    each line's pair is packed into 8 bytes (and its line number into 8 more) and
+    the arrays are sorted once: about 16 bytes a rating while parsing, 400 MB at
+    25M, and twice that while sorting. The load is one transaction, so a
+    duplicate found at the end still loads nothing.
+    """
+
+    def __init__(self, where: _Where, user_field: str, movie_field: str) -> None:
+        self.where = where
+        self.fields = (user_field, movie_field)
+        self.now = int(time.time())
+        self.pairs = array.array("q")
+        self.lines = array.array("q")
+
+    def check(self, user_id: int, movie_id: int, stamp: int) -> None:
+        if not FIRST_POSSIBLE_RATING <= stamp <= self.now:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp)) \
+                if -62_135_596_800 <= stamp <= 253_402_300_799 else "out of range"
+            problem = "before 1995" if stamp < FIRST_POSSIBLE_RATING else "in the future"
+            raise self.where.fail(f"impossible rating time {stamp} ({when}): {problem}",
+                                  "timestamp")
+        self.pairs.append((user_id << 32) | (movie_id & 0xFFFFFFFF))
+        self.lines.append(self.where.line)
+
+    def finish(self) -> None:
+        """Raise for the first line that repeats an earlier (user, movie) pair."""
+        import numpy as np  # only once a file is read: the rest of ingest needs no numpy
+
+        pairs = np.frombuffer(self.pairs, dtype=np.int64)
+        if len(pairs) < 2:
+            return
+        order = np.argsort(pairs, kind="stable")
+        ordered = pairs[order]
+        repeats = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if not len(repeats):
+            return
+        lines = np.frombuffer(self.lines, dtype=np.int64)
+        # the earliest line that repeats a pair, and the first line with that pair
+        second = min(repeats, key=lambda i: lines[order[i + 1]])
+        pair = int(ordered[second])
+        first = int(lines[order[np.searchsorted(ordered, pair)]])
+        self.where.line = int(lines[order[second + 1]])
+        raise self.where.fail(
+            f"duplicate rating: user {pair >> 32} already rated movie {pair & 0xFFFFFFFF} "
+            f"on line {first}", self.fields[1])
+
+
 def _unique(key: int, seen: set[int], where: _Where, name: str) -> None:
     if key in seen:
         raise where.fail(f"duplicate {name} {key}", name)
@@ -240,12 +299,15 @@ def _delimited_ratings(sep: str) -> Callable[[IO[bytes], str, Context], Iterator
     def parse(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
         where = _Where(path)
         names = ("user_id", "movie_id", "rating", "timestamp")
+        checks = _RatingChecks(where, "user_id", "movie_id")
         for line in _lines(handle, "latin-1", where):
             user, movie, rating, stamp = _split(line, sep, names, where)
             user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
             _check_ids(user_id, movie_id, ctx, where)
-            yield (user_id, movie_id, _rating(rating, where, half_stars=False),
-                   where.int(stamp, "timestamp"))
+            rated_at = where.int(stamp, "timestamp")
+            checks.check(user_id, movie_id, rated_at)
+            yield (user_id, movie_id, _rating(rating, where, half_stars=False), rated_at)
+        checks.finish()
 
     return parse
 
@@ -334,11 +396,14 @@ def _csv_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
 def _csv_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
     where = _Where(path)
     header = ("userId", "movieId", "rating", "timestamp")
+    checks = _RatingChecks(where, "userId", "movieId")
     for user, movie, rating, stamp in _csv_rows(handle, where, header):
         user_id, movie_id = where.int(user, "userId"), where.int(movie, "movieId")
         _check_ids(None, movie_id, ctx, where)
-        yield (user_id, movie_id, _rating(rating, where, half_stars=True),
-               where.int(stamp, "timestamp"))
+        rated_at = where.int(stamp, "timestamp")
+        checks.check(user_id, movie_id, rated_at)
+        yield (user_id, movie_id, _rating(rating, where, half_stars=True), rated_at)
+    checks.finish()
 
 
 def _csv_tags(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
