@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg2
@@ -178,3 +180,62 @@ def test_raw_tables_have_the_parsers_columns(embedded_settings):
         conn.close()
     assert found == {table: ["dataset", *(name for name, _ in columns), "load_id", "loaded_at"]
                      for table, columns in RAW_TABLES.items()}
+
+
+HOLD_WRITER = """
+import sys, time
+from moviesforyou import warehouse
+from moviesforyou.config import Settings
+with warehouse.writer_lock(Settings.from_env(), sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_writer(settings: Settings, action: str) -> subprocess.Popen:
+    """Another process that takes the writer lock and keeps it until killed."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MFY_", "AIRFLOW_CTX_"))}
+    env.update(settings.to_env())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, action], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_writer_at_a_time_and_the_second_names_the_first(db_settings):
+    from moviesforyou import transform
+    from moviesforyou.errors import WarehouseBusy
+
+    holder = hold_writer(db_settings, "ingest")
+    try:
+        # a dbt build and a rollback fail after their wait, naming the holder
+        with pytest.raises(WarehouseBusy) as caught:
+            transform.transform(dataclasses.replace(db_settings, writer_wait=1.0), docs=False)
+        message = str(caught.value)
+        assert message.startswith("dbt build: the warehouse is being written by command -c "
+                                  "ingest (ingest) on ")
+        assert f"pid {holder.pid}, since " in message and "after waiting 1 s" in message
+        with (pytest.raises(WarehouseBusy, match=f"rollback: .* pid {holder.pid}"),
+              warehouse.writer_lock(db_settings, "rollback", wait=0)):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # a writer that died released the lock with its connection: the next one proceeds
+    with warehouse.writer_lock(db_settings, "rollback", wait=10) as conn, conn.cursor() as cur:
+        cur.execute("select holder, pid from ops.writer")
+        assert cur.fetchone() == (f"{warehouse.writer_name()} (rollback)", os.getpid())
+
+
+def test_a_waiting_writer_proceeds_when_the_first_finishes(db_settings):
+    holder = hold_writer(db_settings, "publish")
+    subprocess.Popen(["sh", "-c", f"sleep 2; kill {holder.pid}"])
+    started = time.monotonic()
+    try:
+        with warehouse.writer_lock(db_settings, "ingest", wait=60):
+            assert time.monotonic() - started >= 1.5  # it waited for the first to end
+            assert holder.wait(timeout=5) is not None
+    finally:
+        holder.kill()
+        holder.wait()

@@ -104,6 +104,8 @@ class Settings:
     max_recs_age_hours: float = 36.0
     #: weekday the nightly dbt build rebuilds every incremental model in full
     dbt_rebuild_day: str = "sun"
+    #: seconds a writing step waits for another writer before it fails
+    writer_wait: float = 600.0
     publish: PublishSettings = field(default_factory=PublishSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -195,6 +197,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _weekday(text: str) -> str:
     day = text.lower()[:3]
     if day not in ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "alw", "nev"):
@@ -248,6 +257,9 @@ VARIABLES: tuple[Variable, ...] = (
              "folder of the Great Expectations suites", Path),
     Variable("MFY_MAX_RECS_AGE_HOURS", "max_recs_age_hours", "36",
              "the freshness check fails past this age of the live recommendations", _positive),
+    Variable("MFY_WRITER_WAIT", "writer_wait", "600",
+             "seconds a writing step (ingest, dbt build, publish) waits for another writer",
+             _non_negative),
     Variable("MFY_DBT_REBUILD_DAY", "dbt_rebuild_day", "sun",
              "weekday the nightly dbt build rebuilds the incremental models in full "
              "(or always, never)", _weekday),

@@ -44,3 +44,7 @@ class SourceError(MoviesForYouError):
 
 class WarehouseError(MoviesForYouError):
     """The warehouse cannot be started, reached or set up."""
+
+
+class WarehouseBusy(WarehouseError):
+    """Another writer holds the warehouse's writer lock."""

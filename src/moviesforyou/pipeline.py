@@ -93,7 +93,8 @@ def extract_source(settings: Settings, *, force: bool = False) -> dict:
         reporters[table](done, size)
 
     try:
-        with contextlib.closing(warehouse.connect(settings, dsn=warehouse.ensure(settings))) as c:
+        warehouse.ensure(settings)
+        with warehouse.writer_lock(settings, "ingest") as c:
             result = ingest.load_release(c, files, settings.dataset, force=force,
                                          progress=on_file)
     finally:

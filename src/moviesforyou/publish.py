@@ -48,7 +48,6 @@ from moviesforyou.recs_build import BUILD, HISTORY, LIVE, TABLES, build, drop_sc
 
 log = logging.getLogger(__name__)
 
-_LOCK_KEY = "moviesforyou.publish"
 
 
 class PublishError(MoviesForYouError):
@@ -190,20 +189,6 @@ def _create_functions(conn) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
-@contextlib.contextmanager
-def _publish_lock(settings: Settings):
-    """One swap or rollback at a time, across processes."""
-    conn = warehouse.connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("select pg_try_advisory_lock(hashtext(%s))", (_LOCK_KEY,))
-            if not cur.fetchone()[0]:
-                raise PublishError("another publish or rollback is running")
-        yield conn
-    finally:
-        conn.close()
-
-
 class _Steps:
     """Timings of a publish's steps, and failure bookkeeping in ops.publish_log."""
 
@@ -249,7 +234,7 @@ def prepare(settings: Settings, *, spark=None,
     started = time.perf_counter()
     factors = factors or registry.export_champion(settings)
     champion = json.loads((factors.parent / "champion.json").read_text())
-    with _publish_lock(settings) as conn:
+    with warehouse.writer_lock(settings, "publish") as conn:
         with conn, conn.cursor() as cur:
             publish_id = _log_start(cur, settings, "publish", model_name=champion["model_name"],
                                     model_version=champion["version"],
@@ -319,7 +304,7 @@ def go_live(settings: Settings, publish_id: int) -> PublishResult:
     """Step 3: swap a validated build in, refresh the SQL functions, prune old versions."""
     config = settings.publish
     steps = _Steps(settings, publish_id)
-    with _publish_lock(settings) as conn:
+    with warehouse.writer_lock(settings, "publish") as conn:
         try:
             with conn.cursor() as cur:
                 _building(cur, publish_id)
@@ -367,7 +352,7 @@ def versions(settings: Settings) -> list[tuple]:
 def rollback(settings: Settings, publish_id: int | None = None) -> tuple[int, float]:
     """Swap a kept version back in (default: the newest kept). Returns (id, lock ms)."""
     config = settings.publish
-    with _publish_lock(settings) as conn:
+    with warehouse.writer_lock(settings, "rollback") as conn:
         with conn, conn.cursor() as cur:
             kept = history_versions(cur)
             live = live_publish_id(cur)

@@ -154,34 +154,36 @@ def transform(settings: Settings, *, full_refresh: bool = False,
     run of that ``logical_date``.
     """
     warehouse.ensure(settings)
-    if not _relation_exists(settings, "marts", "fct_ratings"):
-        # dbt's unit tests of an incremental model read its columns from the
-        # existing table: create it empty once, then build it in full
-        log.info("first build: creating fct_ratings empty for its unit tests")
-        run_dbt(settings, ["run", "--select", "+fct_ratings", "--empty"])
-        full_refresh = True
-    elif not full_refresh and _release_reloaded(settings):
-        # merging a whole new release row by row through the indexes is many
-        # times slower than rebuilding the table
-        log.info("ingest loaded a new version of %s: rebuilding fct_ratings in full",
-                 settings.dataset)
-        full_refresh = True
-    elif (not full_refresh and select is None and logical_date is not None
-          and on_weekday(settings.dbt_rebuild_day, logical_date)):
-        log.info("weekly full rebuild (MFY_DBT_REBUILD_DAY=%s)", settings.dbt_rebuild_day)
-        full_refresh = True
-    elif not full_refresh and _late_app_ratings(settings):
-        log.info("an app rating predates its user's first counted rating: rebuilding in full")
-        full_refresh = True
-    freshness = run_dbt(settings, ["source", "freshness"], check=False)
-    if not freshness.success:
-        log.warning("source freshness: %s", freshness.counts())
-    args = ["build"]
-    if full_refresh:
-        args.append("--full-refresh")
-    # the after_publish models read the published recs: the follower DAG builds them
-    args += ["--select", select] if select else ["--exclude", "tag:after_publish"]
-    build = run_dbt(settings, args)
+    # one writer at a time, from choosing full or incremental to the end of the build
+    with warehouse.writer_lock(settings, "dbt build"):
+        if not _relation_exists(settings, "marts", "fct_ratings"):
+            # dbt's unit tests of an incremental model read its columns from the
+            # existing table: create it empty once, then build it in full
+            log.info("first build: creating fct_ratings empty for its unit tests")
+            run_dbt(settings, ["run", "--select", "+fct_ratings", "--empty"])
+            full_refresh = True
+        elif not full_refresh and _release_reloaded(settings):
+            # merging a whole new release row by row through the indexes is many
+            # times slower than rebuilding the table
+            log.info("ingest loaded a new version of %s: rebuilding fct_ratings in full",
+                     settings.dataset)
+            full_refresh = True
+        elif (not full_refresh and select is None and logical_date is not None
+                and on_weekday(settings.dbt_rebuild_day, logical_date)):
+            log.info("weekly full rebuild (MFY_DBT_REBUILD_DAY=%s)", settings.dbt_rebuild_day)
+            full_refresh = True
+        elif not full_refresh and _late_app_ratings(settings):
+            log.info("an app rating predates its user's first counted rating: rebuilding in full")
+            full_refresh = True
+        freshness = run_dbt(settings, ["source", "freshness"], check=False)
+        if not freshness.success:
+            log.warning("source freshness: %s", freshness.counts())
+        args = ["build"]
+        if full_refresh:
+            args.append("--full-refresh")
+        # the after_publish models read the published recs: the follower DAG builds them
+        args += ["--select", select] if select else ["--exclude", "tag:after_publish"]
+        build = run_dbt(settings, args)
     if docs:
         run_dbt(settings, ["docs", "generate"])
     return TransformSummary(build, freshness, target_dir(settings) / "index.html")

@@ -20,8 +20,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import socket
+import sys
+import threading
+import time
 from importlib import resources
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -32,7 +38,7 @@ from psycopg2.extensions import connection as Connection
 
 from moviesforyou.config import Settings
 from moviesforyou.embedded import DATABASE, EmbeddedPostgres
-from moviesforyou.errors import WarehouseError
+from moviesforyou.errors import WarehouseBusy, WarehouseError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,84 @@ def connect(settings: Settings, *, dsn: str | None = None, **kwargs) -> Connecti
         return psycopg2.connect(target, application_name="moviesforyou", **kwargs)
     except psycopg2.OperationalError as exc:
         raise WarehouseError(f"cannot connect to {redact(target)}: {exc}".strip()) from exc
+
+
+#: pg_advisory_lock key of the writer lock (hashtext of this text)
+WRITER_LOCK = "moviesforyou.writer"
+_held = threading.local()
+
+
+def writer_name() -> str:
+    """Who is writing: the Airflow task (from the variables Airflow sets for it) or
+    the command line."""
+    run_id, task = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"), os.environ.get(
+        "AIRFLOW_CTX_TASK_ID")
+    if run_id:
+        return f"Airflow {os.environ.get('AIRFLOW_CTX_DAG_ID', 'DAG')} run {run_id} task {task}"
+    return "command " + " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]
+
+
+@contextlib.contextmanager
+def writer_lock(settings: Settings, action: str, *, wait: float | None = None):
+    """Hold the warehouse's one writer lock while ``action`` writes; yields a connection.
+
+    Every writing step takes it: ingest, the dbt build, publish and rollback. A
+    second writer waits up to ``wait`` seconds (default ``MFY_WRITER_WAIT``) and
+    then fails with :class:`WarehouseBusy` naming the holder: its DAG run and
+    task or command, host, pid and since when. It is a session advisory lock, so
+    a writer that dies releases it with its connection. A step already holding
+    it in this thread (a publish's steps) takes it again for free.
+    """
+    conn = connect(settings)
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield conn
+        finally:
+            _held.depth -= 1
+            conn.close()
+        return
+    wait = settings.writer_wait if wait is None else wait
+    deadline, told = time.monotonic() + wait, False
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("select pg_try_advisory_lock(hashtext(%s))", (WRITER_LOCK,))
+                if cur.fetchone()[0]:
+                    break
+                holder = _writer(cur)
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(f"{action}: the warehouse is being written by {holder}; "
+                                        f"gave up after waiting {wait:g} s (MFY_WRITER_WAIT)")
+                if not told:
+                    log.info("%s waits for the warehouse's writer lock, held by %s", action,
+                             holder)
+                    told = True
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            cur.execute(
+                """insert into ops.writer (holder, host, pid) values (%s, %s, %s)
+                   on conflict (only_row) do update
+                   set holder = excluded.holder, host = excluded.host, pid = excluded.pid,
+                       since = now()""",
+                (f"{writer_name()} ({action})", socket.gethostname(), os.getpid()))
+        conn.autocommit = False
+        _held.depth = 1
+        try:
+            yield conn
+        finally:
+            _held.depth = 0
+    finally:
+        conn.close()  # releases the session lock
+
+
+def _writer(cur) -> str:
+    cur.execute("select holder, host, pid, since from ops.writer")
+    row = cur.fetchone()
+    if row is None:
+        return "another writer"
+    holder, host, pid, since = row
+    return f"{holder} on {host}, pid {pid}, since {since:%Y-%m-%d %H:%M:%S %Z}"
 
 
 def ensure(settings: Settings) -> str:

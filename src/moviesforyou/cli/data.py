@@ -89,21 +89,17 @@ def _opened_release(settings: Settings, dataset: str, source: str | None, sha256
 
 def _ingest(settings: Settings, dataset: str, source: str | None, sha256: str | None,
             force: bool) -> ingest.LoadResult:
-    dsn = warehouse.ensure(settings)
-    with _opened_release(settings, dataset, source, sha256) as files:
-        conn = warehouse.connect(settings, dsn=dsn)
-        try:
-            with _progress() as bars:
-                tasks: dict[str, int] = {}
+    warehouse.ensure(settings)
+    with _opened_release(settings, dataset, source, sha256) as files, \
+            warehouse.writer_lock(settings, "ingest") as conn, _progress() as bars:
+        tasks: dict[str, int] = {}
 
-                def on_file(table: str, name: str, done: int, size: int) -> None:
-                    if table not in tasks:
-                        tasks[table] = bars.add_task(f"raw.{table:<12}", total=size)
-                    bars.update(tasks[table], completed=done)
+        def on_file(table: str, name: str, done: int, size: int) -> None:
+            if table not in tasks:
+                tasks[table] = bars.add_task(f"raw.{table:<12}", total=size)
+            bars.update(tasks[table], completed=done)
 
-                return ingest.load_release(conn, files, dataset, force=force, progress=on_file)
-        finally:
-            conn.close()
+        return ingest.load_release(conn, files, dataset, force=force, progress=on_file)
 
 
 @main.command("ingest")

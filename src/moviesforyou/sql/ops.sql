@@ -136,3 +136,13 @@ comment on table ops.validations is
 comment on table ops.publish_log is
     'Every publish of the recs tables and every rollback: model version, row counts, '
     'step timings, the Great Expectations result and how long the swap held its locks.';
+create table if not exists ops.writer (
+    only_row boolean primary key default true check (only_row),
+    holder text not null,
+    host text not null,
+    pid integer not null,
+    since timestamptz not null default now()
+);
+comment on table ops.writer is
+    'Who took the warehouse''s writer lock last (warehouse.writer_lock): the holder '
+    'while the advisory lock is held, the last one after.';
