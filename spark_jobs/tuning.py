@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from spark_jobs.config import TrainConfig
 from spark_jobs.evaluation import Evaluator
-from spark_jobs.models import ITEM, RATING, USER, ALSParams, Biases, als_estimator
+from spark_jobs.models import ITEM, RATING, USER, ALSParams, Biases, als_estimator, spark_ratings
 from spark_jobs.splitters import Splits, chronological_holdout, user_sample
 
 
@@ -24,8 +24,6 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
 
     train = user_sample(splits.rating[0][0], config.tune_max_ratings, config.seed).copy()
     train[RATING] = train[RATING] - Biases.fit(train).predict(train[USER], train[ITEM])
-    df = spark.createDataFrame(train[[USER, ITEM, RATING]].astype(
-        {USER: "int32", ITEM: "int32", RATING: "float32"}))
     als = als_estimator(ALSParams(), seed=config.seed, blocks=config.blocks)
     candidates = config.grid(implicit=False)
     grid = (ParamGridBuilder()
@@ -37,7 +35,8 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[A
         estimator=als, estimatorParamMaps=grid, trainRatio=0.8, seed=config.seed,
         evaluator=RegressionEvaluator(metricName="rmse", labelCol=RATING,
                                       predictionCol="prediction"))
-    fitted = tvs.fit(df)
+    with spark_ratings(spark, train) as df:
+        fitted = tvs.fit(df)
     results = []
     for point, score in zip(grid, fitted.validationMetrics, strict=True):
         values = {p.name: v for p, v in point.items()}
