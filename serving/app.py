@@ -16,18 +16,18 @@ import datetime as dt
 import difflib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
 
 from moviesforyou.config import Settings
-from serving import db
+from serving import auth, db
 from serving.cache import AnswerCache, following
+from serving.schemas import NewRatings, NewUser
 
 STATIC = Path(__file__).parent / "static"
 PAGE_SIZE = 10
@@ -42,6 +42,7 @@ async def lifespan(app: FastAPI):
     settings = Settings.from_env()  # the API's entry point builds the settings once
     app.state.settings = settings
     app.state.pool = await db.create_pool(settings)
+    app.state.writes = auth.RateLimiter(settings.api.write_limit)
     try:
         cache = AnswerCache(settings.api.cache_size, settings.api.cache_ttl)
         async with following(cache, app.state.pool, settings.api.cache_seconds):
@@ -334,6 +335,8 @@ async def user_ratings(request: Request, user_id: UserId,
     async with _pool(request).acquire() as conn:
         dataset = await _dataset(conn, request)
         await _require_user(conn, user_id, dataset)
+        if await conn.fetchval(db.HAS_TOKEN, user_id):  # an app user's history is theirs
+            await auth.require_owner(conn, request, user_id)
         rows = await conn.fetch(db.USER_RATINGS, user_id, dataset, PAGE_SIZE,
                                 (page - 1) * PAGE_SIZE)
     total = rows[0]["total"] if rows else 0
@@ -347,69 +350,54 @@ async def user_ratings(request: Request, user_id: UserId,
 # --------------------------------------------------------------------------- writes
 
 
-class NewUser(BaseModel):
-    age: int | None = Field(None, ge=1, le=120,
-                            description="Age in years (used where the release has age lists)")
-    gender: Literal["M", "F"] | None = Field(None, description="M or F, as in MovieLens")
-    occupation: str | None = Field(None, max_length=40)
-    zip_code: str | None = Field(None, max_length=10, pattern=r"^[A-Za-z0-9 -]+$")
-    preferred_genres: list[str] = Field(default_factory=list, max_length=19)
-
-    @field_validator("occupation")
-    @classmethod
-    def _lower(cls, value: str | None) -> str | None:
-        return value.strip().lower() if value else None
-
-
-class NewRating(BaseModel):
-    movie_id: int = Field(ge=1, le=2_147_483_647)
-    rating: float = Field(ge=0.5, le=5, description="Stars, in half steps from 0.5 to 5")
-
-    @field_validator("rating")
-    @classmethod
-    def _half_steps(cls, value: float) -> float:
-        if value * 2 != int(value * 2):
-            raise ValueError("ratings go in half-star steps (0.5, 1, ..., 5)")
-        return value
-
-
-class NewRatings(BaseModel):
-    ratings: list[NewRating] = Field(min_length=1, max_length=500)
-
-
 @app.post("/api/users", status_code=201, tags=["users"])
 async def sign_up(request: Request, user: NewUser, k: K = 10):
-    """Sign a newcomer up; the answer has their first (cold-start) recommendations."""
+    """Sign a newcomer up; the answer has their first (cold-start) recommendations and
+    their ``token``, shown only this once: rating and reading their history need it
+    (``Authorization: Bearer <token>``)."""
+    request.app.state.writes.check(auth.client_address(request))
+    token, hashed = auth.new_token()
     async with _pool(request).acquire() as conn:
         await _check_genres(conn, "preferred_genres", user.preferred_genres)
         async with conn.transaction():
             user_id = await conn.fetchval(db.SIGN_UP, await _dataset(conn, request), user.age,
-                                          user.gender,
-                                          user.occupation, user.zip_code,
-                                          user.preferred_genres)
+                                          user.gender, user.occupation, user.zip_code,
+                                          user.preferred_genres, hashed)
     answer = json.loads((await recommend(request, user_id, k)).body)
-    return {**answer, "profile": user.model_dump()}
+    return {**answer, "profile": user.model_dump(), "token": token}
 
 
 @app.post("/api/users/{user_id}/ratings", status_code=202, tags=["users"])
 async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Body()]):
-    """Store ratings for the next nightly run (they change recommendations after it)."""
+    """Store ratings for the next nightly run (they change recommendations after it).
+    Needs the user's token from sign-up (``Authorization: Bearer <token>``)."""
     movie_ids = [r.movie_id for r in body.ratings]
     async with _pool(request).acquire() as conn:
+        hashed = await auth.require_owner(conn, request, user_id)
+        request.app.state.writes.check(f"token:{hashed}", auth.client_address(request))
         dataset = await _dataset(conn, request)
-        await _require_user(conn, user_id, dataset)
         known = {r["movie_id"] for r in await conn.fetch(db.KNOWN_MOVIES, movie_ids)}
         missing = sorted(set(movie_ids) - known)
         if missing:
             raise HTTPException(404, f"movie(s) not in the catalogue: "
                                      f"{', '.join(map(str, missing))}")
         async with conn.transaction():
-            ids = [await conn.fetchval(db.SUBMIT_RATING, dataset, user_id,
+            ids = [await conn.fetchval(db.SUBMIT_RATING, hashed, dataset,
                                        r.movie_id, r.rating) for r in body.ratings]
     request.app.state.cache.forget_user(user_id)
     return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,
             "message": ("Thanks! Your ratings are stored and will shape your recommendations "
                         "after the next nightly run.")}
+
+
+@app.delete("/api/tokens/current", status_code=204, tags=["users"])
+async def revoke_token(request: Request):
+    """Revoke the token the request carries; it stops working at once."""
+    hashed = auth.bearer_hash(request)
+    async with _pool(request).acquire() as conn:
+        if hashed is None or not await conn.fetchval(db.REVOKE_TOKEN, hashed):
+            raise HTTPException(401, "invalid or revoked token", headers=auth.BEARER)
+    return Response(status_code=204)
 
 
 # --------------------------------------------------------------------------- health

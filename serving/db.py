@@ -152,8 +152,15 @@ select distinct occupation from marts.dim_users
 where occupation is not null and occupation <> 'unknown' order by occupation
 """
 
-SIGN_UP = "select app.sign_up($1, $2, $3, $4, $5, $6::text[])"
+SIGN_UP = "select app.sign_up_with_token($1, $2, $3, $4, $5, $6::text[], $7)"
 
-SUBMIT_RATING = "select app.submit_rating($1, $2, $3, $4::numeric)"
+# writes for the token's own user only (serving/auth.py)
+SUBMIT_RATING = "select app.submit_rating_as($1, $2, $3, $4::numeric)"
+
+TOKEN_USER = "select app.token_user($1)"
+
+HAS_TOKEN = "select app.has_token($1)"
+
+REVOKE_TOKEN = "select app.revoke_token($1)"
 
 KNOWN_MOVIES = "select movie_id from recs.movie_catalogue where movie_id = any($1::int[])"

@@ -227,18 +227,23 @@ def wait_for_http(process, url: str, what: str, timeout: float) -> None:
             time.sleep(0.3)
 
 
-def call(base: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    """One JSON request to the API: (status, answer), errors included."""
+def call(base: str, path: str, body: dict | None = None, *, token: str | None = None,
+         method: str | None = None) -> tuple[int, dict]:
+    """One JSON request to the API: (status, answer), errors included; ``token`` goes
+    in ``Authorization: Bearer``. The answer of a 204 is {}."""
     import json
     import urllib.error
     import urllib.request
 
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else {}
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
 
@@ -255,7 +260,8 @@ def running_api(settings: Settings, dataset: str | None = None):
 
     port = embedded.free_port(18000)
     env = {**os.environ, "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
-           "MFY_DATASET": dataset or settings.dataset}
+           "MFY_DATASET": dataset or settings.dataset,
+           "MFY_API_WRITE_LIMIT": str(settings.api.write_limit)}
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env)

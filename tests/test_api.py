@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 import urllib.error
@@ -10,9 +11,11 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
-from conftest import call, query, wait_for
+from conftest import call, query, running_api, wait_for
 from moviesforyou import publish, warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -152,22 +155,91 @@ def test_posted_ratings_reach_app_ratings(api_server, wh):
     _, user = call(api_server, "/api/users", {"age": 40, "preferred_genres": ["Drama"]})
     user_id = user["user_id"]
     first = user["recommendations"][0]["movie_id"]
+    token = user["token"]
     status, answer = call(api_server, f"/api/users/{user_id}/ratings",
                           {"ratings": [{"movie_id": first, "rating": 4.5},
-                                       {"movie_id": 50, "rating": 5}]})
+                                       {"movie_id": 50, "rating": 5}]}, token=token)
     assert status == 202 and answer["stored"] == 2
     assert "next nightly run" in answer["message"]
     rows = query(wh, "select movie_id, rating::float8 from app.ratings where user_id = %s "
                      "order by movie_id", (user_id,))
     assert rows == sorted([(first, 4.5), (50, 5.0)])
-    _, rated = call(api_server, f"/api/users/{user_id}/ratings")
+    _, rated = call(api_server, f"/api/users/{user_id}/ratings", token=token)
     assert rated["total"] == 2 and all(r["pending"] for r in rated["ratings"])
     # a rated movie no longer comes back as a recommendation
     _, again = call(api_server, f"/api/users/{user_id}/recommendations?k=50")
     assert first not in {r["movie_id"] for r in again["recommendations"]}
     status, answer = call(api_server, f"/api/users/{user_id}/ratings",
-                          {"ratings": [{"movie_id": 99999, "rating": 3}]})
+                          {"ratings": [{"movie_id": 99999, "rating": 3}]}, token=token)
     assert status == 404 and "99999" in answer["detail"]
+
+
+def test_writes_need_the_users_own_token(api_server, wh):
+    _, alice = call(api_server, "/api/users", {"preferred_genres": ["Drama"]})
+    _, bob = call(api_server, "/api/users", {"preferred_genres": ["Comedy"]})
+    rating = {"ratings": [{"movie_id": 50, "rating": 4}]}
+    stored = "select count(*) from app.ratings where user_id = any(%s)"
+    before = query(wh, stored, ([1, alice["user_id"], bob["user_id"]],))
+
+    # no token, a made-up one, someone else's: 401, 401, 403, and nothing stored
+    status, answer = call(api_server, "/api/users/1/ratings", rating)
+    assert status == 401 and "needs the user's token" in answer["detail"]
+    status, answer = call(api_server, f"/api/users/{alice['user_id']}/ratings", rating,
+                          token="made-up")
+    assert status == 401 and answer["detail"] == "invalid or revoked token"
+    status, answer = call(api_server, f"/api/users/{alice['user_id']}/ratings", rating,
+                          token=bob["token"])
+    assert status == 403 and f"belongs to user {bob['user_id']}" in answer["detail"]
+    assert query(wh, stored, ([1, alice["user_id"], bob["user_id"]],)) == before
+    # an app user's history is theirs; the release's users' histories stay public data
+    assert call(api_server, f"/api/users/{alice['user_id']}/ratings")[0] == 401
+    assert call(api_server, f"/api/users/{alice['user_id']}/ratings", token=bob["token"]
+                )[0] == 403
+    assert call(api_server, f"/api/users/{alice['user_id']}/ratings", token=alice["token"]
+                )[0] == 200
+    # the warehouse keeps only the token's hash, and the API's role cannot read even that
+    hashed = hashlib.sha256(alice["token"].encode()).hexdigest()
+    assert query(wh, "select user_id from app.tokens where token_hash = %s", (hashed,)) == [
+        (alice["user_id"],)]
+    assert query(wh, "select count(*) from app.tokens where token_hash = %s",
+                 (alice["token"],)) == [(0,)]
+
+    # revoked: the token stops working at once
+    assert call(api_server, "/api/tokens/current", token=alice["token"], method="DELETE"
+                )[0] == 204
+    status, answer = call(api_server, f"/api/users/{alice['user_id']}/ratings", rating,
+                          token=alice["token"])
+    assert status == 401 and answer["detail"] == "invalid or revoked token"
+    assert call(api_server, "/api/tokens/current", token=alice["token"], method="DELETE"
+                )[0] == 401
+
+
+def test_the_api_role_cannot_write_for_anyone_without_a_token(published):
+    reader = psycopg2.connect(warehouse.reader_url(published))
+    try:
+        for statement in ("select app.submit_rating('ml-100k', 1, 50, 4)",
+                          "select app.sign_up('ml-100k', 30, 'F', null, null, '{}')",
+                          "select token_hash from app.tokens"):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege), reader:
+                reader.cursor().execute(statement)
+        with pytest.raises(psycopg2.errors.InvalidAuthorizationSpecification), reader:
+            reader.cursor().execute(
+                "select app.submit_rating_as(%s, 'ml-100k', 50, 4)", ("0" * 64,))
+    finally:
+        reader.close()
+
+
+def test_writes_are_rate_limited_per_address(published):
+    limited = dataclasses.replace(published, api=dataclasses.replace(published.api,
+                                                                     write_limit=2))
+    with running_api(limited) as base:
+        _, user = call(base, "/api/users", {"preferred_genres": ["Drama"]})
+        rating = {"ratings": [{"movie_id": 50, "rating": 4}]}
+        assert call(base, f"/api/users/{user['user_id']}/ratings", rating,
+                    token=user["token"])[0] == 202
+        status, answer = call(base, f"/api/users/{user['user_id']}/ratings", rating,
+                              token=user["token"])
+    assert status == 429 and "at most 2 a minute" in answer["detail"]
 
 
 def test_health_names_model_publish_and_freshness(api_server, wh):
@@ -296,4 +368,10 @@ def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_serv
     assert len(items) == 10
     assert "Western" in items[0].find_element(By.CLASS_NAME, "genres").text
     browser.save_screenshot(str(screenshots / "signup.png"))
+    # the browser keeps the token, and the user's own page uses it for their history
+    user_id = browser.find_element(By.ID, "signup-welcome").text.split("user ")[1].split("!")[0]
+    assert len(browser.execute_script(f"return localStorage.getItem('mfy-token-{user_id}')")
+               or "") > 30
+    status, _ = call(api_server, f"/api/users/{user_id}/ratings")
+    assert status == 401  # without the token nobody else reads it
 

@@ -170,7 +170,7 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
     # their rating is stored for the live release
     movie = signed["recommendations"][0]["movie_id"]
     status, _ = call(lab.api, f"/api/users/{signed['user_id']}/ratings",
-                     {"ratings": [{"movie_id": movie, "rating": 4.5}]})
+                     {"ratings": [{"movie_id": movie, "rating": 4.5}]}, token=signed["token"])
     assert status == 202
     connection = warehouse.connect(lab.settings)
     try:

@@ -15,10 +15,19 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Sign-up gives a token, kept in this browser; requests about that user carry it.
+const tokenKey = (userId) => `mfy-token-${userId}`;
+
+function headersFor(path) {
+  const headers = { "Content-Type": "application/json" };
+  const user = path.match(/^\/api\/users\/(\d+)\//);
+  const token = user && localStorage.getItem(tokenKey(user[1]));
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, {
-    headers: { "Content-Type": "application/json" }, ...options,
-  });
+  const response = await fetch(path, { headers: headersFor(path), ...options });
   const body = await response.json();
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
@@ -162,6 +171,7 @@ async function signUp(form) {
   if (shown(form, "occupation")) body.occupation = data.get("occupation") || null;
   try {
     const answer = await api("/api/users?k=10", { method: "POST", body: JSON.stringify(body) });
+    localStorage.setItem(tokenKey(answer.user_id), answer.token);
     $("#signup-welcome").textContent =
       `Welcome, user ${answer.user_id}! Films picked for you:`;
     $("#signup-list").replaceChildren(...answer.recommendations.map((r) =>

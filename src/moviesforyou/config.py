@@ -83,6 +83,8 @@ class ApiSettings:
     cache_size: int = 50_000
     cache_ttl: float = 60.0
     cache_seconds: float = 1.0
+    #: writes (sign-ups, rating posts) per token and per client address a minute
+    write_limit: int = 30
 
 
 @dataclass(frozen=True)
@@ -299,4 +301,6 @@ VARIABLES: tuple[Variable, ...] = (
              _positive),
     Variable("MFY_API_CACHE_SECONDS", "api.cache_seconds", "1",
              "how often the API looks for a new publish", _positive),
+    Variable("MFY_API_WRITE_LIMIT", "api.write_limit", "30",
+             "sign-ups and rating posts per token and per client address a minute", _whole(1)),
 )

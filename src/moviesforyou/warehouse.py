@@ -236,8 +236,28 @@ def _bootstrap_database(settings: Settings, cur, admin_dsn: str) -> None:
             db.execute(sql.SQL("set local role {}").format(sql.Identifier(owner)))
             for name in TABLE_FILES:
                 db.execute(ddl(name))
+            if reader is not None:
+                _reader_writes_only_with_tokens(db, reader)
     finally:
         conn.close()
+
+
+#: What the read-only role may run that writes: the app functions that check a token.
+READER_WRITE_FUNCTIONS = ("app.sign_up_with_token(text, integer, text, text, text, text[], text)",)
+OWNER_ONLY_FUNCTIONS = ("app.sign_up(text, integer, text, text, text, text[])",
+                        "app.submit_rating(text, integer, integer, numeric)")
+
+
+def _reader_writes_only_with_tokens(cur, reader: str) -> None:
+    """The reader (the API's role) gets execute on sign-up only through the function
+    that issues a token; the functions that write for any user are the owner's."""
+    r = sql.Identifier(reader)
+    cur.execute(sql.SQL("revoke select on app.tokens from {}").format(r))
+    for function in OWNER_ONLY_FUNCTIONS:
+        cur.execute(sql.SQL("revoke execute on function {} from {}").format(
+            sql.SQL(function), r))
+    for function in READER_WRITE_FUNCTIONS:
+        cur.execute(sql.SQL("grant execute on function {} to {}").format(sql.SQL(function), r))
 
 
 #: The warehouse's own tables, in the order they are created (``sql/<name>.sql``).

@@ -26,8 +26,8 @@ comment on table app.ratings is
     'Ratings submitted through the API; the next nightly dbt build adds them to marts.fct_ratings.';
 create index if not exists ratings_received_at_idx on app.ratings (received_at);
 
--- The API connects as the read-only role; these two functions are its only way to
--- write. They run as the owner, check what they are given, and touch nothing else.
+-- The owner's ways to add a user and a rating; the API (the read-only role) goes through
+-- the token-checked functions further down. They check what they are given.
 create or replace function app.sign_up(p_dataset text, p_age integer, p_gender text,
         p_occupation text, p_zip_code text, p_preferred_genres text[])
     returns integer language plpgsql security definer
@@ -58,3 +58,82 @@ create or replace function app.submit_rating(p_dataset text, p_user_id integer,
     values (p_dataset, p_user_id, p_movie_id, p_rating)
     returning app_rating_id
 $fn$;
+
+-- Credentials of app users: a bearer token, given once at sign-up and stored only
+-- as its SHA-256. Writes go through the functions below, which act for the
+-- token's own user and nobody else.
+create table if not exists app.tokens (
+    token_hash text primary key check (token_hash ~ '^[0-9a-f]{64}$'),
+    user_id integer not null references app.users (user_id),
+    created_at timestamptz not null default now(),
+    revoked_at timestamptz
+);
+comment on table app.tokens is
+    'API bearer tokens (SHA-256 only) of app users; revoked_at set means no longer valid.';
+create index if not exists tokens_user_id_idx on app.tokens (user_id);
+
+create or replace function app.sign_up_with_token(p_dataset text, p_age integer,
+        p_gender text, p_occupation text, p_zip_code text, p_preferred_genres text[],
+        p_token_hash text)
+    returns integer language plpgsql security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+declare
+    new_id integer;
+begin
+    new_id := app.sign_up(p_dataset, p_age, p_gender, p_occupation, p_zip_code,
+                          p_preferred_genres);
+    insert into app.tokens (token_hash, user_id) values (p_token_hash, new_id);
+    return new_id;
+end
+$fn$;
+
+create or replace function app.token_user(p_token_hash text)
+    returns integer language sql stable security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+    select user_id from app.tokens where token_hash = p_token_hash and revoked_at is null
+$fn$;
+comment on function app.token_user(text) is
+    'The user a live token belongs to, or null.';
+
+create or replace function app.has_token(p_user_id integer)
+    returns boolean language sql stable security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+    select exists (select 1 from app.tokens where user_id = p_user_id)
+$fn$;
+comment on function app.has_token(integer) is
+    'Whether the user signed up with a credential (their history is then private).';
+
+create or replace function app.submit_rating_as(p_token_hash text, p_dataset text,
+        p_movie_id integer, p_rating numeric)
+    returns bigint language plpgsql security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+declare
+    owner_id integer := app.token_user(p_token_hash);
+    new_id bigint;
+begin
+    if owner_id is null then
+        raise exception 'invalid or revoked token' using errcode = '28000';
+    end if;
+    insert into app.ratings (dataset, user_id, movie_id, rating)
+    values (p_dataset, owner_id, p_movie_id, p_rating)
+    returning app_rating_id into new_id;
+    return new_id;
+end
+$fn$;
+comment on function app.submit_rating_as(text, text, integer, numeric) is
+    'The API''s way to store a rating: for the token''s own user only.';
+
+create or replace function app.revoke_token(p_token_hash text)
+    returns boolean language sql security definer
+    set search_path = pg_catalog, pg_temp as $fn$
+    update app.tokens set revoked_at = now()
+    where token_hash = p_token_hash and revoked_at is null
+    returning true
+$fn$;
+comment on function app.revoke_token(text) is 'Revoke a live token; true if it was live.';
+
+-- Only the token-checked functions are the API's; the raw ones are the owner's.
+revoke execute on function app.sign_up(text, integer, text, text, text, text[]) from public;
+revoke execute on function app.submit_rating(text, integer, integer, numeric) from public;
+revoke execute on function app.sign_up_with_token(text, integer, text, text, text, text[], text)
+    from public;

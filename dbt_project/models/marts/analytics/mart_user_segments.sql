@@ -1,6 +1,6 @@
-{#- Each user's activity segment and favourite genres. Favourite genres are
-    those of the movies the user liked (4 stars or more) most often; a user
-    who liked nothing falls back to all their ratings. -#}
+{#- Each user's activity segment and favourite genres (ranked per user in
+    int_user_favourite_genres, which a nightly build updates for the touched
+    users only). -#}
 with
 
 users as (
@@ -9,35 +9,9 @@ users as (
 
 ),
 
-genre_counts as (
-
-    select * from {{ ref('int_ratings_aggregated_to_user_genres') }}
-
-),
-
-ranked as (
-
-    select
-        user_id,
-        genre,
-        row_number() over (
-            partition by user_id
-            order by liked_count desc, rated_count desc, genre asc
-        ) as genre_rank
-
-    from genre_counts
-
-),
-
 favourites as (
 
-    select
-        user_id,
-        max(genre) filter (where genre_rank = 1) as favourite_genre,
-        array_agg(genre order by genre_rank) filter (where genre_rank <= 3) as top_genres
-
-    from ranked
-    group by user_id
+    select * from {{ ref('int_user_favourite_genres') }}
 
 ),
 
@@ -56,7 +30,7 @@ final as (
         round(1.0 * users.rating_count / nullif(users.active_days, 0), 2) as ratings_per_active_day,
         users.mean_rating,
         favourites.favourite_genre,
-        array_to_string(favourites.top_genres, ', ') as top_genres,
+        favourites.top_genres,
         users.age_band,
         users.gender,
         users.occupation

@@ -11,9 +11,11 @@
     inserted it) tells the incremental aggregates downstream which rows they
     have not counted yet. The post-hook removes ratings of superseded loads of the
     release and of any other release, through the (dataset, rating_source,
-    load_id) index, then refreshes the table's statistics, so that the
-    aggregates downstream plan their delta scans with the real row counts
-    (without them Postgres guessed a third of the table and scanned it all).
+    load_id) index. After a full build it gathers the new table's statistics,
+    so that the aggregates downstream plan their delta scans with real row
+    counts (without any, Postgres guessed a third of the table and scanned it
+    all); an incremental run skips that (26 s at 25M), since Postgres reads an
+    indexed column's true maximum beyond the histogram itself.
 -#}
 {{
     config(
@@ -40,7 +42,7 @@
                    select coalesce(max(load_id), 0) from {{ source('ops', 'source_loads') }}
                    where dataset = '{{ var('dataset') }}' and status = 'loaded'
                )",
-            "analyze {{ this }}",
+            "{% if not is_incremental() %}analyze {{ this }}{% endif %}",
         ],
     )
 }}
