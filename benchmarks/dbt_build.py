@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from moviesforyou import ingest, sources, synth, transform, warehouse
+from moviesforyou import embedded, ingest, sources, synth, transform, warehouse
 from moviesforyou.config import Settings
 
 
@@ -83,6 +83,7 @@ def main() -> None:
         work.chmod(0o755)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
         env["MFY_HOME"] = str(work / "home")
+        env["MFY_WAREHOUSE_PORT"] = str(embedded.free_port(56532))
         settings = dataclasses.replace(Settings.from_env(env), dataset=f"synth-{n}")
         try:
             synth.generate(work / "release", synth.SynthSpec(n_ratings=n),

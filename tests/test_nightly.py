@@ -161,13 +161,15 @@ class TestNightlyRuns:
         before = live(wh)
         corrupt = tmp_path / "ml-100k-corrupt"
         corrupt.mkdir()
-        for name in ("u.item", "u.user", "u.genre", "u.occupation"):
+        for name in ("u.item", "u.data", "u.genre", "u.occupation"):
             shutil.copy(ml100k / name, corrupt / name)
-        lines = (ml100k / "u.data").read_text().splitlines()
-        # every line parses, but the table is wrong: a rating in 2150 and repeated ratings
-        user, movie, rating, _ = lines[0].split("\t")
-        lines += lines[:50] + [f"{user}\t{movie}\t{rating}\t5680281600"]
-        (corrupt / "u.data").write_text("\n".join(lines) + "\n")
+        # every line parses (the parser checks ids, genders, stars and times), but two
+        # users' ages are impossible, which only the raw suite looks at
+        users = (ml100k / "u.user").read_text(encoding="latin-1").splitlines()
+        for index, age in ((0, "0"), (1, "212")):
+            fields = users[index].split("|")
+            users[index] = "|".join([fields[0], age, *fields[2:]])
+        (corrupt / "u.user").write_text("\n".join(users) + "\n", encoding="latin-1")
         nightly.env["AIRFLOW_VAR_MFY_SOURCE"] = str(corrupt)
         try:
             run = nightly.run({"train": QUICK_TRAIN})
@@ -180,16 +182,16 @@ class TestNightlyRuns:
         assert states["write_summary"] == "failed"  # it writes the row, then fails the run
         log = capfd.readouterr()
         text = log.out + log.err
-        assert "expect_compound_columns_to_be_unique" in text
-        assert "rated after MovieLens began" in text
+        assert "raw.users: a plausible age" in text
         assert live(wh) == before
         assert summary(wh, run)["state"] == "failed"
         (success, failures), = query(wh, """select success, failures from ops.validations
                                             where layer = 'raw'
                                             order by validation_id desc limit 1""")
         assert success is False
-        assert {f["expectation"] for f in failures} >= {"expect_compound_columns_to_be_unique",
-                                                        "expect_column_values_to_be_between"}
+        assert [(f["table"], f["expectation"]) for f in failures] == [
+            ("raw.users", "expect_column_values_to_be_between")]
+        assert failures[0]["observed"] == "2"  # two users
 
     def test_a_worse_model_keeps_the_champion_and_its_recommendations(self, nightly, wh):
         champion = champion_version(nightly.settings)
