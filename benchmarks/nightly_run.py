@@ -83,6 +83,10 @@ class TreeMemory:
         return max(inside, default=0)
 
 
+class RunFailed(Exception):
+    """A run of ``moviesforyou run`` ended non-zero (its output's tail is the message)."""
+
+
 @dataclasses.dataclass
 class RunFigures:
     label: str
@@ -116,7 +120,7 @@ def run(env: dict, home: Path, label: str) -> RunFigures:
     memory.stop()
     seconds = time.time() - started
     if process.returncode:
-        sys.exit(f"{label} failed:\n{output[-3000:]}")
+        raise RunFailed(f"{label} failed after {seconds:.0f} s:\n{output[-3000:]}")
     settings = Settings.from_env(env)
     summary = orchestration.last_run_summary(settings)
     tasks = {task: (end - start, memory.peak(start, end))
@@ -155,20 +159,26 @@ def add_app_ratings(settings: Settings, count: int) -> int:
         conn.close()
 
 
-def benchmark(source: Path, dataset: str, new: int, keep: bool) -> list[RunFigures]:
+def benchmark(source: Path, dataset: str, new: int, keep: bool,
+              driver_memory: str | None = None) -> list[RunFigures]:
     home = Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
     home.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MFY_", "AIRFLOW", "MLFLOW_TRACKING_URI"))}
     env.update({"MFY_HOME": str(home), "MFY_SOURCE": str(source), "MFY_DATASET": dataset,
-                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)), "MFY_TUNE_DAY": "sun"})
+                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)), "MFY_TUNE_DAY": "sun",
+                **({"MFY_SPARK_DRIVER_MEMORY": driver_memory} if driver_memory else {})})
     settings = Settings.from_env(env)
+    figures: list[RunFigures] = []
     try:
-        figures = [run(env, home, "first run")]
+        figures.append(run(env, home, "first run"))
         added = add_app_ratings(settings, new)
         quiet = {**env, "MFY_TUNE_DAY": "never"}
         figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
         figures.append(run(quiet, home, "unchanged re-run"))
+        return figures
+    except RunFailed as failed:  # keep the sizes and runs measured so far
+        print(f"\n{failed}")
         return figures
     finally:
         warehouse.embedded(settings).stop()
@@ -180,7 +190,10 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool) -> list[RunFigur
 
 def side_by_side(results: dict[str, list[RunFigures]]) -> None:
     """One markdown table: runs and their heaviest parts, one column per size."""
-    def cell(figures: RunFigures, tasks: tuple[str, ...] = ()) -> str:
+    def cell(runs: list[RunFigures], index: int, tasks: tuple[str, ...] = ()) -> str:
+        if index >= len(runs):
+            return "failed" if index == len(runs) else "not run"
+        figures = runs[index]
         if not tasks:
             return f"{figures.seconds:.0f} s, {figures.peak / GIB:.1f} GiB"
         took = sum(figures.tasks.get(t, (0, 0))[0] for t in tasks)
@@ -204,7 +217,7 @@ def side_by_side(results: dict[str, list[RunFigures]]) -> None:
     print("\n| run / task | " + " | ".join(sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for label, index, tasks in rows:
-        print(f"| {label} | " + " | ".join(cell(results[s][index], tasks) for s in sizes) + " |")
+        print(f"| {label} | " + " | ".join(cell(results[s], index, tasks) for s in sizes) + " |")
     print("\n25M targets: " + "; ".join(
         f"{k} ≤ {v} GiB" if k == "peak RSS" else f"{k} ≤ {v} s" for k, v in TARGETS.items()))
 
@@ -218,12 +231,13 @@ def main() -> None:
                         help="the release's layout name (default: ml-25m)")
     parser.add_argument("--new", type=int, default=20_000, help="app ratings before the nightly")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    parser.add_argument("--driver-memory", help="MFY_SPARK_DRIVER_MEMORY (default: the product's)")
     args = parser.parse_args()
 
     results: dict[str, list[RunFigures]] = {}
     if args.source:
         results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
-                                                    args.keep)
+                                                    args.keep, args.driver_memory)
     else:
         for n in args.ratings:
             folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))
@@ -235,7 +249,7 @@ def main() -> None:
                   f"{time.time() - started:.0f} s)")
             try:
                 results[f"{n / 1e6:g}M"] = benchmark(folder / "release", args.dataset,
-                                                     args.new, args.keep)
+                                                     args.new, args.keep, args.driver_memory)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     side_by_side(results)
