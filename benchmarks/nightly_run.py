@@ -22,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/nightly_run.py --ratings 1000000 5000000 [--keep]
     .venv/bin/python benchmarks/nightly_run.py --source ../shared/data/ml-100k --dataset ml-100k
+    .venv/bin/python benchmarks/nightly_run.py --source REL --resume KEPT_HOME  # runs 2 and 3
 """
 
 from __future__ import annotations
@@ -160,8 +161,12 @@ def add_app_ratings(settings: Settings, count: int) -> int:
 
 
 def benchmark(source: Path, dataset: str, new: int, keep: bool,
-              driver_memory: str | None = None) -> list[RunFigures]:
-    home = Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
+              driver_memory: str | None = None,
+              resume: Path | None = None) -> list[RunFigures | None]:
+    """The three runs in a fresh home; with ``resume``, the nightly and unchanged runs
+    in a kept home whose first run is done (its figures are then None)."""
+    home = resume or Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
+    keep = keep or resume is not None
     home.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MFY_", "AIRFLOW", "MLFLOW_TRACKING_URI"))}
@@ -169,9 +174,9 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
                 "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)), "MFY_TUNE_DAY": "sun",
                 **({"MFY_SPARK_DRIVER_MEMORY": driver_memory} if driver_memory else {})})
     settings = Settings.from_env(env)
-    figures: list[RunFigures] = []
+    figures: list[RunFigures | None] = []
     try:
-        figures.append(run(env, home, "first run"))
+        figures.append(run(env, home, "first run") if resume is None else None)
         added = add_app_ratings(settings, new)
         quiet = {**env, "MFY_TUNE_DAY": "never"}
         figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
@@ -188,12 +193,14 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
             shutil.rmtree(home, ignore_errors=True)
 
 
-def side_by_side(results: dict[str, list[RunFigures]]) -> None:
+def side_by_side(results: dict[str, list[RunFigures | None]]) -> None:
     """One markdown table: runs and their heaviest parts, one column per size."""
-    def cell(runs: list[RunFigures], index: int, tasks: tuple[str, ...] = ()) -> str:
+    def cell(runs: list[RunFigures | None], index: int, tasks: tuple[str, ...] = ()) -> str:
         if index >= len(runs):
             return "failed" if index == len(runs) else "not run"
         figures = runs[index]
+        if figures is None:
+            return "earlier run"
         if not tasks:
             return f"{figures.seconds:.0f} s, {figures.peak / GIB:.1f} GiB"
         took = sum(figures.tasks.get(t, (0, 0))[0] for t in tasks)
@@ -232,12 +239,15 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=20_000, help="app ratings before the nightly")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
     parser.add_argument("--driver-memory", help="MFY_SPARK_DRIVER_MEMORY (default: the product's)")
+    parser.add_argument("--resume", type=Path, metavar="HOME",
+                        help="with --source: a home kept (--keep) or left by an interrupted "
+                             "run whose first run is done; run the nightly and unchanged runs")
     args = parser.parse_args()
 
-    results: dict[str, list[RunFigures]] = {}
+    results: dict[str, list[RunFigures | None]] = {}
     if args.source:
         results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
-                                                    args.keep, args.driver_memory)
+                                                    args.keep, args.driver_memory, args.resume)
     else:
         for n in args.ratings:
             folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))

@@ -42,6 +42,10 @@ class TrainConfig:
     #: tune on the whole histories of a user sample of about this many ratings (None:
     #: on all); the chosen configuration is then fitted on all of them
     tune_max_ratings: int | None = 2_000_000
+    #: score models, baselines and the gate on the whole histories of a user sample of
+    #: about this many ratings (None: on all). Held-out figures need no more, and each
+    #: held-out fit then costs a fifth at 25M; the published models still fit on all
+    eval_max_ratings: int | None = 5_000_000
 
     def grid(self, implicit: bool) -> list[ALSParams]:
         spec = self.implicit_grid if implicit else self.explicit_grid

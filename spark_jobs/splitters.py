@@ -82,9 +82,10 @@ def user_sample(ratings: pd.DataFrame, max_ratings: int | None, seed: int) -> pd
     """The whole histories of a seeded sample of users, about ``max_ratings`` ratings in
     all; every rating when there are no more than that.
 
-    Tuning uses it at scale: each grid point then fits on the sample, and only the
-    chosen configuration is fitted on everything. Whole histories keep each user's
-    count (ALS-WR scales regularization by it) and the per-user holdouts intact.
+    Tuning and held-out evaluation use it at scale: each grid point and each held-out
+    fit then runs on the sample, and only the published models fit on everything.
+    Whole histories keep each user's count (ALS-WR scales regularization by it) and
+    the per-user holdouts intact.
     """
     if not max_ratings or len(ratings) <= max_ratings:
         return ratings
@@ -96,6 +97,10 @@ def user_sample(ratings: pd.DataFrame, max_ratings: int | None, seed: int) -> pd
 def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
     if config.folds_dir:
         return official_folds(Path(config.folds_dir), ratings)
+    sampled = user_sample(ratings, config.eval_max_ratings, config.seed)
+    sample = (f"; users sampled to {len(sampled):,} of {len(ratings):,} ratings"
+              if len(sampled) < len(ratings) else "")
+    ratings = sampled
     train, test = chronological_holdout(ratings, config.holdout_per_user)
     if test.empty:
         raise TrainingError(
@@ -103,4 +108,4 @@ def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
             "per-user chronological holdout")
     return Splits([random_split(ratings, config.test_fraction, config.seed)], (train, test),
                   f"random {config.test_fraction:g} seed {config.seed}; latest "
-                  f"{config.holdout_per_user} per user")
+                  f"{config.holdout_per_user} per user{sample}")

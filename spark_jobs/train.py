@@ -203,6 +203,7 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             "relevance_threshold": config.relevance_threshold, "seed": config.seed,
             "spark_master": spark.sparkContext.master, "als_blocks": config.blocks,
             "tune_max_ratings": config.tune_max_ratings,
+            "eval_max_ratings": config.eval_max_ratings,
         })
 
         # tuning

@@ -254,3 +254,22 @@ def test_tuning_sample_keeps_whole_user_histories(ml100k):
     kept = sample.groupby("user_id").size()
     assert kept.equals(counts[kept.index])  # every chosen user with all their ratings
     assert sample.equals(user_sample(ratings, 20_000, 42))  # seeded
+
+
+def test_held_out_splits_use_a_user_sample_above_eval_max_ratings(ml100k):
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.splitters import make_splits
+
+    ratings = pd.read_csv(ml100k / "u.data", sep="\t", names=["user_id", "movie_id", "rating",
+                                                              "rated_at"])
+    whole = make_splits(ratings, TrainConfig())
+    sampled = make_splits(ratings, TrainConfig(eval_max_ratings=30_000))
+    assert sum(len(part) for part in whole.ranking) == len(ratings)
+    held = pd.concat(sampled.ranking)
+    assert 20_000 < len(held) < 40_000
+    # whole histories of the sampled users, in the rating split as in the ranking split
+    counts = ratings.groupby("user_id").size()
+    assert held.groupby("user_id").size().equals(counts[held["user_id"].unique()].sort_index())
+    assert set(pd.concat(sampled.rating[0])["user_id"]) == set(held["user_id"])
+    assert "users sampled to" in sampled.description
+    assert "users sampled" not in whole.description  # and so a distinct split identity
