@@ -6,8 +6,8 @@ models, and publishes fresh recommendations, every night at 02:30 UTC.
 
 | # | task | what it does | stops the run when |
 |---|---|---|---|
-| 1 | `extract_source` | downloads the release only if its checksum changed, ingests it into `raw` | the source is unreadable or malformed |
-| 2 | `validate_raw` | Great Expectations suite `raw` | an expectation fails |
+| 1 | `extract_source` | downloads the release only if its checksum changed and writes it into its staging schema beside `raw` (not live yet) | the source is unreadable or a line is malformed |
+| 2 | `validate_raw` | Great Expectations suite `raw` on the staged load, then swaps it in for the live release (write-audit-publish) | an expectation fails: the load is kept in `raw_rejected__<dataset>`, the live release stays |
 | 3 | `check_changes` | nothing new (same release, no app ratings)? then skip 4-11 | - |
 | 4 | `build_marts` | `dbt build` of the star schema and marts, with dbt's tests | a model or test fails |
 | 5 | `validate_marts` | Great Expectations suite `marts` | an expectation fails |
@@ -139,11 +139,11 @@ def _step(*args, **kwargs):
     doc_md=__doc__,
 )
 def movielens_nightly():
-    @task(outlets=[RAW])
+    @task
     def extract_source() -> dict:
         return _step(force=bool(_conf().get("force_ingest")))
 
-    @task(retries=0)
+    @task(retries=0, outlets=[RAW])
     def validate_raw(load: dict) -> dict:
         return _step(load)
 
@@ -192,7 +192,7 @@ def movielens_nightly():
         tasks = {b["task_id"]: {"state": b["state"], "seconds": b["duration"]}
                  for b in ti.get_task_breadcrumbs(run.dag_id, run.run_id)}
         results = {name: ti.xcom_pull(task_ids=name) for name in (
-            names.EXTRACT_SOURCE, names.BUILD_MARTS, names.EXPORT_SNAPSHOT, names.TRAIN_ALS,
+            names.EXTRACT_SOURCE, names.VALIDATE_RAW, names.BUILD_MARTS, names.EXPORT_SNAPSHOT, names.TRAIN_ALS,
             names.GATE_MODEL, names.PUBLISH_RECS)}
         results[names.CHECK_CHANGES] = ti.xcom_pull(task_ids=names.CHECK_CHANGES, key="changes")
         failed = sorted(t for t, v in tasks.items()

@@ -43,7 +43,7 @@ COLUMNS = ("user_id", "movie_id", "rating", "rated_at")
 
 
 class SnapshotError(MoviesForYouError):
-    """The warehouse has no usable training data."""
+    """The warehouse has no usable training data, or the snapshot cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,25 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
 
 
 def export_and_keep_snapshot(settings: Settings, work: Path | None = None) -> Snapshot:
-    """Export ``fct_ratings`` and keep it under ``$MFY_HOME/snapshots/<digest>``."""
-    work = work or Path(tempfile.mkdtemp(prefix="mfy-snapshot-", dir=settings.home))
-    return keep_snapshot(export_snapshot(settings, work / "snapshot"),
-                         settings.home / "snapshots")
+    """Export ``fct_ratings`` and keep it under ``$MFY_HOME/snapshots/<digest>``.
+
+    Raises:
+        SnapshotError: also when the snapshot cannot be written (a full disk, a
+            read-only folder), naming the file.
+    """
+    made = work is None
+    try:
+        work = work or Path(tempfile.mkdtemp(prefix="mfy-snapshot-", dir=settings.home))
+        return keep_snapshot(export_snapshot(settings, work / "snapshot"),
+                             settings.home / "snapshots")
+    except OSError as exc:
+        where = exc.filename2 or exc.filename or settings.home
+        raise SnapshotError(f"cannot write the ratings snapshot: {exc.strerror or exc} "
+                            f"({where}); free space or fix the permissions under "
+                            f"{settings.home} (MFY_HOME)") from exc
+    finally:
+        if made and work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def read_kept_snapshot(path: Path) -> Snapshot:

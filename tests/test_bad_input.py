@@ -38,9 +38,9 @@ def assert_untouched(conn, error: str) -> None:
     ledger = query(conn, "select status, error from ops.source_loads order by load_id")
     assert [status for status, _ in ledger] == ["loaded", "failed"]
     assert error in ledger[-1][1]
-    # no leftover half-built partition
-    assert query(conn, "select count(*) from pg_tables where schemaname = 'raw' "
-                       "and tablename like '%%__load%%'") == [(0,)]
+    # no leftover half-written staging schema
+    assert query(conn, "select count(*) from pg_namespace where nspname like 'raw\\_%%'") \
+        == [(0,)]
 
 
 def ingest_bad(conn, source: Path, tmp_path: Path, **kwargs) -> SourceError:
@@ -182,6 +182,112 @@ def test_csv_bad_header_and_unknown_movie_in_tags(conn, tmp_path):
     with pytest.raises(SourceError, match="expected the header userId,movieId,tag,timestamp"):
         ingest.load_release(conn, sources.open_source(release, tmp_path), "ml-latest-small")
     assert query(conn, "select count(*) from raw.ratings") == [(0,)]
+
+
+# ------------------------------------------------------------- write, audit, publish
+
+
+def test_a_load_that_fails_its_audit_is_kept_aside_and_the_live_release_stays(conn, good,
+                                                                            tmp_path):
+    seen = []
+
+    def refuse(staged: ingest.LoadResult) -> None:  # an audit that sees the staged rows
+        seen.append(query(conn, f"select count(*), sum(rating) from {staged.schema}.ratings"))
+        raise ValueError("user 1 may not dislike Toy Story")
+
+    rewrite_line(good / "ratings.dat", 1, "1::1::3::978300760")  # 5 stars were 36 in all
+    for attempt in (1, 2):
+        with pytest.raises(ingest.LoadRejected) as caught:
+            ingest.load_release(conn, sources.open_source(good, tmp_path), "ml-1m",
+                                audit=refuse)
+        message = str(caught.value)
+        assert f"load {attempt + 1} of ml-1m" in message
+        assert "kept for inspection in schema raw_rejected__ml_1m; load 1 stays live" in message
+        assert "user 1 may not dislike Toy Story" in message
+    assert seen == [[(10, 34)], [(10, 34)]]
+    # the live release is the good one, whole
+    assert query(conn, "select count(*), sum(rating), min(load_id), max(load_id) "
+                       "from raw.ratings") == [(10, 36, 1, 1)]
+    # the newest rejected load is kept, and only it; the ledger says where
+    assert query(conn, "select load_id, status, schema_name from ops.source_loads "
+                       "order by load_id") == [(1, "loaded", None), (2, "rejected", None),
+                                               (3, "rejected", "raw_rejected__ml_1m")]
+    assert query(conn, "select count(*), sum(rating), min(load_id) "
+                       "from raw_rejected__ml_1m.ratings") == [(10, 34, 3)]
+    # a load that passes goes live; the staging schema is gone
+    passed = ingest.load_release(conn, sources.open_source(good, tmp_path), "ml-1m",
+                                 audit=lambda staged: None)
+    assert (passed.load_id, passed.status, passed.schema) == (4, "loaded", None)
+    assert query(conn, "select count(*), sum(rating), min(load_id) from raw.ratings") \
+        == [(10, 34, 4)]
+    assert query(conn, "select nspname from pg_namespace where nspname like 'raw\\_%%'") \
+        == [("raw_rejected__ml_1m",)]
+
+
+def test_a_staged_load_never_audited_is_abandoned_by_the_next(conn, good, tmp_path):
+    rewrite_line(good / "ratings.dat", 1, "1::1::3::978300760")  # 5 stars were 36 in all
+    staged = ingest.stage_release(conn, sources.open_source(good, tmp_path), "ml-1m")
+    assert (staged.status, staged.schema) == ("staged", "raw_staging__ml_1m")
+    assert query(conn, "select sum(rating) from raw.ratings") == [(36,)]  # not live yet
+    # the same files again (a second run at once): it goes on with the staged load
+    same = ingest.stage_release(conn, sources.open_source(good, tmp_path), "ml-1m")
+    assert (same.load_id, same.status, same.schema) == (2, "staged", "raw_staging__ml_1m")
+    # other files: the staged load is abandoned
+    rewrite_line(good / "ratings.dat", 1, "1::1::2::978300760")
+    again = ingest.stage_release(conn, sources.open_source(good, tmp_path), "ml-1m")
+    with pytest.raises(SourceError, match="load 2 of ml-1m is failed, not staged"):
+        ingest.attach_load(conn, staged)
+    ingest.attach_load(conn, again)
+    assert query(conn, "select status, coalesce(error, '') like 'abandoned:%%' "
+                       "from ops.source_loads order by load_id") \
+        == [("loaded", False), ("failed", True), ("loaded", False)]
+    assert query(conn, "select sum(rating), min(load_id) from raw.ratings") == [(33, 3)]
+
+
+def test_cli_ingest_runs_the_raw_suite_before_the_load_goes_live(db_settings, ml100k,
+                                                                 tmp_path):
+    """Every line parses, but two users' ages are impossible: only the suite sees it."""
+    import os
+    import subprocess
+    import sys
+
+    from moviesforyou import warehouse
+
+    release = tmp_path / "ml-100k"
+    release.mkdir()
+    for name in ("u.item", "u.data", "u.genre", "u.occupation"):
+        shutil.copy(ml100k / name, release / name)
+    users = (ml100k / "u.user").read_text(encoding="latin-1").splitlines()
+    users[0] = "|".join(["1", "0", *users[0].split("|")[2:]])
+    (release / "u.user").write_text("\n".join(users) + "\n", encoding="latin-1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
+    env.update(MFY_HOME=str(db_settings.home), MFY_WAREHOUSE_URL=db_settings.warehouse_url)
+
+    def ingest_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "moviesforyou", "ingest", "--dataset",
+                               "ml-100k", "--source", str(release), *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    refused = ingest_cli()
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "load 1 of ml-100k" in said and "schema raw_rejected__ml_100k" in said
+    assert "raw_staging__ml_100k.users: a plausible age" in said
+    assert "Traceback" not in said
+    conn = warehouse.connect(db_settings)
+    try:
+        assert query(conn, "select count(*) from raw.ratings") == [(0,)]
+        assert query(conn, "select count(*) from raw_rejected__ml_100k.users "
+                           "where age = 0") == [(1,)]
+        assert query(conn, "select subject, success from ops.validations") \
+            == [("load:1", False)]
+        loaded = ingest_cli("--no-validate")
+        assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+        assert query(conn, "select count(*) from raw.users where age = 0") == [(1,)]
+        assert query(conn, "select status from ops.source_loads order by load_id") \
+            == [("rejected",), ("loaded",)]
+    finally:
+        conn.close()
 
 
 def _zip(folder: Path, archive: Path) -> Path:

@@ -59,7 +59,7 @@ def test_nightly_dag_shape(dagbag):
     assert {"validate_recs", "score_recs"} == dag.get_task("publish_recs").upstream_task_ids
     assert dag.get_task("write_summary").trigger_rule == "all_done"
     outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
-    assert outlets == {"extract_source": ["warehouse_raw"], "build_marts": ["warehouse_marts"],
+    assert outlets == {"validate_raw": ["warehouse_raw"], "build_marts": ["warehouse_marts"],
                        "train_als": ["model_moviesforyou_als"],
                        "gate_model": ["model_moviesforyou_als"],
                        "publish_recs": ["warehouse_recs"]}

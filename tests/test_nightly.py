@@ -182,7 +182,8 @@ class TestNightlyRuns:
         assert states["write_summary"] == "failed"  # it writes the row, then fails the run
         log = capfd.readouterr()
         text = log.out + log.err
-        assert "raw.users: a plausible age" in text
+        assert "raw_staging__ml_100k.users: a plausible age" in text
+        assert "kept for inspection in schema raw_rejected__ml_100k" in text
         assert live(wh) == before
         assert summary(wh, run)["state"] == "failed"
         (success, failures), = query(wh, """select success, failures from ops.validations
@@ -190,7 +191,7 @@ class TestNightlyRuns:
                                             order by validation_id desc limit 1""")
         assert success is False
         assert [(f["table"], f["expectation"]) for f in failures] == [
-            ("raw.users", "expect_column_values_to_be_between")]
+            ("raw_staging__ml_100k.users", "expect_column_values_to_be_between")]
         assert failures[0]["observed"] == "2"  # two users
 
     def test_a_worse_model_keeps_the_champion_and_its_recommendations(self, nightly, wh):
@@ -303,12 +304,47 @@ def test_backfill_plans_one_run_per_night(airflow_db):
                        "2026-11-03 02:30:00+00:00"]
 
 
+def ingest_during_a_dbt_build(settings, release: Path, env: dict, standalone, log: Path,
+                              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Once an Airflow task's dbt build holds the warehouse's writer lock, a CLI ingest
+    that does not wait (MFY_WRITER_WAIT=0): what it said."""
+    import time
+
+    def held_by_a_dbt_build(connection) -> bool:
+        if query(connection, "select to_regclass('ops.writer')")[0][0] is None:
+            return False
+        return bool(query(connection, """
+            select 1 from ops.writer where holder like 'Airflow %%(dbt build)'
+            and exists (select 1 from pg_locks where locktype = 'advisory' and granted
+                        and objid = hashtext('moviesforyou.writer')::oid)"""))
+
+    connection = warehouse.connect(settings)
+    deadline = time.time() + timeout
+    try:
+        while not held_by_a_dbt_build(connection):
+            assert standalone.poll() is None, log.read_text()[-5000:]
+            assert time.time() < deadline, "no dbt build took the writer lock"
+            time.sleep(0.5)
+    finally:
+        connection.close()
+    cli_env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_")}
+    cli_env.update(MFY_WAREHOUSE_URL=settings.warehouse_url, MFY_WRITER_WAIT="0")
+    return subprocess.run([sys.executable, "-m", "moviesforyou", "ingest", "--dataset", "ml-100k",
+                           "--source", str(release)], env=cli_env, capture_output=True,
+                          text=True, timeout=300)
+
+
 @pytest.mark.integration
 @pytest.mark.spark
 @pytest.mark.slow
-def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml100k, tmp_path):
+def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings, ml100k,
+                                                                tmp_path):
     """A real backfill: `airflow standalone` (api-server, scheduler, dag-processor,
-    triggerer, LocalExecutor) runs two past nights, in order.
+    triggerer, LocalExecutor) runs two past nights at once (a backfill does not honour
+    the DAG's max_active_runs), on one warehouse. Every writing step takes the
+    warehouse's writer lock, so the two runs write one after the other and both
+    succeed; the second goes on with the release the first staged. A CLI ingest
+    during a run's dbt build is refused with the holder's name.
 
     Airflow 3.3 leaves a paused DAG's backfill runs queued, so the DAG is unpaused;
     the scheduler's own nightly runs are turned off (use_job_schedule) so that only
@@ -354,10 +390,11 @@ def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml10
                           "airflow standalone", timeout=180)
             cli("backfill", "create", "--dag-id", "movielens_nightly",
                 "--from-date", "2026-11-01", "--to-date", "2026-11-03",
-                "--max-active-runs", "1",  # the DAG's max_active_runs does not bind backfills
+                "--max-active-runs", "2",  # both at once
                 "--dag-run-conf", json.dumps({"train": QUICK_TRAIN}))
             cli("dags", "unpause", "movielens_nightly")
-            deadline = time.time() + 800
+            refused = ingest_during_a_dbt_build(settings, ml100k, env, standalone, log)
+            deadline = time.time() + 900
             while True:
                 out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
                 runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
@@ -373,19 +410,33 @@ def test_backfill_runs_past_nights_through_the_scheduler(embedded_settings, ml10
         assert [(r["logical_date"][:16], r["run_id"].split("__")[0], r["state"])
                 for r in runs] == [("2026-11-01T02:30", "backfill", "success"),
                                    ("2026-11-02T02:30", "backfill", "success")], runs
-        # one after the other, in date order
-        assert runs[0]["end_date"] <= runs[1]["start_date"], runs
+        # at once, not one after the other
+        assert max(r["start_date"] for r in runs) < min(r["end_date"] for r in runs), runs
+        # the CLI writer was told who holds the warehouse, and wrote nothing
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 1, said
+        assert re.search(r"ingest: the warehouse is being written by Airflow movielens_nightly "
+                         r"run backfill__2026-11-0[12]T02:30:00\+00:00 task build_marts "
+                         r"\(dbt build\) on \S+, pid \d+, since ", said), said
         connection = warehouse.connect(settings)
         try:
             rows = {run_id: rest for run_id, *rest in query(connection, """
                 select run_id, source_status, trained, published, note
                 from ops.pipeline_runs where dag_id = 'movielens_nightly'""")}
             live_version = query(connection, "select model_version from recs.publication")
+            loads = query(connection, "select status, loaded_by from ops.source_loads")
+            staging = query(connection, "select nspname from pg_namespace "
+                                        "where nspname like 'raw\\_%%'")
+            ratings = query(connection, "select count(*), count(distinct load_id) "
+                                        "from raw.ratings")
         finally:
             connection.close()
-        first, second = (rows[r["run_id"]] for r in runs)
-        assert first[:3] == ["loaded", True, True]  # the first night builds and publishes
-        assert second[:3] == ["unchanged", False, False] and second[3]  # skipped, with why
+        # one release load, staged by one run and published once; nothing left aside
+        assert [status for status, _ in loads] == ["loaded"], loads
+        assert staging == [] and ratings == [(100_000, 1)]
+        # both nights built, trained and published, one writing step at a time
+        for run in runs:
+            assert rows[run["run_id"]][:3] == ["loaded", True, True], rows
         assert live_version and champion_version(dataclasses.replace(settings, home=home)) \
             == live_version[0][0]
     shutil.rmtree(home, ignore_errors=True)

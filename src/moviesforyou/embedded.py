@@ -227,12 +227,13 @@ class EmbeddedPostgres:
             log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
             return True
 
-    def stop(self) -> bool:
-        """Stop the server. Returns False when it was not running."""
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server (``mode`` as pg_ctl's: ``fast``, or ``immediate``, which is a
+        crash: no checkpoint, recovery at the next start). False when it was not running."""
         with self._lock():
             if not self.is_running():
                 return False
-            result = self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+            result = self._run("pg_ctl", "stop", "-w", "-m", mode, "-D", str(self.data_dir))
             if result.returncode != 0:
                 raise WarehouseError(f"pg_ctl stop failed: {result.stderr.strip()}")
             return True

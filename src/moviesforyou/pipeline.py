@@ -80,7 +80,8 @@ def _every_tenth(label: str):
 
 
 def extract_source(settings: Settings, *, force: bool = False) -> dict:
-    """Download (only when the checksum changed) and ingest the release into raw."""
+    """Download (only when the checksum changed) and write the release into its staging
+    schema beside ``raw`` (``validate_raw`` audits it and makes it live)."""
     started = time.time()
     files = sources.open_release(settings, settings.dataset, settings.source,
                                  settings.source_sha256,
@@ -95,8 +96,8 @@ def extract_source(settings: Settings, *, force: bool = False) -> dict:
     try:
         warehouse.ensure(settings)
         with warehouse.writer_lock(settings, "ingest") as c:
-            result = ingest.load_release(c, files, settings.dataset, force=force,
-                                         progress=on_file)
+            result = ingest.stage_release(c, files, settings.dataset, force=force,
+                                          progress=on_file)
     finally:
         files.close()
     log.info("ingest %s: %s, %s", settings.dataset, result.status, result.row_counts)
@@ -120,20 +121,61 @@ def validate_marts(settings: Settings) -> dict:
 
 
 def validate_raw(settings: Settings, load: dict) -> dict:
-    """The raw suites, on the release load now in ``raw``.
+    """Audit and publish a staged load: the raw suites on its staging schema, then its
+    tables swapped in for the live partitions. A load that fails is rejected (kept aside,
+    named in the error and the ledger) and the live release stays.
 
     An unchanged source re-validates nothing: the same load passed before.
     """
+    if load.get("status") == "staged":
+        with warehouse.writer_lock(settings, "publish raw") as conn:
+            published = _published_by_another_run(conn, load["load_id"])
+            if published is not None:
+                return published
+            staged = ingest.staged_load(conn, load["load_id"])
+            report = {}
+
+            def audit(staged_load) -> None:
+                report.update(quality.audit_load(settings)(staged_load).as_json())
+
+            try:
+                loaded = ingest.publish_staged(conn, staged, audit)
+            except ingest.LoadRejected as exc:
+                log.error("%s", exc)
+                raise
+        return {**report, "load_id": loaded.load_id, "status": loaded.status,
+                "row_counts": loaded.row_counts}
     with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
         cur.execute("select max(load_id) from ops.source_loads "
                     "where dataset = %s and status = 'loaded'", (settings.dataset,))
         data_load = cur.fetchone()[0]
     subject = f"load:{data_load}"
-    if load.get("status") == "unchanged" and quality.passed_before(settings, "raw", subject):
+    if quality.passed_before(settings, "raw", subject):
         log.info("raw: load %s is unchanged and passed validation before: not re-validated",
                  data_load)
-        return {"layer": "raw", "success": True, "skipped": True, "subject": subject}
-    return validate(settings, "raw", subject=subject)
+        return {"layer": "raw", "success": True, "skipped": True, "subject": subject,
+                "status": "unchanged"}
+    return {**validate(settings, "raw", subject=subject), "status": "unchanged"}
+
+
+def _published_by_another_run(conn, load_id: int) -> dict | None:
+    """When two runs went on with one staged load (:func:`moviesforyou.ingest.stage_release`)
+    and the other run already attached it: its result, as this run's."""
+    with conn, conn.cursor() as cur:
+        cur.execute("""select status, row_counts, error from ops.source_loads
+                       where load_id = %s""", (load_id,))
+        status, counts, error = cur.fetchone() or (None, None, None)
+        cur.execute("""select success from ops.validations where layer = 'raw' and subject = %s
+                       order by validated_at desc limit 1""", (f"load:{load_id}",))
+        audit = cur.fetchone()
+    if status == "loaded":
+        log.info("raw: load %s was audited and attached by another run", load_id)
+        return {"layer": "raw", "success": bool(audit and audit[0]), "skipped": True,
+                "subject": f"load:{load_id}", "load_id": load_id, "status": "loaded",
+                "row_counts": counts}
+    if status == "rejected":
+        raise ingest.LoadRejected(f"load {load_id} was rejected by another run: {error}")
+    return None
 
 
 def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dict:
@@ -142,7 +184,7 @@ def check_changes(settings: Settings, load: dict, *, force: bool = False) -> dic
     reasons = []
     if force:
         reasons.append("forced by the run's conf")
-    if load.get("status") == "loaded":
+    if load.get("status") in ("staged", "loaded"):
         reasons.append("the source changed")
     with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
         cur.execute("select to_regclass('marts.fct_ratings') is not null, "
@@ -260,7 +302,8 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
     failed task's exception message.
     """
     errors = {task: message for task, message in (errors or {}).items() if message}
-    load = results.get(names.EXTRACT_SOURCE) or {}
+    load = {**(results.get(names.EXTRACT_SOURCE) or {}),
+            **(results.get(names.VALIDATE_RAW) or {})}  # staged, then loaded
     marts = results.get(names.BUILD_MARTS) or {}
     trained = results.get(names.TRAIN_ALS) or {}
     gated = results.get(names.GATE_MODEL) or {}

@@ -203,9 +203,15 @@ class _Steps:
             self.timings[name] = round(time.perf_counter() - started, 3)
 
     def failed(self, exc: BaseException) -> None:
+        """Record the failure; when the warehouse itself is gone, the next publish marks
+        this one failed (:func:`_supersede_builds`), and ``exc`` is what the caller sees."""
         validation = exc.report.as_json() if isinstance(exc, quality.ValidationFailed) else None
-        _log_update(self.settings, self.publish_id, status="failed", finished_at="now",
-                    timings=self._merged(), error=str(exc)[:4000], validation=validation)
+        try:
+            _log_update(self.settings, self.publish_id, status="failed", finished_at="now",
+                        timings=self._merged(), error=str(exc)[:4000], validation=validation)
+        except psycopg2.Error as unrecorded:
+            log.error("publish %s failed and could not be recorded: %s", self.publish_id,
+                      unrecorded)
 
     def _merged(self) -> dict:
         with contextlib.closing(warehouse.connect(self.settings)) as conn, conn.cursor() as cur:
@@ -234,8 +240,10 @@ def prepare(settings: Settings, *, spark=None,
     started = time.perf_counter()
     factors = factors or registry.export_champion(settings)
     champion = json.loads((factors.parent / "champion.json").read_text())
+    _wait_for_other_builds(settings)
     with warehouse.writer_lock(settings, "publish") as conn:
         with conn, conn.cursor() as cur:
+            _supersede_builds(cur)
             publish_id = _log_start(cur, settings, "publish", model_name=champion["model_name"],
                                     model_version=champion["version"],
                                     run_id=champion.get("run_id"))
@@ -243,8 +251,9 @@ def prepare(settings: Settings, *, spark=None,
         steps.timings["export_champion"] = round(time.perf_counter() - started, 3)
         log.info("publish %d: model %s v%s", publish_id, champion["model_name"],
                  champion["version"])
-        work = Path(tempfile.mkdtemp(prefix="mfy-publish-", dir=settings.home))
+        work = None
         try:
+            work = Path(tempfile.mkdtemp(prefix="mfy-publish-", dir=settings.home))
             snapshot = steps.run("export_seen", export_snapshot, settings, work / "snapshot")
             if spark is None:
                 from spark_jobs.session import get_spark
@@ -260,9 +269,43 @@ def prepare(settings: Settings, *, spark=None,
             steps.failed(exc)
             raise
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
     steps.save(row_counts=counts)
     return publish_id
+
+
+def _open_builds(settings: Settings) -> list[tuple[int, object]]:
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select publish_id, started_at from ops.publish_log "
+                    "where status = 'building' and action = 'publish' order by publish_id")
+        return cur.fetchall()
+
+
+def _wait_for_other_builds(settings: Settings) -> None:
+    """A publish builds, validates and swaps in three steps (three DAG tasks), each under
+    the writer lock but not between them. A second publish that began meanwhile would
+    replace ``recs_build`` under the first; so it waits, up to ``MFY_WRITER_WAIT``, for
+    other builds to go live or fail. One still ``building`` after that lost its process
+    or its server, and :func:`_supersede_builds` closes it."""
+    deadline, told = time.monotonic() + settings.writer_wait, False
+    while (open_builds := _open_builds(settings)) and time.monotonic() < deadline:
+        if not told:
+            log.info("publish waits for publish %s (building since %s) to go live or fail",
+                     open_builds[-1][0], open_builds[-1][1])
+            told = True
+        time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
+
+
+def _supersede_builds(cur) -> None:
+    """Mark builds that never went live failed: this publish rebuilds ``recs_build``."""
+    cur.execute("""update ops.publish_log
+                   set status = 'failed', finished_at = now(),
+                       error = 'superseded: still building when a newer publish began (its '
+                               || 'process or the warehouse stopped before it went live)'
+                   where status = 'building' and action = 'publish' returning publish_id""")
+    for (publish_id,) in cur.fetchall():
+        log.warning("publish %s never went live: marked failed", publish_id)
 
 
 def _building(cur, publish_id: int) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from moviesforyou import warehouse
+from moviesforyou import sources, warehouse
 from moviesforyou.config import Settings
 from moviesforyou.errors import MoviesForYouError
 
@@ -146,11 +146,13 @@ def _expectation(entry: dict, variables: dict[str, Any]):
 
 def validate(settings: Settings, layer: str, *, schema: str | None = None,
              params: dict[str, Any] | None = None, raise_on_failure: bool = True,
-             subject: str | None = None) -> Report:
+             subject: str | None = None, layout: str | None = None) -> Report:
     """Validate every table of ``layer`` (in ``schema``, default the layer's own).
 
     Each validation is recorded in ``ops.validations``, with ``subject`` naming
-    what was validated (``load:<id>``, ``publish:<id>``).
+    what was validated (``load:<id>``, ``publish:<id>``). ``layout`` gives the
+    release's features when they are not yet those of its last live load (a
+    staged load under audit).
 
     Returns:
         The report; with ``raise_on_failure`` a failure raises :class:`ValidationFailed`.
@@ -164,8 +166,11 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     schema = schema or spec.get("schema", layer)
     variables = {"schema": schema, "dataset": settings.dataset,
                  **spec.get("params", {}), **(params or {})}
-    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
-        features = release_features(cur, settings.dataset).as_dict()
+    if layout:
+        features = sources.FEATURES[layout].as_dict()
+    else:
+        with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+            features = release_features(cur, settings.dataset).as_dict()
     ctx = context(settings)
     source = ctx.data_sources.add_or_update_postgres(
         name="warehouse", connection_string="${" + _URL_VARIABLE + "}")
@@ -222,6 +227,19 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     if raise_on_failure and not report.success:
         raise ValidationFailed(report)
     return report
+
+
+def audit_load(settings: Settings):
+    """The audit of write-audit-publish for :func:`moviesforyou.ingest.load_release`:
+    the raw suite on a staged load's schema, recorded against ``load:<id>``."""
+    import dataclasses
+
+    def audit(load) -> Report:
+        return validate(dataclasses.replace(settings, dataset=load.dataset), "raw",
+                        schema=load.schema, layout=load.layout,
+                        subject=f"load:{load.load_id}")
+
+    return audit
 
 
 def _record(settings: Settings, report: Report, schema: str, subject: str | None) -> None:

@@ -15,6 +15,7 @@ import logging
 import sys
 
 import click
+import psycopg2
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -40,6 +41,17 @@ def _progress() -> Progress:
     )
 
 
+def _first_database_error(exc: BaseException) -> BaseException:
+    """The earliest database error ``exc`` was raised in the handling of: when a server
+    dies, the first one says why ("server closed the connection unexpectedly") and the
+    later ones only that the connection is closed."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return next((e for e in reversed(chain) if isinstance(e, psycopg2.Error)), chain[0])
+
+
 class _Group(click.Group):
     """Prints our own errors as one clear line instead of a traceback."""
 
@@ -48,6 +60,17 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MoviesForYouError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(1)
+        except (psycopg2.DatabaseError, psycopg2.InterfaceError) as exc:
+            if getattr(exc, "pgcode", None):  # an SQL error: a bug, with its traceback
+                raise
+            # the server went away mid-command
+            cause = _first_database_error(exc)
+            said = str(cause).strip()
+            first = said.splitlines()[0] if said else type(cause).__name__
+            console.print(f"[bold red]error:[/] lost the warehouse connection: {first}; "
+                          "nothing this command wrote was committed unless it said so",
+                          highlight=False)
             sys.exit(1)
 
 

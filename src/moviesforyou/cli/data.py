@@ -88,18 +88,28 @@ def _opened_release(settings: Settings, dataset: str, source: str | None, sha256
 
 
 def _ingest(settings: Settings, dataset: str, source: str | None, sha256: str | None,
-            force: bool) -> ingest.LoadResult:
+            force: bool, validate: bool = True) -> ingest.LoadResult:
+    """Write, audit (unless told not to) and publish a release, as one writer."""
     warehouse.ensure(settings)
-    with _opened_release(settings, dataset, source, sha256) as files, \
-            warehouse.writer_lock(settings, "ingest") as conn, _progress() as bars:
-        tasks: dict[str, int] = {}
+    with warehouse.writer_lock(settings, "ingest") as conn:
+        with _opened_release(settings, dataset, source, sha256) as files, _progress() as bars:
+            tasks: dict[str, int] = {}
 
-        def on_file(table: str, name: str, done: int, size: int) -> None:
-            if table not in tasks:
-                tasks[table] = bars.add_task(f"raw.{table:<12}", total=size)
-            bars.update(tasks[table], completed=done)
+            def on_file(table: str, name: str, done: int, size: int) -> None:
+                if table not in tasks:
+                    tasks[table] = bars.add_task(f"raw.{table:<12}", total=size)
+                bars.update(tasks[table], completed=done)
 
-        return ingest.load_release(conn, files, dataset, force=force, progress=on_file)
+            staged = ingest.stage_release(conn, files, dataset, force=force, progress=on_file)
+        if staged.status != "staged":
+            return staged
+        audit = None
+        if validate:
+            from moviesforyou import quality
+
+            console.print(f"auditing load {staged.load_id} in {staged.schema} (raw suite)")
+            audit = quality.audit_load(settings)
+        return ingest.publish_staged(conn, staged, audit)
 
 
 @main.command("ingest")
@@ -110,12 +120,19 @@ def _ingest(settings: Settings, dataset: str, source: str | None, sha256: str | 
 @click.option("--sha256", help="Pinned SHA-256 of the zip. [default: MFY_SOURCE_SHA256, "
               "else GroupLens' published MD5]")
 @click.option("--force", is_flag=True, help="Reload even if the files are unchanged.")
+@click.option("--no-validate", is_flag=True,
+              help="Make the load live without running the raw suite on it first.")
 @click.pass_obj
 def ingest_command(settings: Settings, dataset: str | None, source: str | None,
-                   sha256: str | None, force: bool) -> None:
-    """Download (or open) a MovieLens release and load it into the raw schema."""
+                   sha256: str | None, force: bool, no_validate: bool) -> None:
+    """Download (or open) a MovieLens release and load it into the raw schema.
+
+    The release is written beside the live one, audited by the raw Great
+    Expectations suite, and only then swapped in; a load that fails the suite is
+    kept in raw_rejected__<dataset> and the live release stays.
+    """
     result = _ingest(settings, dataset or settings.dataset, source or settings.source,
-                     sha256 or settings.source_sha256, force)
+                     sha256 or settings.source_sha256, force, validate=not no_validate)
     _print_load(result)
 
 

@@ -25,6 +25,9 @@ create table if not exists app.ratings (
 comment on table app.ratings is
     'Ratings submitted through the API; the next nightly dbt build adds them to marts.fct_ratings.';
 create index if not exists ratings_received_at_idx on app.ratings (received_at);
+-- every lookup leaves out what the viewer rated since the publish: without it, each
+-- one scanned all app ratings (2.6 ms at 40,000, 570 lookups/s on the 25M publish)
+create index if not exists ratings_user_movie_idx on app.ratings (user_id, movie_id);
 
 -- The owner's ways to add a user and a rating; the API (the read-only role) goes through
 -- the token-checked functions further down. They check what they are given.

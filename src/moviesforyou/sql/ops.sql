@@ -7,7 +7,7 @@ create table if not exists ops.source_loads (
     load_id bigserial primary key,
     dataset text not null,
     source text not null,
-    status text not null check (status in ('loaded', 'unchanged', 'failed')),
+    status text not null,
     archive_sha256 text,
     files jsonb not null default '{}'::jsonb,
     row_counts jsonb not null default '{}'::jsonb,
@@ -23,6 +23,17 @@ create index if not exists source_loads_dataset_idx on ops.source_loads (dataset
 alter table ops.source_loads add column if not exists layout text;
 comment on column ops.source_loads.layout is
     'The release''s file layout (100k, 1m or csv): what it has (sources.FEATURES).';
+alter table ops.source_loads add column if not exists schema_name text;
+comment on column ops.source_loads.schema_name is
+    'Where a staged load is being audited (raw_staging__<dataset>), or where a rejected load '
+    'is kept for inspection (raw_rejected__<dataset>, the newest rejected load only).';
+alter table ops.source_loads drop constraint if exists source_loads_status_check;
+alter table ops.source_loads add constraint source_loads_status_check
+    check (status in ('staging', 'staged', 'loaded', 'unchanged', 'rejected', 'failed'));
+comment on column ops.source_loads.status is
+    'staging (being written beside raw), staged (written, being audited), loaded (audited and '
+    'live), unchanged (same files as the last good load), rejected (failed the raw suite; kept '
+    'aside), failed (a file did not parse, the load was abandoned, or its writer died).';
 create table if not exists ops.model_promotions (
     promotion_id bigserial primary key,
     decided_at timestamptz not null default now(),

@@ -41,7 +41,11 @@ returns table (
     score double precision, predicted_rating double precision, source text,
     model_version text, publish_id bigint
 )
-language plpgsql stable as $$
+language plpgsql stable
+-- each branch's plan is made once per session and kept: plpgsql otherwise kept
+-- re-planning for each user id (custom plans), 0.4 ms of a 0.8 ms lookup at 25M
+set plan_cache_mode = force_generic_plan
+as $$
 declare
     got integer;
 begin
