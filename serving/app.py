@@ -16,7 +16,7 @@ import datetime as dt
 import difflib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from moviesforyou.config import Settings
-from serving import auth, db
+from serving import auth, db, live
 from serving.cache import AnswerCache, following
 from serving.schemas import NewRatings, NewUser
 
@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI):
     app.state.settings = settings
     app.state.pool = await db.create_pool(settings)
     app.state.writes = auth.RateLimiter(settings.api.write_limit)
+    app.state.live = live.LiveModels()
     try:
         cache = AnswerCache(settings.api.cache_size, settings.api.cache_ttl)
         async with following(cache, app.state.pool, settings.api.cache_seconds):
@@ -133,15 +134,101 @@ async def list_movies(request: Request, page: Annotated[int, Query(ge=1, le=100_
             "pages": (total + PAGE_SIZE - 1) // PAGE_SIZE, "movies": [_movie(r) for r in rows]}
 
 
+Sort = Literal["relevance", "year", "rating", "predicted"]
+
+
 @app.get("/api/movies/search", tags=["catalogue"])
-async def search_movies(request: Request,
-                        q: Annotated[str, Query(min_length=1, max_length=200)],
-                        limit: K = 10):
-    """Fuzzy title search: typos, a missing year or article still match."""
+async def search_movies(
+        request: Request,
+        q: Annotated[str | None, Query(min_length=1, max_length=200,
+                                       description="A title, typos allowed")] = None,
+        genres: Annotated[list[str] | None, Query(
+            max_length=20, description="Movies of all these genres")] = None,
+        year_from: Annotated[int | None, Query(ge=1800, le=2200)] = None,
+        year_to: Annotated[int | None, Query(ge=1800, le=2200)] = None,
+        sort: Annotated[Sort | None, Query(
+            description="relevance (with q, the default then), year, rating (the default "
+                        "without q: Bayesian average) or predicted (needs user_id)")] = None,
+        user_id: Annotated[int | None, Query(
+            ge=1, le=2_147_483_647,
+            description="A viewer: each movie gets their predicted rating and whether they "
+                        "rated it (an app user's needs their token)")] = None,
+        limit: K = 10, page: Annotated[int, Query(ge=1, le=10_000)] = 1):
+    """Find films: a typo-tolerant title (popularity breaks near-ties, so "shawshenk"
+    finds The Shawshank Redemption), genres, a year range, several orders; for a viewer,
+    the model's predicted rating and whether they rated each film."""
+    wanted = _genre_list(genres) or None
+    sort = sort or ("relevance" if q else "rating")
+    if sort == "relevance" and not q:
+        raise HTTPException(422, "sort: relevance needs a title (q)")
+    if sort == "predicted" and user_id is None:
+        raise HTTPException(422, "sort: predicted needs a viewer (user_id)")
+    if year_from and year_to and year_from > year_to:
+        raise HTTPException(422, f"year_from {year_from} is after year_to {year_to}")
+    offset = (page - 1) * limit
     async with _pool(request).acquire() as conn:
-        rows = await _search(conn, q, limit)
-    return {"query": q, "movies": [_movie(r) | {"match": round(_closeness(_canonical(q), r), 3)}
-                                   for r in rows]}
+        await _check_genres(conn, "genres", wanted)
+        viewer = None
+        if user_id is not None:
+            viewer = await _viewer(request, conn, user_id)
+            if viewer is None and sort == "predicted":
+                raise HTTPException(503, "the live publish cannot predict ratings yet "
+                                         "(published before fold-ins existed)")
+        query = _canonical(q) if q else ""
+        if q:
+            rows = await _search(conn, q, 200, wanted, year_from, year_to)
+            if sort != "relevance" and rows:  # another order: only the good matches
+                best = _closeness(query, rows[0])
+                rows = [r for r in rows if _closeness(query, r) >= max(0.5, best - CLOSE)]
+            total = len(rows)
+            if sort == "year":
+                rows.sort(key=lambda r: -(r["release_year"] or 0))
+            elif sort == "rating":
+                rows.sort(key=lambda r: -(r["bayesian_rating"] or 0))
+            elif sort == "predicted":
+                rows.sort(key=lambda r: -_predicted(viewer, r["movie_id"]))
+            rows = rows[offset:offset + limit]
+        elif sort == "predicted":
+            ids = [r["movie_id"] for r in await conn.fetch(db.BROWSE_IDS, wanted, year_from,
+                                                           year_to)]
+            ids.sort(key=lambda m: (-_predicted(viewer, m), m))
+            total, ids = len(ids), ids[offset:offset + limit]
+            found = {r["movie_id"]: r for r in await conn.fetch(db.MOVIES_BY_ID, ids)}
+            rows = [found[m] for m in ids if m in found]
+        else:
+            rows = await conn.fetch(db.BROWSE, wanted, year_from, year_to, sort, limit, offset)
+            total = rows[0]["total"] if rows else 0
+    movies = []
+    for row in rows:
+        movie = _movie(row)
+        if q:
+            movie["match"] = round(_closeness(query, row), 3)
+        if viewer is not None:
+            predicted = _predicted(viewer, row["movie_id"])
+            movie["predicted_rating"] = None if predicted < 0 else round(predicted, 2)
+            movie["rated"] = row["movie_id"] in viewer[2]
+        movies.append(movie)
+    return {"query": q, "genres": wanted or [], "year_from": year_from, "year_to": year_to,
+            "sort": sort, "user_id": user_id, "page": page, "per_page": limit, "total": total,
+            "movies": movies}
+
+
+async def _viewer(request: Request, conn, user_id: int):
+    """The viewer's predictions (see :func:`serving.live.viewer_predictions`), after
+    checking they exist and, for an app user, that the request carries their token."""
+    dataset = await _dataset(conn, request)
+    await _require_user(conn, user_id, dataset)
+    if await conn.fetchval(db.HAS_TOKEN, user_id):
+        await auth.require_owner(conn, request, user_id)
+    return await live.viewer_predictions(request.app.state.live, conn, user_id, dataset,
+                                         await conn.fetchval(db.PENDING, user_id))
+
+
+def _predicted(viewer, movie_id: int) -> float:
+    """The viewer's predicted rating of a movie; -1 when the model has no row for it."""
+    model, predicted, _ = viewer
+    row = model.rows([movie_id])[0]
+    return float(predicted[row]) if row >= 0 else -1.0
 
 
 @app.get("/api/movies/{movie_id}", tags=["catalogue"])
@@ -222,18 +309,35 @@ def _closeness(query: str, row) -> float:
     short = " ".join(w for w in bare.split() if w not in _SEQUEL_WORDS)  # godfather 2
     variants = {title, bare, short, f"{title} {year}", f"{bare} {year}",
                 _canonical(row["original_title"] or "")}
-    return max(difflib.SequenceMatcher(None, query, v).ratio() for v in variants if v)
+    whole = max(difflib.SequenceMatcher(None, query, v).ratio() for v in variants if v)
+    # part of a title: "shawshenk" is one word of "shawshank redemption the"
+    size, words = len(query.split()), bare.split()
+    parts = {" ".join(words[i:i + size]) for i in range(len(words) - size + 1)}
+    part = max((difflib.SequenceMatcher(None, query, p).ratio() for p in parts), default=0.0)
+    return max(whole, PART_WEIGHT * part)
 
 
-async def _search(conn, text: str, limit: int) -> list:
-    """Trigram candidates from Postgres, re-ranked by edit similarity."""
+#: What matching part of a title is worth against matching all of it.
+PART_WEIGHT = 0.9
+#: Titles this close in :func:`_closeness` tie, and the more rated one comes first.
+TIE = 0.05
+#: Sorted otherwise than by relevance, a title search keeps the matches this close to
+#: the best one.
+CLOSE = 0.2
+
+
+async def _search(conn, text: str, limit: int, genres: list[str] | None = None,
+                  year_from: int | None = None, year_to: int | None = None) -> list:
+    """Trigram candidates from Postgres, re-ranked by edit similarity; near-ties by
+    popularity (a film rated once does not beat a classic by one letter)."""
     query = _canonical(text)
     if not query:
         return []
     # trigrams see the words as typed; the ranking compares numerals as digits
-    candidates = await conn.fetch(db.SEARCH, _normalise(text), max(limit, 30))
-    ranked = sorted(candidates, key=lambda r: (-_closeness(query, r), -r["match"],
-                                               -r["rating_count"], r["movie_id"]))
+    candidates = await conn.fetch(db.SEARCH, _normalise(text), max(limit, 30), genres,
+                                  year_from, year_to)
+    ranked = sorted(candidates, key=lambda r: (-int(_closeness(query, r) / TIE),
+                                               -r["rating_count"], -r["match"], r["movie_id"]))
     return ranked[:limit]
 
 
@@ -295,7 +399,12 @@ async def _check_genres(conn, field: str, genres) -> None:
                                   "predicted_rating": 4.46, "source": "als"}]}}}}})
 async def recommend(request: Request, user_id: UserId, k: K = 10,
                     exclude_genres: Annotated[list[str] | None, Query(max_length=20)] = None):
-    """Top-k movies for a user; newcomers get cold-start lists (``source`` says which)."""
+    """Top-k movies for a user; newcomers get cold-start lists (``source`` says which).
+
+    A viewer who rated films through the API since the publish gets a list folded
+    in against the live model at once (``source`` ``als-live``, and
+    ``folded_in_ratings`` says from how many ratings); the next nightly run
+    re-trains with their ratings and takes over."""
     excluded = _genre_list(exclude_genres)
     cache, key = request.app.state.cache, (user_id, k, tuple(excluded))
     body = cache.get(key)
@@ -303,6 +412,12 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
         async with _pool(request).acquire() as conn:
             await _check_genres(conn, "exclude_genres", excluded)
             row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
+            folded = row["pending"] and await live.recommend(
+                request.app.state.live, conn, user_id, await _dataset(conn, request), k,
+                excluded)
+            if folded:  # rated since the publish: folded in now, kept until they rate again
+                cache.put(key, *folded)
+                return Response(content=folded[1], media_type="application/json")
             if not row["personal"]:
                 await _require_user(conn, user_id, await _dataset(conn, request))
                 if not row["n"]:
@@ -369,8 +484,9 @@ async def sign_up(request: Request, user: NewUser, k: K = 10):
 
 @app.post("/api/users/{user_id}/ratings", status_code=202, tags=["users"])
 async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Body()]):
-    """Store ratings for the next nightly run (they change recommendations after it).
-    Needs the user's token from sign-up (``Authorization: Bearer <token>``)."""
+    """Store ratings: the user's next recommendations are folded in with them, and the
+    next nightly run re-trains the model with them. Needs the user's token from
+    sign-up (``Authorization: Bearer <token>``)."""
     movie_ids = [r.movie_id for r in body.ratings]
     async with _pool(request).acquire() as conn:
         hashed = await auth.require_owner(conn, request, user_id)
@@ -386,8 +502,8 @@ async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Bo
                                        r.movie_id, r.rating) for r in body.ratings]
     request.app.state.cache.forget_user(user_id)
     return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,
-            "message": ("Thanks! Your ratings are stored and will shape your recommendations "
-                        "after the next nightly run.")}
+            "message": ("Thanks! Your recommendations now take these ratings into account; "
+                        "the next nightly run learns from them too.")}
 
 
 @app.delete("/api/tokens/current", status_code=204, tags=["users"])

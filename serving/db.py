@@ -62,10 +62,34 @@ SEARCH = f"""
 select {MOVIE_COLUMNS}, m.original_title,
        word_similarity($1, m.search_text) + similarity(m.search_text, $1) as match
 from recs.movie_catalogue as m
-where m.search_text % $1 or $1 <% m.search_text
+where (m.search_text % $1 or $1 <% m.search_text) and {{filters}}
 order by match desc, m.rating_count desc, m.movie_id
 limit $2
+""".format(filters="""($3::text[] is null or m.genres @> $3)
+    and ($4::integer is null or m.release_year >= $4)
+    and ($5::integer is null or m.release_year <= $5)""")
+
+#: The catalogue without a title: genres (all of them), a year range, by rating or year.
+BROWSE = f"""
+select {MOVIE_COLUMNS}, count(*) over () as total
+from recs.movie_catalogue as m
+where ($1::text[] is null or m.genres @> $1)
+    and ($2::integer is null or m.release_year >= $2)
+    and ($3::integer is null or m.release_year <= $3)
+order by case when $4 = 'year' then m.release_year end desc nulls last,
+         m.bayesian_rating desc nulls last, m.rating_count desc, m.movie_id
+limit $5 offset $6
 """
+
+BROWSE_IDS = """
+select m.movie_id from recs.movie_catalogue as m
+where ($1::text[] is null or m.genres @> $1)
+    and ($2::integer is null or m.release_year >= $2)
+    and ($3::integer is null or m.release_year <= $3)
+"""
+
+MOVIES_BY_ID = (f"select {MOVIE_COLUMNS} from recs.movie_catalogue as m "
+                "where m.movie_id = any($1::int[])")
 
 SIMILAR = f"""
 select s.rank, {MOVIE_COLUMNS}, s.similarity, s.model_version, s.publish_id
@@ -102,8 +126,16 @@ order by r.rated_at desc, r.movie_id
 limit $3 offset $4
 """
 
+#: Whether user $1 rated films through the API since the live publish (the marts'
+#: newest app rating then): such a viewer is folded in live (serving/live.py).
+_PENDING = """exists (
+    select 1 from app.ratings as a, recs.publication as pub
+    where a.user_id = $1 and a.dataset = pub.dataset
+        and a.received_at > coalesce((to_jsonb(pub) ->> 'app_ratings_through')::timestamptz,
+                                     '-infinity'))"""
+
 #: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
-RECOMMEND_JSON = """
+RECOMMEND_JSON = f"""
 select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as publish_id,
        json_build_object(
            'user_id', $1::integer,
@@ -114,8 +146,53 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
                'rank', rank, 'movie_id', movie_id, 'title', title, 'year', release_year,
                'genres', genres, 'score', score,
                'predicted_rating', round(predicted_rating::numeric, 2),
-               'source', source) order by rank), '[]'::json))::text as body
+               'source', source) order by rank), '[]'::json))::text as body,
+       -- rated through the API since the publish: their list is folded in live
+       ({_PENDING}) as pending
 from recs.recommend($1, $2, $3::text[])
+"""
+
+#: What a fold-in needs from the live publish (older publishes, rolled back, lack the
+#: model's settings: then nobody is folded in).
+FOLD_IN_SETTINGS = """
+select p.publish_id, p.model_version, p.global_mean, p.rating_min, p.rating_max,
+       (to_jsonb(p) ->> 'explicit_reg_param')::float8 as explicit_reg,
+       (to_jsonb(p) ->> 'implicit_reg_param')::float8 as implicit_reg,
+       (to_jsonb(p) ->> 'implicit_alpha')::float8 as alpha,
+       (to_jsonb(p) ->> 'bias_reg_user')::float8 as bias_reg_user
+from recs.publication as p
+"""
+
+#: Every movie's factors and genres, for the fold-in model (once per publish).
+FOLD_IN_MOVIES = """
+select f.movie_id, f.bias, f.explicit_factors, f.implicit_factors,
+       coalesce(m.genres, '{}') as genres
+from recs.movie_factors as f
+left join recs.movie_catalogue as m on m.movie_id = f.movie_id
+order by f.movie_id
+"""
+
+#: A viewer's ratings as the model should see them now: the marts', then the API's
+#: newer ones (a re-rating replaces the earlier rating).
+VIEWER_HISTORY = """
+select distinct on (movie_id) movie_id, rating::float8 as rating
+from (
+    select f.movie_id, f.rating, f.rated_at from marts.fct_ratings as f
+    where f.user_id = $1 and f.dataset = $2
+    union all
+    select a.movie_id, a.rating, a.rated_at from app.ratings as a
+    where a.user_id = $1 and a.dataset = $2
+) as rated
+order by movie_id, rated_at desc
+"""
+
+USER_FACTORS = "select bias, explicit_factors from recs.user_factors where user_id = $1"
+
+PENDING = f"select {_PENDING}"
+
+CATALOGUE_ROWS = """
+select movie_id, title, release_year, genres from recs.movie_catalogue
+where movie_id = any($1::int[])
 """
 
 PREDICT = "select recs.predict_rating($1, $2)"

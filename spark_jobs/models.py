@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from moviesforyou.foldin import BIAS_REG_USER
+
 USER, ITEM, RATING, TIME = "user_id", "movie_id", "rating", "rated_at"
 
 
@@ -63,7 +65,7 @@ class Biases:
     item: pd.Series  # movie_id -> b_i
 
     @classmethod
-    def fit(cls, ratings: pd.DataFrame, *, reg_user: float = 15.0, reg_item: float = 10.0,
+    def fit(cls, ratings: pd.DataFrame, *, reg_user: float = BIAS_REG_USER, reg_item: float = 10.0,
             iterations: int = 10) -> Biases:
         mu = float(ratings[RATING].mean())
         bu = pd.Series(0.0, index=pd.Index(ratings[USER].unique()))

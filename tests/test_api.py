@@ -355,6 +355,7 @@ def test_page_user_recommendations_with_genre_filter(browser, api_server, screen
 
 def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_server, screenshots):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     browser.get(api_server + "/signup")
     wait_for(browser, "#signup-genres input[value='Western']").click()
@@ -375,3 +376,123 @@ def test_page_sign_up_gives_recommendations_from_chosen_genres(browser, api_serv
     status, _ = call(api_server, f"/api/users/{user_id}/ratings")
     assert status == 401  # without the token nobody else reads it
 
+    # on their own page they rate from the list, and the list changes at once
+    browser.find_element(By.ID, "my-page").click()
+    wait_for(browser, "#user-recs tbody tr select.rate")
+
+    def listed() -> list[str]:  # in one go: the page replaces the rows as it reloads
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#user-recs tbody tr')]"
+            ".map((row) => row.dataset.movieId)")
+
+    def rated() -> int:
+        return browser.execute_script(
+            "return document.querySelectorAll('#user-ratings li').length")
+
+    before = listed()
+    for done, stars in enumerate(("5", "4.5", "1"), start=1):
+        first = listed()
+        Select(browser.find_element(By.CSS_SELECTOR, "#user-recs tbody tr select.rate")
+               ).select_by_value(stars)
+        deadline = time.time() + 15
+        while listed() == first or not listed() or rated() != done:
+            assert time.time() < deadline, "the list did not change after a rating"
+            time.sleep(0.2)
+    wait_for(browser, "#served-by", "3 ratings folded in")
+    assert not set(before[:3]) & set(listed())  # rated films leave the list
+    browser.save_screenshot(str(screenshots / "rated.png"))
+
+
+def test_ratings_change_the_list_at_once_by_folding_the_viewer_in(api_server, wh):
+    """A newcomer rates the Star Wars trilogy and their next list is folded in against
+    the live model (no nightly run in between); every further rating moves it again."""
+    _, user = call(api_server, "/api/users", {"preferred_genres": ["Comedy"]})
+    user_id, token = user["user_id"], user["token"]
+    before = [r["movie_id"] for r in user["recommendations"]]
+    assert all(r["source"] != "als-live" for r in user["recommendations"])
+    trilogy = {50: 5, 181: 5, 172: 4.5}  # Star Wars, Return of the Jedi, Empire
+    status, _ = call(api_server, f"/api/users/{user_id}/ratings",
+                     {"ratings": [{"movie_id": m, "rating": r} for m, r in trilogy.items()]},
+                     token=token)
+    assert status == 202
+    _, after = call(api_server, f"/api/users/{user_id}/recommendations?k=10")
+    listed = after["recommendations"]
+    ids = [r["movie_id"] for r in listed]
+    assert after["folded_in_ratings"] == 3 and len(listed) == 10
+    assert {r["source"] for r in listed} == {"als-live"}
+    assert ids != before and not set(trilogy) & set(ids)
+    # what people who loved the trilogy loved: more adventure, action and science
+    # fiction than the comedy lover's first list had
+    def adventurous(recs: list[dict]) -> int:
+        return sum(bool({"Action", "Adventure", "Sci-Fi"} & set(r["genres"])) for r in recs)
+
+    assert adventurous(listed) >= 5 and adventurous(listed) > adventurous(
+        user["recommendations"]), [(r["title"], r["genres"]) for r in listed]
+    assert all(1 <= r["predicted_rating"] <= 5 for r in listed)
+    assert after["publish_id"] == user["publish_id"]
+
+    # a fourth rating: the cached answer is forgotten and the list moves again
+    disliked = ids[0]
+    call(api_server, f"/api/users/{user_id}/ratings",
+         {"ratings": [{"movie_id": disliked, "rating": 1}]}, token=token)
+    _, again = call(api_server, f"/api/users/{user_id}/recommendations?k=10")
+    assert again["folded_in_ratings"] == 4
+    assert disliked not in {r["movie_id"] for r in again["recommendations"]}
+    # exclusions hold on a folded-in list too
+    _, filtered = call(api_server,
+                       f"/api/users/{user_id}/recommendations?k=10&exclude_genres=Action")
+    assert filtered["recommendations"] and all(
+        "Action" not in r["genres"] for r in filtered["recommendations"])
+
+
+def test_search_filters_sorts_and_predicts_for_a_viewer(api_server, wh):
+    # a misspelling finds the classic, not a film rated once that looks alike
+    status, answer = call(api_server, "/api/movies/search?q=shawshenk")
+    assert status == 200 and answer["movies"][0]["movie_id"] == 64, answer["movies"][:3]
+
+    # all of these genres, a year range; without a title the best rated come first
+    _, found = call(api_server, "/api/movies/search?genres=Sci-Fi&genres=War"
+                                "&year_from=1970&year_to=1990&limit=50")
+    (count,), = query(wh, "select count(*) from recs.movie_catalogue where genres @> %s "
+                          "and release_year between 1970 and 1990", (["Sci-Fi", "War"],))
+    assert found["sort"] == "rating" and found["total"] == count >= 2
+    assert all({"Sci-Fi", "War"} <= set(m["genres"]) and 1970 <= m["year"] <= 1990
+               for m in found["movies"])
+    ranked = [m["bayesian_rating"] for m in found["movies"]]
+    assert ranked == sorted(ranked, reverse=True)
+
+    # a title, newest first
+    _, trek = call(api_server, "/api/movies/search?q=star%20trek&sort=year&limit=20")
+    years = [m["year"] for m in trek["movies"]]
+    assert years == sorted(years, reverse=True)
+    assert sum("Star Trek" in m["title"] for m in trek["movies"]) >= 5
+
+    # a viewer: their predicted ratings (recs.predict_rating's) and what they rated
+    _, mine = call(api_server, "/api/movies/search?genres=Sci-Fi&user_id=1&sort=predicted"
+                               "&limit=100")
+    predicted = [m["predicted_rating"] for m in mine["movies"]]
+    assert predicted == sorted(predicted, reverse=True)
+    assert len(predicted) == min(100, mine["total"]) and mine["total"] > 50
+    for movie in mine["movies"][:10]:
+        (expected,), = query(wh, "select recs.predict_rating(1, %s)", (movie["movie_id"],))
+        assert abs(movie["predicted_rating"] - expected) < 0.01
+    rated = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings "
+                                     "where user_id = 1 and dataset = 'ml-100k'")}
+    assert [m["rated"] for m in mine["movies"]] == [m["movie_id"] in rated
+                                                    for m in mine["movies"]]
+    assert any(m["rated"] for m in mine["movies"]) and not all(
+        m["rated"] for m in mine["movies"])
+
+    # mistakes are 422s that say what is wrong
+    assert call(api_server, "/api/movies/search?sort=predicted")[0] == 422
+    status, answer = call(api_server, "/api/movies/search?genres=Polka")
+    assert status == 422 and "Polka" in answer["detail"] and "Drama" in answer["detail"]
+    assert call(api_server, "/api/movies/search?year_from=1990&year_to=1980")[0] == 422
+
+    # an app user's ratings are theirs: their view of the search needs their token
+    _, user = call(api_server, "/api/users", {"preferred_genres": ["Drama"]})
+    path = f"/api/movies/search?q=star%20wars&user_id={user['user_id']}"
+    assert call(api_server, path)[0] == 401
+    status, theirs = call(api_server, path, token=user["token"])
+    assert status == 200 and not any(m["rated"] for m in theirs["movies"])
+    assert all(m["predicted_rating"] is not None for m in theirs["movies"])

@@ -42,7 +42,9 @@ function showError(error) {
 function servedBy(answer) {
   if (answer && answer.model_version) {
     $("#served-by").textContent =
-      `Model version ${answer.model_version}, publish ${answer.publish_id}`;
+      `Model version ${answer.model_version}, publish ${answer.publish_id}` +
+      (answer.folded_in_ratings
+        ? `, with your ${answer.folded_in_ratings} ratings folded in just now` : "");
   }
 }
 
@@ -123,17 +125,40 @@ async function loadUserRecs(userId) {
   const excluded = [...document.querySelectorAll("#genre-filters input:checked")]
     .map((box) => box.value);
   const query = excluded.map((g) => `&exclude_genres=${encodeURIComponent(g)}`).join("");
+  // the viewer's own page (their token is in this browser): they can rate from the list
+  const own = Boolean(localStorage.getItem(tokenKey(userId)));
+  $("#rate-column").hidden = !own;
   try {
     const answer = await api(`/api/users/${userId}/recommendations?k=20${query}`);
     $("#user-recs tbody").replaceChildren(...answer.recommendations.map((r) =>
       el("tr", { "data-movie-id": r.movie_id },
         el("td", {}, r.rank), el("td", {}, movieLabel(r)),
-        el("td", {}, r.genres.join(", ")), el("td", {}, stars(r.predicted_rating)))));
+        el("td", {}, r.genres.join(", ")), el("td", {}, stars(r.predicted_rating)),
+        ...(own ? [el("td", {}, rateBox(userId, r.movie_id))] : []))));
     servedBy(answer);
   } catch (error) {
     $("#user-recs tbody").replaceChildren();
     showError(error);
   }
+}
+
+// A star picker; choosing stores the rating, and the list is asked for again: the
+// API folds the new rating in at once.
+function rateBox(userId, movieId) {
+  const box = el("select", { class: "rate", "aria-label": "Your rating" },
+    el("option", { value: "" }, "rate…"),
+    ...[5, 4.5, 4, 3.5, 3, 2.5, 2, 1.5, 1, 0.5].map((v) => el("option", { value: v }, v)));
+  box.addEventListener("change", async () => {
+    if (!box.value) return;
+    try {
+      await api(`/api/users/${userId}/ratings`, { method: "POST", body: JSON.stringify(
+        { ratings: [{ movie_id: movieId, rating: Number(box.value) }] }) });
+      await showUser(userId);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  return box;
 }
 
 // ------------------------------------------------------------------ sign-up view
@@ -176,6 +201,8 @@ async function signUp(form) {
       `Welcome, user ${answer.user_id}! Films picked for you:`;
     $("#signup-list").replaceChildren(...answer.recommendations.map((r) =>
       movieItem(r, r.source.replace(":", ": "))));
+    const mine = $("#my-page");
+    mine.href = `/users/${answer.user_id}`;
     $("#signup-result").hidden = false;
     servedBy(answer);
   } catch (error) {
@@ -222,6 +249,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#signup-form").addEventListener("submit", (event) => {
     event.preventDefault();
     signUp(event.target);
+  });
+  $("#my-page").addEventListener("click", (event) => {
+    event.preventDefault();
+    go(event.target.getAttribute("href"));
   });
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.addEventListener("click", (event) => {

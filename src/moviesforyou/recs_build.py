@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from moviesforyou import warehouse
+from moviesforyou import foldin, warehouse
 from moviesforyou.config import Settings
 
 LIVE, BUILD, HISTORY = "recs", "recs_build", "recs_history"
@@ -56,7 +56,10 @@ select %(pid)s, %(dataset)s, %(model_name)s, %(version)s, %(run_id)s, %(generate
        %(mu)s, %(lo)s, %(hi)s,
        (select max(rated_at) from marts.fct_ratings where dataset = %(dataset)s),
        (select max(loaded_at) from ops.source_loads
-        where dataset = %(dataset)s and status in ('loaded', 'unchanged'))
+        where dataset = %(dataset)s and status in ('loaded', 'unchanged')),
+       %(explicit_reg)s, %(implicit_reg)s, %(alpha)s, %(bias_reg_user)s,
+       (select max(ingested_at) from marts.fct_ratings
+        where dataset = %(dataset)s and rating_source = 'app')
 """
 
 
@@ -161,7 +164,9 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
             "pid": publish_id, "dataset": settings.dataset, "model_name": champion["model_name"],
             "version": champion["version"], "run_id": champion.get("run_id"),
             "generated": generated, "n": config.n, "mu": explicit.biases.mu,
-            "lo": explicit.scale[0], "hi": explicit.scale[1]})
+            "lo": explicit.scale[0], "hi": explicit.scale[1],
+            "explicit_reg": explicit.params.reg_param, "implicit_reg": implicit.params.reg_param,
+            "alpha": implicit.params.alpha, "bias_reg_user": foldin.BIAS_REG_USER})
         counts["publication"] = 1
         if _has_extension(cur, "pg_trgm"):
             cur.execute(sql.SQL(

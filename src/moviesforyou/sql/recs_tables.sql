@@ -14,6 +14,13 @@ create table {s}.publication (
     rating_max double precision not null,
     ratings_through timestamptz,
     source_loaded_at timestamptz,
+    -- what the API needs to fold a viewer in against the movie factors (foldin.py)
+    explicit_reg_param double precision,
+    implicit_reg_param double precision,
+    implicit_alpha double precision,
+    bias_reg_user double precision,
+    -- the newest app rating in the marts at publish time: later ones are folded in live
+    app_ratings_through timestamptz,
     constraint publication_p{pid}_pkey primary key (publish_id)
 );
 create table {s}.user_recommendations (

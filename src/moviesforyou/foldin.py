@@ -1,0 +1,169 @@
+"""Folding a viewer into the published model: the ALS user step, in NumPy.
+
+ALS alternates two least-squares steps, users given the movies' factors and
+movies given the users'. Spark ends each iteration with the user step, so with
+the published movie factors held fixed, one small solve per viewer (rank x rank)
+gives the factors the nightly run would give them for the same ratings. The API
+does this for a viewer who has rated films since the publish: their list changes
+on the next request, without Spark, while the nightly run stays the authority
+(it also moves the movie factors).
+
+The solves follow Spark's ALS exactly (``ALS.computeFactors``), including its
+ALS-WR regularisation, scaled by the viewer's number of ratings:
+
+* **implicit** (the lists): confidence ``c = 1 + alpha * r`` and preference 1
+  for every rated movie, every other movie preference 0 with confidence 1:
+  ``(YᵀY + Σ alpha r_i y_i y_iᵀ + reg n I) x = Σ (1 + alpha r_i) y_i``.
+* **explicit** (predicted ratings), on the residuals of the bias baseline:
+  ``b_u = Σ (r - mu - b_i) / (n + reg_user)`` as :class:`spark_jobs.models.Biases`
+  fits it, then ``(Σ y_i y_iᵀ + reg n I) x = Σ (r - mu - b_u - b_i) y_i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The user-bias shrinkage of the bias baseline (``spark_jobs.models.Biases``).
+BIAS_REG_USER = 15.0
+
+
+def implicit_user(item_factors: np.ndarray, gram: np.ndarray, ratings: np.ndarray,
+                  reg: float, alpha: float) -> np.ndarray:
+    """One viewer's implicit factors.
+
+    Args:
+        item_factors: the factors of the movies the viewer rated, one row each.
+        gram: ``YᵀY`` over every movie of the model (:func:`gram`).
+        ratings: the viewer's ratings of those movies, in the same order.
+    """
+    c1 = alpha * np.abs(ratings)
+    positive = ratings > 0
+    a = gram + (item_factors * c1[:, None]).T @ item_factors
+    a[np.diag_indices_from(a)] += reg * positive.sum()
+    b = ((1.0 + c1) * positive) @ item_factors
+    return np.linalg.solve(a, b)
+
+
+def explicit_user(item_factors: np.ndarray, residuals: np.ndarray, reg: float) -> np.ndarray:
+    """One viewer's explicit factors from their residuals after the biases."""
+    a = item_factors.T @ item_factors
+    a[np.diag_indices_from(a)] += reg * len(residuals)
+    return np.linalg.solve(a, residuals @ item_factors)
+
+
+def gram(item_factors: np.ndarray) -> np.ndarray:
+    """``YᵀY``: every movie's contribution at confidence 1, shared by all viewers."""
+    return item_factors.T @ item_factors
+
+
+@dataclass
+class Viewer:
+    """A viewer folded in: their factors and what they predict for every movie."""
+
+    scores: np.ndarray  # implicit ranking score per movie (the model's order)
+    predicted: np.ndarray  # predicted star rating per movie
+    factors: np.ndarray | None  # their implicit factors (None: no rated movie has any)
+
+
+@dataclass
+class Model:
+    """The published movie side of both ALS models, ready for fold-ins.
+
+    Rows are movies in ``movie_ids`` order; a movie without factors in one of
+    the models has a row of NaN there and is never recommended by it.
+    """
+
+    movie_ids: np.ndarray
+    movie_bias: np.ndarray
+    explicit: np.ndarray
+    implicit: np.ndarray
+    global_mean: float
+    scale: tuple[float, float]
+    explicit_reg: float
+    implicit_reg: float
+    alpha: float
+    bias_reg_user: float = BIAS_REG_USER
+
+    def __post_init__(self) -> None:
+        self._ranked = ~np.isnan(self.implicit).any(axis=1)
+        self._rated = ~np.isnan(self.explicit).any(axis=1)
+        self._gram = gram(self.implicit[self._ranked])
+        self._row = {int(m): i for i, m in enumerate(self.movie_ids)}
+
+    @classmethod
+    def from_rows(cls, movies, live) -> Model | None:
+        """The model from the published tables: ``movies``, rows of ``recs.movie_factors``
+        (``movie_id, bias, explicit_factors, implicit_factors``), and ``live``, the
+        publication's ``global_mean, rating_min, rating_max, explicit_reg,
+        implicit_reg, alpha, bias_reg_user``. None when the publish lacks any of them
+        (older publishes did not record the regularisation)."""
+        if not movies or any(live[k] is None for k in ("explicit_reg", "implicit_reg",
+                                                         "alpha")):
+            return None
+        rank = {c: max((len(r[c]) for r in movies if r[c] is not None), default=0)
+                for c in ("explicit_factors", "implicit_factors")}
+        if not rank["implicit_factors"]:
+            return None
+
+        def matrix(column: str) -> np.ndarray:
+            out = np.full((len(movies), rank[column]), np.nan)
+            for i, row in enumerate(movies):
+                if row[column] is not None:
+                    out[i] = row[column]
+            return out
+
+        return cls(movie_ids=np.array([r["movie_id"] for r in movies]),
+                   movie_bias=np.array([r["bias"] for r in movies], dtype=np.float64),
+                   explicit=matrix("explicit_factors"), implicit=matrix("implicit_factors"),
+                   global_mean=live["global_mean"],
+                   scale=(live["rating_min"], live["rating_max"]),
+                   explicit_reg=live["explicit_reg"], implicit_reg=live["implicit_reg"],
+                   alpha=live["alpha"], bias_reg_user=live["bias_reg_user"] or BIAS_REG_USER)
+
+    def top(self, viewer: Viewer, seen, k: int, skip: np.ndarray | None = None) -> np.ndarray:
+        """Row positions of the viewer's top ``k`` movies, best first, without the
+        ``seen`` movie ids and the rows where ``skip`` is true."""
+        scores = viewer.scores.copy()
+        rows = self.rows(seen)
+        scores[rows[rows >= 0]] = -np.inf
+        if skip is not None:
+            scores[skip] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return top[np.isfinite(scores[top])]
+
+    def rows(self, movie_ids) -> np.ndarray:
+        """Row positions of ``movie_ids`` (-1 for movies the model does not have)."""
+        return np.array([self._row.get(int(m), -1) for m in movie_ids], dtype=np.int64)
+
+    def fold_in(self, movie_ids, ratings) -> Viewer:
+        """Fold in a viewer from all their ratings (movie ids and stars)."""
+        rows, ratings = self.rows(movie_ids), np.asarray(ratings, dtype=np.float64)
+        known = rows >= 0
+        rows, ratings = rows[known], ratings[known]
+        scores = np.full(len(self.movie_ids), -np.inf)
+        ranked = self._ranked[rows]
+        x = None
+        if ranked.any():
+            x = implicit_user(self.implicit[rows[ranked]], self._gram, ratings[ranked],
+                              self.implicit_reg, self.alpha)
+            scores[self._ranked] = self.implicit[self._ranked] @ x
+        base = self.global_mean + self.movie_bias
+        factors, rated = x, self._rated[rows]
+        bias = 0.0
+        if len(rows):
+            bias = float((ratings - base[rows]).sum() / (len(rows) + self.bias_reg_user))
+        explicit = None
+        if rated.any():
+            residuals = ratings[rated] - base[rows[rated]] - bias
+            explicit = explicit_user(self.explicit[rows[rated]], residuals, self.explicit_reg)
+        return Viewer(scores=scores, predicted=self.predict(bias, explicit), factors=factors)
+
+    def predict(self, user_bias: float, explicit_factors) -> np.ndarray:
+        """Predicted star ratings of every movie for a viewer with this bias and these
+        explicit factors (None: the bias baseline), as ``recs.predict_rating``."""
+        predicted = self.global_mean + self.movie_bias + user_bias
+        if explicit_factors is not None:
+            predicted[self._rated] += self.explicit[self._rated] @ np.asarray(explicit_factors)
+        return np.clip(predicted, *self.scale)
