@@ -323,16 +323,25 @@ def stage_release(
 def staged_load(conn, load_id: int) -> LoadResult:
     """The ledger entry of a staged load, to audit and attach it (e.g. in the next task)."""
     with conn, conn.cursor() as cur:
-        cur.execute("""select dataset, source, status, files, row_counts, duration_s, layout,
-                              schema_name
-                       from ops.source_loads where load_id = %s""", (load_id,))
+        cur.execute(f"select {_LEDGER_COLUMNS} from ops.source_loads where load_id = %s",
+                    (load_id,))
         row = cur.fetchone()
     if row is None:
         raise SourceError(f"there is no load {load_id} in ops.source_loads")
-    dataset, source, status, files, counts, seconds, layout, schema = row
-    if status != "staged":
-        raise SourceError(f"load {load_id} of {dataset} is {status}, not staged: "
+    load = _ledger_result(row)
+    if load.status != "staged":
+        raise SourceError(f"load {load_id} of {load.dataset} is {load.status}, not staged: "
                           "only a staged load can be published")
+    return load
+
+
+#: The ledger columns :func:`_ledger_result` reads, in its order.
+_LEDGER_COLUMNS = ("load_id, dataset, source, status, files, row_counts, duration_s, layout, "
+                   "schema_name")
+
+
+def _ledger_result(row) -> LoadResult:
+    load_id, dataset, source, status, files, counts, seconds, layout, schema = row
     return LoadResult(load_id, dataset, source, status, files, counts, float(seconds or 0),
                       layout, schema)
 
@@ -417,15 +426,12 @@ def _lock_dataset(cur, dataset: str) -> None:
 
 def _staged_with(cur, dataset: str, checksums: dict[str, str]) -> LoadResult | None:
     """A staged load of ``dataset`` of exactly these files, if one waits for its audit."""
-    cur.execute("""select load_id, source, files, row_counts, duration_s, layout, schema_name
-                   from ops.source_loads where dataset = %s and status = 'staged'
-                   order by load_id desc limit 1""", (dataset,))
+    cur.execute(f"""select {_LEDGER_COLUMNS} from ops.source_loads
+                    where dataset = %s and status = 'staged'
+                    order by load_id desc limit 1""", (dataset,))
     row = cur.fetchone()
-    if row is None or row[2] != checksums:
-        return None
-    load_id, source, files, counts, seconds, layout, schema = row
-    return LoadResult(load_id, dataset, source, "staged", files, counts, float(seconds or 0),
-                      layout, schema)
+    load = None if row is None else _ledger_result(row)
+    return load if load is not None and load.files == checksums else None
 
 
 def _fail_interrupted(cur, dataset: str) -> None:
