@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -174,39 +175,41 @@ async def search_movies(
             if viewer is None and sort == "predicted":
                 raise HTTPException(503, "the live publish cannot predict ratings yet "
                                          "(published before fold-ins existed)")
-        query = _canonical(q) if q else ""
+        closeness: dict[int, float] = {}
         if q:
-            rows = await _search(conn, q, 200, wanted, year_from, year_to)
-            if sort != "relevance" and rows:  # another order: only the good matches
-                best = _closeness(query, rows[0])
-                rows = [r for r in rows if _closeness(query, r) >= max(0.5, best - CLOSE)]
-            total = len(rows)
+            ranked = await _search(conn, q, 200, wanted, year_from, year_to)
+            if sort != "relevance" and ranked:  # another order: only the good matches
+                floor = max(0.5, ranked[0][1] - CLOSE)
+                ranked = [(r, c) for r, c in ranked if c >= floor]
+            closeness = {r["movie_id"]: c for r, c in ranked}
+            rows = [r for r, _ in ranked]
             if sort == "year":
                 rows.sort(key=lambda r: -(r["release_year"] or 0))
             elif sort == "rating":
                 rows.sort(key=lambda r: -(r["bayesian_rating"] or 0))
             elif sort == "predicted":
-                rows.sort(key=lambda r: -_predicted(viewer, r["movie_id"]))
-            rows = rows[offset:offset + limit]
+                rows = [rows[i] for i in _best_predicted(viewer, [r["movie_id"] for r in rows])]
+            total, rows = len(rows), rows[offset:offset + limit]
         elif sort == "predicted":
-            ids = [r["movie_id"] for r in await conn.fetch(db.BROWSE_IDS, wanted, year_from,
-                                                           year_to)]
-            ids.sort(key=lambda m: (-_predicted(viewer, m), m))
-            total, ids = len(ids), ids[offset:offset + limit]
+            ids = sorted(r["movie_id"] for r in await conn.fetch(db.BROWSE_IDS, wanted,
+                                                                 year_from, year_to))
+            total = len(ids)
+            ids = [ids[i] for i in _best_predicted(viewer, ids)[offset:offset + limit]]
             found = {r["movie_id"]: r for r in await conn.fetch(db.MOVIES_BY_ID, ids)}
             rows = [found[m] for m in ids if m in found]
         else:
             rows = await conn.fetch(db.BROWSE, wanted, year_from, year_to, sort, limit, offset)
             total = rows[0]["total"] if rows else 0
+    predicted = viewer.of([r["movie_id"] for r in rows]) if viewer is not None else []
     movies = []
-    for row in rows:
+    for i, row in enumerate(rows):
         movie = _movie(row)
         if q:
-            movie["match"] = round(_closeness(query, row), 3)
+            movie["match"] = round(closeness[row["movie_id"]], 3)
         if viewer is not None:
-            predicted = _predicted(viewer, row["movie_id"])
-            movie["predicted_rating"] = None if predicted < 0 else round(predicted, 2)
-            movie["rated"] = row["movie_id"] in viewer[2]
+            movie["predicted_rating"] = (None if np.isnan(predicted[i])
+                                         else round(float(predicted[i]), 2))
+            movie["rated"] = row["movie_id"] in viewer.rated
         movies.append(movie)
     return {"query": q, "genres": wanted or [], "year_from": year_from, "year_to": year_to,
             "sort": sort, "user_id": user_id, "page": page, "per_page": limit, "total": total,
@@ -224,11 +227,11 @@ async def _viewer(request: Request, conn, user_id: int):
                                          await conn.fetchval(db.PENDING, user_id))
 
 
-def _predicted(viewer, movie_id: int) -> float:
-    """The viewer's predicted rating of a movie; -1 when the model has no row for it."""
-    model, predicted, _ = viewer
-    row = model.rows([movie_id])[0]
-    return float(predicted[row]) if row >= 0 else -1.0
+def _best_predicted(viewer: live.Predictions, movie_ids: list[int]) -> np.ndarray:
+    """Positions of ``movie_ids``, highest predicted rating first (ties and movies the
+    model does not have keep their order, at the end)."""
+    predicted = np.nan_to_num(viewer.of(movie_ids), nan=-np.inf)
+    return np.argsort(-predicted, kind="stable")
 
 
 @app.get("/api/movies/{movie_id}", tags=["catalogue"])
@@ -327,18 +330,21 @@ CLOSE = 0.2
 
 
 async def _search(conn, text: str, limit: int, genres: list[str] | None = None,
-                  year_from: int | None = None, year_to: int | None = None) -> list:
-    """Trigram candidates from Postgres, re-ranked by edit similarity; near-ties by
-    popularity (a film rated once does not beat a classic by one letter)."""
+                  year_from: int | None = None, year_to: int | None = None,
+                  ) -> list[tuple[object, float]]:
+    """(movie, closeness) of the trigram candidates from Postgres, re-ranked by edit
+    similarity (:func:`_closeness`); near-ties by popularity (a film rated once does
+    not beat a classic by one letter)."""
     query = _canonical(text)
     if not query:
         return []
     # trigrams see the words as typed; the ranking compares numerals as digits
     candidates = await conn.fetch(db.SEARCH, _normalise(text), max(limit, 30), genres,
                                   year_from, year_to)
-    ranked = sorted(candidates, key=lambda r: (-int(_closeness(query, r) / TIE),
-                                               -r["rating_count"], -r["match"], r["movie_id"]))
-    return ranked[:limit]
+    scored = [(r, _closeness(query, r)) for r in candidates]
+    scored.sort(key=lambda rc: (-int(rc[1] / TIE), -rc[0]["rating_count"], -rc[0]["match"],
+                                rc[0]["movie_id"]))
+    return scored[:limit]
 
 
 # --------------------------------------------------------------------------- recommendations
@@ -365,7 +371,7 @@ async def similar_to_title(request: Request,
                            k: K = 10):
     """"You liked this film": the best title match, and movies like it."""
     async with _pool(request).acquire() as conn:
-        matches = await _search(conn, title, 5)
+        matches = [row for row, _ in await _search(conn, title, 5)]
         if not matches:
             raise HTTPException(404, f"no movie title looks like {title!r}")
         best = matches[0]

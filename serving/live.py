@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,21 +27,37 @@ log = logging.getLogger(__name__)
 SOURCE = "als-live"
 
 
+@dataclass
+class Predictions:
+    """A viewer's predicted rating of every movie of the live model, and what they rated."""
+
+    model: foldin.Model
+    predicted: np.ndarray  # per model row
+    rated: set[int]
+
+    def of(self, movie_ids) -> np.ndarray:
+        """Predicted ratings of ``movie_ids``; NaN for movies the model does not have."""
+        rows = self.model.rows(movie_ids)
+        out = np.full(len(rows), np.nan)
+        out[rows >= 0] = self.predicted[rows[rows >= 0]]
+        return out
+
+
 class LiveModels:
     """The live publish's fold-in model, one per worker process."""
 
     def __init__(self) -> None:
         self._publish_id: int | None = None
         self._model: foldin.Model | None = None
-        self._genres: list[frozenset[str]] = []
+        self._genres: dict[str, np.ndarray] = {}
         self._lock = asyncio.Lock()
 
-    async def model(self, conn) -> tuple[foldin.Model | None, list[frozenset[str]], dict]:
-        """(model, genres per movie row, publication) of the live publish; the model is
-        None when the publish lacks the settings a fold-in needs."""
+    async def model(self, conn) -> tuple[foldin.Model | None, dict[str, np.ndarray], dict]:
+        """(model, per genre the model rows of its movies, publication) of the live
+        publish; the model is None when the publish lacks the settings a fold-in needs."""
         live = await conn.fetchrow(db.FOLD_IN_SETTINGS)
         if live is None:
-            return None, [], {}
+            return None, {}, {}
         async with self._lock:
             if self._publish_id != live["publish_id"]:
                 self._model, self._genres = await self._load(conn, live)
@@ -48,14 +65,23 @@ class LiveModels:
         return self._model, self._genres, dict(live)
 
     @staticmethod
-    async def _load(conn, live) -> tuple[foldin.Model | None, list[frozenset[str]]]:
+    async def _load(conn, live) -> tuple[foldin.Model | None, dict[str, np.ndarray]]:
         rows = await conn.fetch(db.FOLD_IN_MOVIES)
         model = foldin.Model.from_rows(rows, live)
         if model is None:
             log.info("publish %s has no fold-in settings: no live fold-ins", live["publish_id"])
-            return None, []
+            return None, {}
+        genres: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            for genre in row["genres"]:
+                genres.setdefault(genre, []).append(i)
         log.info("fold-in model of publish %s: %d movies", live["publish_id"], len(rows))
-        return model, [frozenset(r["genres"]) for r in rows]
+        return model, {g: np.array(i) for g, i in genres.items()}
+
+
+async def _history(conn, user_id: int, dataset: str) -> tuple[list[int], list[float]]:
+    history = await conn.fetch(db.VIEWER_HISTORY, user_id, dataset)
+    return [r["movie_id"] for r in history], [r["rating"] for r in history]
 
 
 async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int,
@@ -65,13 +91,13 @@ async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int
     model, genres, live = await models.model(conn)
     if model is None:
         return None
-    history = await conn.fetch(db.VIEWER_HISTORY, user_id, dataset)
-    rated = [r["movie_id"] for r in history]
-    if not (model.rows(rated) >= 0).any():
+    rated, stars = await _history(conn, user_id, dataset)
+    viewer = model.fold_in(rated, stars)
+    if viewer.factors is None:
         return None
-    viewer = model.fold_in(rated, [r["rating"] for r in history])
-    out = set(excluded)
-    skip = np.array([bool(g & out) for g in genres]) if out else None
+    skip = np.zeros(len(model.movie_ids), dtype=bool)
+    for genre in excluded:
+        skip[genres.get(genre, [])] = True
     top = model.top(viewer, rated, k, skip)
     if not len(top):
         return None
@@ -88,25 +114,21 @@ async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int
                 "predicted_rating": round(float(viewer.predicted[i]), 2), "source": SOURCE})
     body = {"user_id": user_id, "model_version": live["model_version"],
             "publish_id": live["publish_id"], "exclude_genres": excluded,
-            "folded_in_ratings": len(history), "recommendations": listed}
+            "folded_in_ratings": len(rated), "recommendations": listed}
     return live["publish_id"], json.dumps(body).encode()
 
 
 async def viewer_predictions(models: LiveModels, conn, user_id: int, dataset: str,
-                             pending: bool) -> tuple[foldin.Model, np.ndarray, set[int]] | None:
-    """(model, predicted rating per model row, movies the viewer rated) for the search
-    page: folded in when the viewer rated films since the publish (``pending``), else
-    from their published factors, else the bias baseline; None without a fold-in model."""
+                             pending: bool) -> Predictions | None:
+    """A viewer's predictions for the search: folded in when they rated films since the
+    publish (``pending``), else from their published factors, else the bias baseline;
+    None without a fold-in model."""
     model, _, _ = await models.model(conn)
     if model is None:
         return None
-    history = await conn.fetch(db.VIEWER_HISTORY, user_id, dataset)
-    rated = {r["movie_id"] for r in history}
+    rated, stars = await _history(conn, user_id, dataset)
     if pending and rated:
-        viewer = model.fold_in([r["movie_id"] for r in history], [r["rating"] for r in history])
-        return model, viewer.predicted, rated
+        return Predictions(model, model.fold_in(rated, stars).predicted, set(rated))
     row = await conn.fetchrow(db.USER_FACTORS, user_id)
-    if row is None:
-        return model, model.predict(0.0, None), rated
-    return model, model.predict(row["bias"], row["explicit_factors"]), rated
-
+    factors = (0.0, None) if row is None else (row["bias"], row["explicit_factors"])
+    return Predictions(model, model.predict(*factors), set(rated))

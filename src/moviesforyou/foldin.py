@@ -90,7 +90,8 @@ class Model:
         self._ranked = ~np.isnan(self.implicit).any(axis=1)
         self._rated = ~np.isnan(self.explicit).any(axis=1)
         self._gram = gram(self.implicit[self._ranked])
-        self._row = {int(m): i for i, m in enumerate(self.movie_ids)}
+        self._order = np.argsort(self.movie_ids, kind="stable")
+        self._sorted = self.movie_ids[self._order]
 
     @classmethod
     def from_rows(cls, movies, live) -> Model | None:
@@ -135,7 +136,11 @@ class Model:
 
     def rows(self, movie_ids) -> np.ndarray:
         """Row positions of ``movie_ids`` (-1 for movies the model does not have)."""
-        return np.array([self._row.get(int(m), -1) for m in movie_ids], dtype=np.int64)
+        ids = np.asarray(movie_ids, dtype=np.int64).reshape(-1)
+        if not len(self._sorted):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._order[at], -1)
 
     def fold_in(self, movie_ids, ratings) -> Viewer:
         """Fold in a viewer from all their ratings (movie ids and stars)."""
