@@ -178,6 +178,12 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
                      (signed["user_id"],)) == [(release,)]
     finally:
         connection.close()
+    # and their next list is folded in with it against this release's model
+    status, folded = call(lab.api, f"/api/users/{signed['user_id']}/recommendations?k=10")
+    assert status == 200 and folded["folded_in_ratings"] == 1, folded
+    assert {r["source"] for r in folded["recommendations"]} == {"als-live"}
+    assert movie not in {r["movie_id"] for r in folded["recommendations"]}
+    assert len(folded["recommendations"]) == 10
 
 
 def test_champion_of_another_release_is_never_published(lab):
