@@ -9,8 +9,11 @@ after the other, each through ``moviesforyou run`` (``airflow dags test``):
 1. **first run**: ingest, dbt build, tuning, gate, scoring of every user, publish;
 2. **nightly run**: ``--new`` app ratings (20,000) arrive through
    ``app.submit_rating`` as the API stores them; the marts are updated and the
-   champion's configuration re-fitted (no tuning, as on six nights of seven);
-3. **unchanged re-run**: nothing new, so training and publishing are skipped.
+   champion refreshed (no tuning, as on six nights of seven: the users with new
+   ratings re-solved against its movie factors, ``spark_jobs.refresh``);
+3. **unchanged re-run**: nothing new, so training and publishing are skipped;
+4. **full re-fit** (side by side with 2): the same night forced again with
+   ``MFY_REFIT=full``, the champion's configuration re-fit in Spark.
 
 Per run it prints each task's wall time (Airflow's task instances) and the peak
 resident memory of the run's process tree while the task ran (sampled every
@@ -112,9 +115,10 @@ def task_times(airflow_db: Path) -> dict[str, tuple[float, float]]:
     return {task: (epoch(start), epoch(end)) for task, start, end in rows if start and end}
 
 
-def run(env: dict, home: Path, label: str) -> RunFigures:
+def run(env: dict, home: Path, label: str, *args: str) -> RunFigures:
     started = time.time()
-    process = subprocess.Popen([sys.executable, "-m", "moviesforyou", "run"], env=env, cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "moviesforyou", "run", *args], env=env,
+                               cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     memory = TreeMemory(process.pid)
     output = process.communicate()[0]
@@ -181,6 +185,8 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
         quiet = {**env, "MFY_TUNE_DAY": "never"}
         figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
         figures.append(run(quiet, home, "unchanged re-run"))
+        figures.append(run({**quiet, "MFY_REFIT": "full"}, home,
+                           "full re-fit (forced, MFY_REFIT=full)", "--force"))
         return figures
     except RunFailed as failed:  # keep the sizes and runs measured so far
         print(f"\n{failed}")
@@ -216,9 +222,11 @@ def side_by_side(results: dict[str, list[RunFigures | None]]) -> None:
         ("first: score + validate + publish", 0, ("score_recs", "validate_recs",
                                                   "publish_recs")),
         ("nightly: build_marts", 1, ("build_marts",)),
-        ("nightly: train_als (re-fit)", 1, ("train_als",)),
+        ("nightly: train_als (refresh)", 1, ("train_als",)),
         ("nightly: score + validate + publish", 1, ("score_recs", "validate_recs",
                                                     "publish_recs")),
+        ("forced full re-fit night", 3, ()),
+        ("full re-fit: train_als", 3, ("train_als",)),
     ]
     sizes = list(results)
     print("\n| run / task | " + " | ".join(sizes) + " |")

@@ -35,8 +35,10 @@ needed for the embedded warehouse. `MFY_SPARK_CONN_ID` (environment) names a
 Spark connection to submit training to a cluster; unset, Spark runs locally.
 
 **Tuning**: on `MFY_TUNE_DAY` (Sundays by default) `train_als` searches the ALS
-grids; other nights it re-fits the champion's configuration on the new data,
-and the gate promotes that fresher fit.
+grids; other nights it refreshes the champion (its movie factors kept, the users
+with new ratings re-solved, no Spark), or re-fits its configuration in Spark
+past `MFY_REFRESH_MAX_NEW` new ratings or with `MFY_REFIT=full`; the gate
+promotes that fresher model.
 
 **Backfill**: unpause the DAG, then `airflow backfill create --dag-id
 movielens_nightly --from-date … --to-date … --max-active-runs 1` (the DAG's own

@@ -55,8 +55,9 @@ class TrainConfig:
 
 
 def train_config(overrides: dict | None = None) -> TrainConfig:
-    """A TrainConfig from a run's conf (``{"train": {...}}``), e.g. fixed ALS params."""
-    values = dict(overrides or {})
+    """A TrainConfig from a run's conf (``{"train": {...}}``), e.g. fixed ALS params;
+    ``tune`` is the nightly rule's (:func:`spark_jobs.nightly.tune_today`), not a field."""
+    values = {k: v for k, v in (overrides or {}).items() if k != "tune"}
     for key in ("explicit", "implicit"):
         if values.get(key):
             values[key] = ALSParams(**{**values[key], "implicit": key == "implicit"})

@@ -1,9 +1,12 @@
 """The nightly training rules, as the Airflow DAG's ``train_als`` and ``gate_model`` run them.
 
-* **Tune or re-fit.** On the tuning day (``MFY_TUNE_DAY``, Sundays by default),
-  or when there is no champion of this release yet, the ALS grids are searched;
-  other nights re-fit the champion's configuration on the new data, which is
-  minutes cheaper (:func:`tune_today`, :func:`train_als`).
+* **Tune, refresh or re-fit.** On the tuning day (``MFY_TUNE_DAY``, Sundays by
+  default), or when there is no champion of this release yet, the ALS grids are
+  searched. Other nights refresh the champion: its movie factors kept, the users
+  with new ratings re-solved in NumPy (:mod:`spark_jobs.refresh`, seconds instead
+  of a Spark fit); past ``MFY_REFRESH_MAX_NEW`` new ratings, or with
+  ``MFY_REFIT=full``, the champion's configuration is re-fit in Spark
+  (:func:`tune_today`, :func:`train_als`).
 * **Gate separately.** Training registers a challenger; the gate runs as its own
   step (:func:`gate_model`) on the very same splits, so a failed gate can be retried
   without retraining.
@@ -54,26 +57,32 @@ def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None,
           logical_date=None) -> dict:
     """Register a challenger trained on the snapshot (no gate).
 
-    On tuning days (:func:`tune_today`) the grids are searched; other nights re-fit
-    the champion's configuration on the new data, which is minutes cheaper.
+    On tuning days (:func:`tune_today`) the grids are searched; other nights refresh
+    the champion (:func:`spark_jobs.refresh.refresh`) or, when a refresh will not do,
+    re-fit its configuration on the new data.
     """
+    from spark_jobs.refresh import refresh
     from spark_jobs.snapshot import read_kept_snapshot
     from spark_jobs.train import train as train_models
 
-    overrides = {k: v for k, v in (overrides or {}).items() if k != "tune"}
-    config = train_config(overrides)
     tuning = tune_today(settings, logical_date, overrides)
+    config = train_config(overrides)
+    kept = read_kept_snapshot(Path(snapshot["path"]))
     if not tuning:
         champion = registry.champion_params(settings)
         if champion is None:
             tuning = True
             log.info("no champion of %s yet: tuning", settings.dataset)
         else:
+            if settings.training.refit == "refresh":
+                refreshed = refresh(settings, kept, max_new=settings.training.refresh_max_new,
+                                    k=config.k, threshold=config.relevance_threshold)
+                if refreshed is not None:
+                    return refreshed
             config = dataclasses.replace(config, explicit=champion[0], implicit=champion[1])
             log.info("re-training the champion's configuration: %s; %s",
                      champion[0].label(), champion[1].label())
-    result = train_models(settings, config, snapshot=read_kept_snapshot(Path(snapshot["path"])),
-                          gate=False)
+    result = train_models(settings, config, snapshot=kept, gate=False)
     log.info("challenger v%s (run %s): %s", result.version, result.run_id, result.metrics)
     return {"version": result.version, "run_id": result.run_id, "metrics": result.metrics,
             "baselines": result.baselines, "tuned": tuning,

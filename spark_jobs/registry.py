@@ -147,9 +147,9 @@ def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
     """The champion's (explicit, implicit) configuration, or None without a champion
     of ``settings.dataset`` (a champion of another release is tuned away from)."""
     client = configure(settings)
-    champion = _champion(settings, client)
+    champion = current_champion(settings, client)
     if (champion is None or "mfy.explicit_params" not in champion.tags
-            or _dataset_of(client, champion) != settings.dataset):
+            or dataset_of(client, champion) != settings.dataset):
         return None
     return (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
             ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
@@ -166,7 +166,7 @@ def version_for_snapshot(settings: Settings, client, digest: str) -> str | None:
     return None
 
 
-def _champion(settings: Settings, client):
+def current_champion(settings: Settings, client):
     from mlflow.exceptions import MlflowException
 
     try:
@@ -175,7 +175,7 @@ def _champion(settings: Settings, client):
         return None
 
 
-def _dataset_of(client, version) -> str | None:
+def dataset_of(client, version) -> str | None:
     """The release a model version was trained on (its tag, else its run's)."""
     if version.tags.get("mfy.dataset"):
         return version.tags["mfy.dataset"]
@@ -191,14 +191,14 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
 
     client = mlflow.MlflowClient()
     name, ndcg = model_name(settings), f"ndcg_at_{k}"
-    champion = _champion(settings, client)
+    champion = current_champion(settings, client)
     for key, value in challenger_metrics.items():
         client.set_model_version_tag(name, version, f"mfy.metric.{key}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "mfy.split_id", split_id)
 
     client.set_model_version_tag(name, version, "mfy.dataset", snapshot.dataset)
     champion_metrics = None
-    champion_dataset = _dataset_of(client, champion) if champion is not None else None
+    champion_dataset = dataset_of(client, champion) if champion is not None else None
     same_config = champion is not None and champion.tags.get("mfy.explicit_params") and (
         ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
         ALSParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
@@ -239,6 +239,40 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
         else:
             reason = f"challenger RMSE too high: {figures}"
 
+    return _decide(settings, client, version, champion, promoted, reason,
+                   challenger_metrics, champion_metrics, snapshot, run_id)
+
+
+def gate_refresh(settings: Settings, *, version: str, refresh_of: str,
+                 challenger_metrics: dict[str, float], snapshot, run_id: str) -> Decision:
+    """The gate for a refresh (:mod:`spark_jobs.refresh`): the champion's own movie side
+    with the new ratings' users re-solved is promoted while that version is still the
+    champion; a champion that changed meanwhile (a rollback, a better model) stays."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = model_name(settings)
+    client.set_model_version_tag(name, version, "mfy.dataset", snapshot.dataset)
+    champion = current_champion(settings, client)
+    promoted = champion is not None and str(champion.version) == str(refresh_of)
+    forward = ", ".join(f"{key} {value:.4f}" for key, value in challenger_metrics.items()
+                        if key.startswith("forward_") and key != "forward_ratings")
+    if promoted:
+        reason = (f"refresh of champion v{refresh_of}: its movie factors with the users of "
+                  f"{challenger_metrics.get('forward_ratings', 0):.0f} new rating(s) re-solved"
+                  + (f"; v{refresh_of} on those ratings before: {forward}" if forward else ""))
+    else:
+        current = f"v{champion.version}" if champion is not None else "none"
+        reason = f"refresh of v{refresh_of}, but the champion is now {current}"
+    return _decide(settings, client, version, champion, promoted, reason,
+                   challenger_metrics, None, snapshot, run_id)
+
+
+def _decide(settings: Settings, client, version: str, champion, promoted: bool, reason: str,
+            challenger_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
+            snapshot, run_id: str) -> Decision:
+    """Tag the version with the decision, move the alias, record it in ops.model_promotions."""
+    name = model_name(settings)
     client.set_model_version_tag(name, version, "mfy.gate", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "mfy.gate_reason", reason)
     if promoted:
@@ -296,7 +330,7 @@ def rollback(settings: Settings, version: str, reason: str = "manual rollback") 
         target = client.get_model_version(model_name(settings), str(version))
     except MlflowException as exc:
         raise RegistryError(f"{model_name(settings)} has no version {version}") from exc
-    current = _champion(settings, client)
+    current = current_champion(settings, client)
     version = str(target.version)
     client.set_registered_model_alias(model_name(settings), "champion", version)
     client.set_model_version_tag(model_name(settings), version, "mfy.gate", "rolled back to")
@@ -316,11 +350,11 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
     import mlflow
 
     client = mlflow.MlflowClient()
-    champion = _champion(settings, client)
+    champion = current_champion(settings, client)
     if champion is None:
         raise RegistryError(f"{model_name(settings)} has no champion yet: run `moviesforyou train`")
     version = str(champion.version)
-    trained_on = _dataset_of(client, champion)
+    trained_on = dataset_of(client, champion)
     if trained_on != settings.dataset:
         raise RegistryError(f"champion v{version} of {model_name(settings)} was trained on "
                             f"{trained_on}, not {settings.dataset}: train a model of "

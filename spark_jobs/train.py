@@ -113,6 +113,25 @@ def train(settings: Settings, config: TrainConfig | None = None, *, spark=None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def log_snapshot(snapshot: Snapshot) -> None:
+    """The snapshot as the active run's training input and parameters (what a refresh
+    later compares the ratings with: ``snapshot_rows``, ``snapshot_max_rated_at``)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # two local sources claim a plain path
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(snapshot.path))
+    dataset = MetaDataset(source=source,
+                          name=f"fct_ratings@{snapshot.dataset}", digest=snapshot.digest)
+    mlflow.log_input(dataset, context="training")
+    mlflow.log_params({
+        "dataset": snapshot.dataset, "snapshot_rows": snapshot.rows,
+        "snapshot_users": snapshot.users, "snapshot_movies": snapshot.movies,
+        "snapshot_max_rated_at": snapshot.max_rated_at, "snapshot_sha256": snapshot.sha256})
+
+
 def gate_challenger(settings: Settings, version: str, config: TrainConfig | None = None, *,
                     spark=None) -> registry.Decision:
     """Run the champion gate for a version trained with ``gate=False``.
@@ -127,6 +146,13 @@ def gate_challenger(settings: Settings, version: str, config: TrainConfig | None
     model = client.get_model_version(registry.model_name(settings), str(version))
     run = client.get_run(model.run_id)
     snapshot = read_kept_snapshot(settings.home / "snapshots" / run.data.tags["mfy.snapshot"])
+    if run.data.tags.get("mfy.kind") == "refresh":  # no Spark, no splits: see gate_refresh
+        decision = registry.gate_refresh(
+            settings, version=str(version), refresh_of=run.data.tags["mfy.refresh_of"],
+            challenger_metrics=dict(run.data.metrics), snapshot=snapshot,
+            run_id=model.run_id)
+        client.set_tag(model.run_id, "mfy.promoted", str(decision.promoted))
+        return decision
     _, config, _, splits, evaluator = _prepare(settings, snapshot, config, spark, "gate")
     metrics = {k: v for k, v in run.data.metrics.items() if k != "train_seconds"}
     params = (ALSParams(**json.loads(model.tags["mfy.explicit_params"])),
@@ -186,19 +212,8 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
     tags = {"mfy.dataset": snapshot.dataset, "mfy.snapshot": snapshot.digest,
             "mfy.git_commit": git_commit(), "mfy.kind": "als"}
     with mlflow.start_run(run_name=run_name, tags=tags) as parent:
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-
-        with warnings.catch_warnings():  # two local sources claim a plain path
-            warnings.simplefilter("ignore")
-            source = resolve_dataset_source(str(snapshot.path))
-        dataset = MetaDataset(source=source,
-                              name=f"fct_ratings@{snapshot.dataset}", digest=snapshot.digest)
-        mlflow.log_input(dataset, context="training")
+        log_snapshot(snapshot)
         mlflow.log_params({
-            "dataset": snapshot.dataset, "snapshot_rows": snapshot.rows,
-            "snapshot_users": snapshot.users, "snapshot_movies": snapshot.movies,
-            "snapshot_max_rated_at": snapshot.max_rated_at, "snapshot_sha256": snapshot.sha256,
             "split": splits.description, "k": config.k,
             "relevance_threshold": config.relevance_threshold, "seed": config.seed,
             "spark_master": spark.sparkContext.master, "als_blocks": config.blocks,

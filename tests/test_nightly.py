@@ -88,11 +88,11 @@ def live(connection) -> tuple:
 
 def summary(connection, run) -> dict:
     rows = query(connection, """select state, source_status, trained, promoted, published,
-                                       model_version, publish_id, tasks, note
+                                       model_version, publish_id, tasks, note, metrics
                                 from ops.pipeline_runs where run_id = %s""", (run.run_id,))
     assert len(rows) == 1
     keys = ("state", "source_status", "trained", "promoted", "published", "model_version",
-            "publish_id", "tasks", "note")
+            "publish_id", "tasks", "note", "metrics")
     return dict(zip(keys, rows[0], strict=True))
 
 
@@ -215,10 +215,18 @@ class TestNightlyRuns:
         new = [m for m in range(1, 1683) if m not in rated][:3]
         for movie in new:
             execute(wh, "select app.submit_rating('ml-100k', 1, %s, 4.5)", (movie,))
-        run = nightly.run({"train": QUICK_TRAIN})
+        champion = champion_version(nightly.settings)
+        # a night without tuning: the champion is refreshed, not re-fit in Spark
+        run = nightly.run({"train": {"tune": False}})
         assert run.state == "success", nightly.states(run)
         row = summary(wh, run)
         assert "3 new app rating(s)" in row["note"] and row["trained"] and row["published"]
+        assert row["promoted"] and row["model_version"] != champion
+        assert row["metrics"]["model"]["forward_ratings"] == 3
+        (reason,), = query(wh, """select reason from ops.model_promotions
+                                  order by promotion_id desc limit 1""")
+        assert reason.startswith(f"refresh of champion v{champion}: its movie factors with "
+                                 "the users of 3 new rating(s) re-solved")
         got = query(wh, """select movie_id from marts.fct_ratings
                            where user_id = 1 and rating_source = 'app' order by movie_id""")
         assert [m for (m,) in got] == sorted(new)

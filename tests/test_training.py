@@ -273,3 +273,86 @@ def test_held_out_splits_use_a_user_sample_above_eval_max_ratings(ml100k):
     assert set(pd.concat(sampled.rating[0])["user_id"]) == set(held["user_id"])
     assert "users sampled to" in sampled.description
     assert "users sampled" not in whole.description  # and so a distinct split identity
+
+
+def _snapshot_with(settings, base, extra: pd.DataFrame, tmp_path):
+    """A kept snapshot of ``base``'s ratings plus ``extra`` rows."""
+    from spark_jobs.snapshot import Snapshot, keep_snapshot
+
+    ratings = pd.concat([load_snapshot(base), extra], ignore_index=True).astype(
+        {"user_id": "int32", "movie_id": "int32", "rating": "float32", "rated_at": "int64"})
+    folder = tmp_path / f"snapshot-{len(ratings)}"
+    folder.mkdir()
+    ratings.to_parquet(folder / "ratings.parquet", index=False)
+    digest = hashlib.sha256((folder / "ratings.parquet").read_bytes()).hexdigest()
+    snapshot = Snapshot(folder / "ratings.parquet", base.dataset, len(ratings),
+                        int(ratings["user_id"].nunique()), int(ratings["movie_id"].nunique()),
+                        str(int(ratings["rated_at"].max())), digest)
+    return keep_snapshot(snapshot, settings.home / "snapshots")
+
+
+def test_a_refresh_resolves_only_the_users_with_new_ratings(sample_warehouse, spark, tmp_path):
+    """A night without tuning refreshes the champion: its movie side kept, the users with
+    new ratings re-solved (the ALS user step); the gate promotes it while its champion is
+    still the champion. Re-solving an untouched user gives back Spark's own factors."""
+    from spark_jobs import nightly, refresh
+    from spark_jobs.models import load_factors
+    from spark_jobs.train import gate_challenger
+
+    settings = dataclasses.replace(sample_warehouse, home=tmp_path / "home")
+    champion = train(settings, config(BETTER), spark=spark)
+    assert champion.promoted
+    since = int(champion.snapshot.max_rated_at)
+    rated = load_snapshot(champion.snapshot)
+    unrated = sorted(set(rated["movie_id"]) - set(rated.loc[rated["user_id"] == 1, "movie_id"]))
+    extra = pd.DataFrame({"user_id": [1, 1, 1, 99_999, 99_999],
+                          "movie_id": [*unrated[:3], 1, 50],
+                          "rating": [5.0, 5.0, 4.0, 5.0, 3.0], "rated_at": since + 60})
+    snapshot = _snapshot_with(settings, champion.snapshot, extra, tmp_path)
+
+    out = nightly.train_als(settings, {"path": str(snapshot.path.parent)}, {"tune": False})
+
+    assert out["refresh_of"] == champion.version and not out["tuned"]
+    assert out["metrics"]["forward_ratings"] == 5
+    assert 0 < out["metrics"]["forward_rmse"] < 2
+    before = load_factors(registry.export_champion(settings, tmp_path / "v1"))
+    decision = gate_challenger(settings, out["version"])
+    assert decision.promoted and decision.reason.startswith(
+        f"refresh of champion v{champion.version}: its movie factors with the users of 5 new")
+    after = load_factors(registry.export_champion(settings, tmp_path / "v2"))
+    for old, new in zip(before, after, strict=True):
+        assert (old.item_factors == new.item_factors).all()  # the movie side is kept
+        row = {u: i for i, u in enumerate(new.user_ids)}
+        untouched = [u for u in old.user_ids if u != 1]
+        assert (new.user_factors[[row[u] for u in untouched]]
+                == old.user_factors[[old.user_index.get_loc(u) for u in untouched]]).all()
+        assert not (new.user_factors[row[1]] == old.user_factors[old.user_index.get_loc(1)]
+                    ).all()
+        assert 99_999 in row  # a new user has factors
+    # the solve is Spark's user step: an untouched user re-solved keeps their factors
+    user2 = rated[rated["user_id"] == 2]
+    resolved = refresh.resolve_users(*before, user2)
+    for old, new in zip(before, resolved, strict=True):
+        at = old.user_index.get_loc(2)
+        assert new.user_factors[at] == pytest.approx(old.user_factors[at], rel=2e-3, abs=2e-4)
+    assert after[0].biases.user[99_999] != 0 and \
+        after[0].biases.user[2] == pytest.approx(before[0].biases.user[2], abs=1e-9)
+
+    # a refresh of a version that is no longer the champion is not promoted
+    new_for_3 = sorted(set(rated["movie_id"]) - set(rated.loc[rated["user_id"] == 3,
+                                                                "movie_id"]))[:2]
+    again = _snapshot_with(settings, snapshot, pd.DataFrame(
+        {"user_id": 3, "movie_id": new_for_3, "rating": 4.0, "rated_at": since + 120}), tmp_path)
+    stale = nightly.train_als(settings, {"path": str(again.path.parent)}, {"tune": False})
+    assert stale["refresh_of"] == out["version"]
+    registry.rollback(settings, champion.version)
+    rejected = gate_challenger(settings, stale["version"])
+    assert not rejected.promoted
+    assert rejected.reason == (f"refresh of v{out['version']}, but the champion is now "
+                               f"v{champion.version}")
+
+    # when a refresh will not do, the night says why and re-fits
+    ratings = load_snapshot(snapshot)
+    assert "MFY_REFRESH_MAX_NEW = 0.0001" in refresh.plan(settings, ratings, max_new=0.0001)
+    changed = ratings[ratings["user_id"] != 5]
+    assert "the release changed under it" in refresh.plan(settings, changed, max_new=0.05)

@@ -69,6 +69,11 @@ class TrainingSettings:
 
     model_name: str = "moviesforyou-als"
     tune_day: str = "sun"
+    #: other nights: ``refresh`` the champion (re-solve the users with new ratings
+    #: against its movie factors, ``spark_jobs.refresh``) or ``full`` re-fit it in Spark
+    refit: str = "refresh"
+    #: a refresh becomes a full re-fit past this share of ratings new since the champion
+    refresh_max_new: float = 0.05
     #: ``MLFLOW_TRACKING_URI``; unset: a SQLite store under ``MFY_HOME/mlflow``
     mlflow_tracking_uri: str | None = None
 
@@ -213,6 +218,19 @@ def _weekday(text: str) -> str:
     return day
 
 
+def _refit(text: str) -> str:
+    if text.lower() not in ("refresh", "full"):
+        raise ValueError("expected refresh or full")
+    return text.lower()
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("expected a share between 0 and 1")
+    return value
+
+
 def on_weekday(day: str, when) -> bool:
     """Whether a run at ``when`` falls on ``day`` (as :func:`_weekday` keeps it:
     ``mon``..``sun``, ``alw`` or ``nev``). A run without a date (a manual one)
@@ -287,6 +305,12 @@ VARIABLES: tuple[Variable, ...] = (
              "the registered model in MLflow"),
     Variable("MFY_TUNE_DAY", "training.tune_day", "sun",
              "weekday the nightly run tunes the grids (or always, never)", _weekday),
+    Variable("MFY_REFIT", "training.refit", "refresh",
+             "other nights: refresh the champion's users (refresh) or re-fit in Spark (full)",
+             _refit),
+    Variable("MFY_REFRESH_MAX_NEW", "training.refresh_max_new", "0.05",
+             "share of ratings new since the champion above which a night re-fits in full",
+             _share),
     Variable("MLFLOW_TRACKING_URI", "training.mlflow_tracking_uri", "SQLite under MFY_HOME",
              "MLflow tracking server (MLflow's own variable)"),
     Variable("MFY_API_DATABASE_URL", "api.database_url", "the reader's URL",
