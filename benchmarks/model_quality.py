@@ -14,12 +14,16 @@ table, on the same splits:
   reference to beat, including the issue's setting: 50 factors, regularisation
   30, alpha 1) over a small grid.
 
+Lists only (``--lists``): most popular and EASE on ua, read straight from the
+fold files with the same metric code, in a minute and without Spark.
+
 Speed (``--speed N ...``): synthetic data of N ratings; seconds per ALS
 iteration for Spark and for ``implicit`` (2 threads, same rank), side by side.
 
 Usage::
 
     uv run --group bench python benchmarks/model_quality.py --quality
+    .venv/bin/python benchmarks/model_quality.py --lists
     uv run --group bench python benchmarks/model_quality.py --speed 1000000 20000000
 """
 
@@ -184,6 +188,29 @@ def quality(work: Path) -> None:
     spark.stop()
 
 
+def lists(lams: list[float]) -> None:
+    """The Spark-free list families on ua, straight from the fold files (a minute):
+    most popular and EASE over a range of lambdas, with the gate's metric code."""
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.evaluation import Evaluator
+    from spark_jobs.models import popularity_scorer
+    from spark_jobs.splitters import official_folds
+
+    ratings = pd.read_csv(ML100K / "u.data", sep="\t",
+                          names=["user_id", "movie_id", "rating", "rated_at"])
+    ev = Evaluator(None, official_folds(ML100K, ratings), TrainConfig(), (1.0, 5.0))
+    train = ev.splits.ranking[0]
+    print("ranking on ua, k=10 (fold files, no Spark):", flush=True)
+    print(f"  {'most popular':<40} {fmt(ev.rank(popularity_scorer(train, ev.catalogue)))}")
+    for binary in (True, False):
+        for lam in lams:
+            start = time.perf_counter()
+            result = ev.rank(ease_scorer(train, ev.catalogue, lam=lam, binary=binary))
+            result["seconds"] = time.perf_counter() - start
+            label = f"EASE lambda={lam:g} ({'binary' if binary else 'rating values'})"
+            print(f"  {label:<40} {fmt(result)}", flush=True)
+
+
 def fmt(result: dict) -> str:
     keys = ("rmse", "mae", "ndcg_at_10", "precision_at_10", "recall_at_10", "coverage_at_10",
             "popularity_bias_at_10", "seconds")
@@ -243,6 +270,9 @@ def speed(sizes: list[int], work: Path, rank: int, iterations: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--lists", type=float, nargs="*", metavar="LAMBDA",
+                        help="EASE and most popular on ua from the fold files, no Spark "
+                             "(default lambdas: 200 400 800 1600 2400 3200 5000)")
     parser.add_argument("--speed", type=int, nargs="*", default=[])
     parser.add_argument("--rank", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=5)
@@ -253,6 +283,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mfy-quality-"))
     work.chmod(0o755)
     try:
+        if options.lists is not None:
+            lists(options.lists or [200, 400, 800, 1600, 2400, 3200, 5000])
         if options.quality:
             quality(work)
         if options.speed:
