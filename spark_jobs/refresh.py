@@ -202,7 +202,8 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
                 "ratings, before the refresh.")) as run:
             log_snapshot(snapshot)
             mlflow.log_params({
-                "refresh_of": found.champion, "new_ratings": len(found.new),
+                "refresh_of": found.champion, "refreshed_since": found.since,
+                "new_ratings": len(found.new),
                 "refreshed_users": int(touched[USER].nunique()),
                 "new_movies_without_factors": new_movies, "refresh_max_new": max_new, "k": k,
                 **{f"explicit_{p}": v for p, v in dataclasses.asdict(explicit.params).items()},
@@ -211,8 +212,10 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
             mlflow.log_dict({}, "baselines.json")  # baselines are the full runs'
             version = registry.log_and_register(settings, new_explicit, new_implicit,
                                                 work / "model", ratings)
-            mlflow.MlflowClient().set_model_version_tag(
-                registry.model_name(settings), version, "mfy.refresh_of", found.champion)
+            client = mlflow.MlflowClient()
+            for key, value in (("mfy.refresh_of", found.champion),
+                               ("mfy.refreshed_since", str(found.since))):
+                client.set_model_version_tag(registry.model_name(settings), version, key, value)
             figures["train_seconds"] = time.time() - started
             mlflow.log_metrics(figures)
             mlflow.set_tags({"mfy.model_version": version})

@@ -369,7 +369,11 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
         factors = next(Path(local).rglob("model.json")).parent
         for item in factors.iterdir():
             item.replace(target / item.name)
+    # a refresh names the version it refreshed and since when: a publish of it
+    # re-scores only the users who rated since (publish.prepare)
+    refresh = {key: champion.tags[f"mfy.{key}"] for key in ("refresh_of", "refreshed_since")
+               if f"mfy.{key}" in champion.tags}
     (out / "champion.json").write_text(json.dumps(
         {"model_name": model_name(settings), "version": version, "run_id": champion.run_id,
-         "path": str(target)}, indent=2))
+         "path": str(target), **refresh}, indent=2))
     return target

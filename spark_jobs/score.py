@@ -52,7 +52,7 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class ScoreResult:
     user_recommendations: Path
-    similar_movies: Path
+    similar_movies: Path | None  #: None: not scored (the movie factors did not change)
     users: int
     seconds: float
 
@@ -135,22 +135,38 @@ def similar_scorer(implicit: Factors, counts: pd.Series, cfg: ScoreConfig):
 
 
 def score(spark, factors: Path, ratings: Path, out: Path,
-          cfg: ScoreConfig | None = None) -> ScoreResult:
-    """Write both scored tables as Parquet under ``out``."""
+          cfg: ScoreConfig | None = None, *, rated_after: int | None = None) -> ScoreResult:
+    """Write both scored tables as Parquet under ``out``.
+
+    Args:
+        rated_after: score only the users with a rating after this time (epoch
+            seconds), and no similar movies: a refresh (``spark_jobs.refresh``)
+            changed only those users' factors, so every other list, and every
+            movie's neighbours, stay what the live publish has.
+    """
     from pyspark.sql import functions as F
 
     cfg = cfg or ScoreConfig()
     started = time.time()
     explicit, implicit = load_factors(factors)
-    seen = spark.read.parquet(str(ratings)).select(USER, ITEM)
+    seen = spark.read.parquet(str(ratings)).select(USER, ITEM, "rated_at")
     counts = seen.groupBy(ITEM).count().toPandas().set_index(ITEM)["count"].sort_index()
-    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen"))
+    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen"),
+                                   F.max("rated_at").alias("last_rated_at"))
+    if rated_after is not None:
+        users = users.where(F.col("last_rated_at") > rated_after)
+    users = users.select(USER, "seen")
     n_users = users.count()
     parallelism = spark.sparkContext.defaultParallelism
     recs = users.repartition(parallelism, USER).mapInPandas(
         user_scorer(implicit, explicit, counts, cfg), RECS_SCHEMA)
     recs_path = out / "user_recommendations"
     recs.write.mode("overwrite").parquet(str(recs_path))
+    if rated_after is not None:
+        seconds = time.time() - started
+        log.info("scored the %d users who rated since %d in %.1f s", n_users, rated_after,
+                 seconds)
+        return ScoreResult(recs_path, None, n_users, seconds)
 
     movies = spark.createDataFrame(pd.DataFrame({ITEM: implicit.item_ids.astype("int32")}))
     similar = movies.repartition(parallelism).mapInPandas(

@@ -216,6 +216,8 @@ class TestNightlyRuns:
         for movie in new:
             execute(wh, "select app.submit_rating('ml-100k', 1, %s, 4.5)", (movie,))
         champion = champion_version(nightly.settings)
+        lists = "select user_id, rank, movie_id from recs.user_recommendations order by 1, 2"
+        before = query(wh, lists)
         # a night without tuning: the champion is refreshed, not re-fit in Spark
         run = nightly.run({"train": {"tune": False}})
         assert run.state == "success", nightly.states(run)
@@ -227,6 +229,16 @@ class TestNightlyRuns:
                                   order by promotion_id desc limit 1""")
         assert reason.startswith(f"refresh of champion v{champion}: its movie factors with "
                                  "the users of 3 new rating(s) re-solved")
+        # its publish scored only user 1; every other list is the live one, now served
+        # as the refreshed version's
+        (counts,), = query(wh, "select row_counts from ops.publish_log "
+                               "where publish_id = %s", (row["publish_id"],))
+        assert counts["users_scored"] == 1 and counts["user_recommendations"] == 943 * 50
+        after = query(wh, lists)
+        assert [r for r in after if r[0] != 1] == [r for r in before if r[0] != 1]
+        assert [r for r in after if r[0] == 1] != [r for r in before if r[0] == 1]
+        assert query(wh, "select distinct model_version from recs.user_recommendations") == [
+            (row["model_version"],)]
         got = query(wh, """select movie_id from marts.fct_ratings
                            where user_id = 1 and rating_source = 'app' order by movie_id""")
         assert [m for (m,) in got] == sorted(new)

@@ -7,7 +7,12 @@ Output: the ``recs`` tables, the SQL functions on them, and a row in
 1. **Build.** The champion's factors are scored in Spark (``spark_jobs.score``)
    and COPYed, with the cold-start lists and the catalogue (dbt's
    ``mart_cold_start_lists`` and ``mart_movie_catalogue``), into ``recs_build``,
-   a schema readers never look at. The tables' DDL is ``sql/recs_*.sql``.
+   a schema readers never look at. The tables' DDL is ``sql/recs_*.sql``. When
+   the champion is a refresh of the live publish's model (``spark_jobs.refresh``:
+   same movie factors, only the users who rated since re-solved), only those
+   users are scored; every other list and every movie's neighbours are copied
+   from the live tables: their factors did not change (the rating counts behind
+   neighbour eligibility and the popular fallback are the live publish's).
 2. **Validate.** The ``recs`` suite (``expectations/recs.yml``) runs on the
    build schema. A failure records the result, drops the build, raises
    :class:`~moviesforyou.quality.ValidationFailed` and leaves the live tables
@@ -44,7 +49,15 @@ from psycopg2 import sql
 from moviesforyou import quality, warehouse
 from moviesforyou.config import PublishSettings, Settings
 from moviesforyou.errors import MoviesForYouError
-from moviesforyou.recs_build import BUILD, HISTORY, LIVE, TABLES, build, drop_schema_tables
+from moviesforyou.recs_build import (
+    BUILD,
+    HISTORY,
+    LIVE,
+    TABLES,
+    build,
+    drop_schema_tables,
+    live_refreshed_since,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +272,19 @@ def prepare(settings: Settings, *, spark=None,
                 from spark_jobs.session import get_spark
                 spark = get_spark(settings.home, app_name="moviesforyou-score",
                                   spark=settings.spark)
+            with conn.cursor() as cur:
+                since = live_refreshed_since(cur, settings, champion)
+            if since is not None:
+                log.info("publish %d: v%s refreshes the live v%s: scoring only the users "
+                         "who rated since %d", publish_id, champion["version"],
+                         champion["refresh_of"], since)
             scored = steps.run("score", score, spark, factors, snapshot.path, work / "scored",
                                ScoreConfig(n=config.n, similar_n=config.similar_n,
-                                           min_ratings=config.similar_min_ratings))
+                                           min_ratings=config.similar_min_ratings),
+                               rated_after=since)
             counts = steps.run("build", build, conn, settings, publish_id=publish_id,
                                champion=champion, factors=factors, scored=scored)
+            counts["users_scored"] = scored.users  # the rest copied from the live publish
         except BaseException as exc:
             conn.rollback()
             steps.failed(exc)

@@ -85,6 +85,40 @@ def _copy_parquet(cur, table: sql.Composable, folder: Path, columns: list[str]) 
     return rows
 
 
+def _copy_live(cur, table: str, columns: list[str], key: str | None = None) -> int:
+    """Copy the live ``table``'s rows into the build schema's, skipping the ``key``
+    values the build already has (the users scored again)."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    statement = sql.SQL("insert into {build}.{t} ({c}) select {c} from {live}.{t} l").format(
+        build=sql.Identifier(BUILD), live=sql.Identifier(LIVE), t=sql.Identifier(table),
+        c=names)
+    if key:
+        statement += sql.SQL(" where not exists (select 1 from {build}.{t} b "
+                             "where b.{k} = l.{k})").format(
+            build=sql.Identifier(BUILD), t=sql.Identifier(table), k=sql.Identifier(key))
+    cur.execute(statement)
+    return cur.rowcount
+
+
+def live_refreshed_since(cur, settings: Settings, champion: dict) -> int | None:
+    """Since when (epoch seconds) the champion, a refresh of the live publish's model,
+    re-solved users; None when its publish must score everyone: not a refresh, a
+    refresh of another version than the live one, or list lengths that changed."""
+    if "refreshed_since" not in champion:
+        return None
+    cur.execute("select to_regclass(%s) is not null", (f"{LIVE}.publication",))
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute(sql.SQL("select model_version, dataset, recommendations_per_user, "
+                        "(select coalesce(max(rank), 0) from {l}.similar_movies) "
+                        "from {l}.publication").format(l=sql.Identifier(LIVE)))
+    live = cur.fetchone()
+    config = settings.publish
+    if live != (champion["refresh_of"], settings.dataset, config.n, config.similar_n):
+        return None
+    return int(champion["refreshed_since"])
+
+
 def _pg_array(vector) -> str:
     return "{" + ",".join(repr(float(x)) for x in vector) + "}"
 
@@ -143,12 +177,21 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
         for table, comment in _COMMENTS.items():
             cur.execute(sql.SQL("comment on table {}.{} is {}").format(
                 s, sql.Identifier(table), sql.Literal(comment)))
+        recs_columns = ["user_id", "rank", "movie_id", "score", "predicted_rating", "source"]
+        similar_columns = ["movie_id", "rank", "similar_movie_id", "similarity"]
         counts["user_recommendations"] = _copy_parquet(
             cur, sql.SQL("{}.user_recommendations").format(s), scored.user_recommendations,
-            ["user_id", "rank", "movie_id", "score", "predicted_rating", "source"])
-        counts["similar_movies"] = _copy_parquet(
-            cur, sql.SQL("{}.similar_movies").format(s), scored.similar_movies,
-            ["movie_id", "rank", "similar_movie_id", "similarity"])
+            recs_columns)
+        if scored.similar_movies is None:
+            # a refresh's publish: only the users who rated since were scored; every
+            # other list and every movie's neighbours are the live ones, unchanged
+            counts["user_recommendations"] += _copy_live(cur, "user_recommendations",
+                                                         recs_columns, "user_id")
+            counts["similar_movies"] = _copy_live(cur, "similar_movies", similar_columns)
+        else:
+            counts["similar_movies"] = _copy_parquet(
+                cur, sql.SQL("{}.similar_movies").format(s), scored.similar_movies,
+                similar_columns)
         counts["user_factors"] = _copy_factors(cur, sql.SQL("{}.user_factors").format(s), "user",
                                                explicit, implicit, explicit.biases.user)
         counts["movie_factors"] = _copy_factors(cur, sql.SQL("{}.movie_factors").format(s),
