@@ -1,11 +1,12 @@
 """A refresh night's training work at scale, without the DAG: what ``train_als`` does
 on the six nights of seven that do not tune (``spark_jobs.refresh``).
 
-A seeded snapshot of N ratings (the snapshot's own Parquet layout: user, movie,
-star, epoch seconds) and a champion of random factors the size a tuned model has
-(explicit rank 50, implicit rank 64, biases for every user and movie) are made
-up; then ``--new`` ratings (20,000 by default, 20 per user, as
-``nightly_run.py`` adds them) arrive, and each step of a refresh is timed:
+A seeded synthetic release of N ratings (``moviesforyou synth``, shaped like
+ml-25m) is written in the snapshot's Parquet layout (user, movie, star, epoch
+seconds), with a champion of random factors the size a tuned model has
+(explicit rank 50, implicit rank 64, biases for every user and movie); then
+``--new`` ratings (20,000 by default, 20 per user, as ``nightly_run.py`` adds
+them) arrive, and each step of a refresh is timed:
 reading the snapshot, the plan (which ratings are new), the champion's forward
 figures on them, re-solving the touched users, and writing the refreshed
 factors (what the registered model holds). MLflow's logging and registration
@@ -35,21 +36,22 @@ GIB = 1024 ** 3
 
 
 def made_up(n: int, folder: Path, seed: int = 7) -> tuple[Snapshot, Factors, Factors]:
-    """A snapshot of ``n`` ratings shaped like ml-25m, and a champion trained on it."""
-    rng = np.random.default_rng(seed)
-    users, movies = max(n // 154, 10), max(n // 420, 10)  # ml-25m: 162,541 and 59,047
-    popularity = rng.zipf(1.3, movies).astype(float)
-    pick = rng.choice(movies, size=n, p=popularity / popularity.sum())
-    frame = pd.DataFrame({"user_id": rng.integers(1, users + 1, n).astype("int32"),
-                          "movie_id": (pick + 1).astype("int32"),
-                          "rating": (rng.integers(1, 11, n) / 2).astype("float32"),
-                          "rated_at": rng.integers(8e8, 1.6e9, n)})
-    frame = frame.drop_duplicates(["user_id", "movie_id"])
+    """A snapshot of ``n`` synthetic ratings (``moviesforyou synth``, shaped like ml-25m)
+    and a champion of random factors for its users and movies."""
+    import pyarrow.csv as pacsv
+
+    from moviesforyou import synth
+
+    synth.generate(folder / "release", synth.SynthSpec(n_ratings=n, seed=seed), layout="csv")
+    frame = pacsv.read_csv(folder / "release" / "ratings.csv").to_pandas().rename(columns={
+        "userId": "user_id", "movieId": "movie_id", "timestamp": "rated_at"}).astype(
+        {"user_id": "int32", "movie_id": "int32", "rating": "float32", "rated_at": "int64"})
     path = folder / "ratings.parquet"
     frame.to_parquet(path, index=False)
     snapshot = Snapshot(path, "ml-25m", len(frame), int(frame["user_id"].nunique()),
                         int(frame["movie_id"].nunique()), str(int(frame["rated_at"].max())),
                         "0" * 64)
+    rng = np.random.default_rng(seed)
     user_ids = np.sort(frame["user_id"].unique())
     movie_ids = np.sort(frame["movie_id"].unique())
     biases = Biases(3.5, pd.Series(rng.normal(0, .3, len(user_ids)), index=user_ids),
@@ -115,6 +117,7 @@ def main() -> None:
     print("|---|" + "---:|" * len(results))
     for step in steps:
         print(f"| {step} | " + " | ".join(f"{r[step]:.1f}" for r in results.values()) + " |")
+    print("| ratings | " + " | ".join(f"{r['ratings']:,.0f}" for r in results.values()) + " |")
     print("| users re-solved | " + " | ".join(f"{r['users']:,.0f}" for r in results.values())
           + " |")
     print("| resident memory after, GiB | "

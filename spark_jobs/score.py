@@ -151,11 +151,10 @@ def score(spark, factors: Path, ratings: Path, out: Path,
     explicit, implicit = load_factors(factors)
     seen = spark.read.parquet(str(ratings)).select(USER, ITEM, "rated_at")
     counts = seen.groupBy(ITEM).count().toPandas().set_index(ITEM)["count"].sort_index()
-    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen"),
-                                   F.max("rated_at").alias("last_rated_at"))
-    if rated_after is not None:
-        users = users.where(F.col("last_rated_at") > rated_after)
-    users = users.select(USER, "seen")
+    if rated_after is not None:  # their whole histories, and nobody else's
+        touched = seen.where(F.col("rated_at") > rated_after).select(USER).distinct()
+        seen = seen.join(touched, USER, "left_semi")
+    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen"))
     n_users = users.count()
     parallelism = spark.sparkContext.defaultParallelism
     recs = users.repartition(parallelism, USER).mapInPandas(
