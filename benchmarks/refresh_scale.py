@@ -89,12 +89,12 @@ def measure(n: int, new: int) -> dict[str, float]:
             return out
 
         ratings = timed("read snapshot", lambda: load_snapshot(snapshot))
-        plan = timed("plan", lambda: Plan("1", "run", since,
+        plan = timed("plan", lambda: Plan("1", since,
                                           ratings[ratings["rated_at"].to_numpy() > since]))
-        timed("forward figures", lambda: forward_metrics(explicit, implicit, ratings, plan,
-                                                         k=10, threshold=4.0))
         touched = timed("touched histories",
                         lambda: ratings[ratings["user_id"].isin(plan.new["user_id"].unique())])
+        timed("forward figures", lambda: forward_metrics(explicit, implicit, touched, plan,
+                                                         k=10, threshold=4.0))
         refreshed = timed("re-solve users", lambda: resolve_users(explicit, implicit, touched))
         timed("write factors", lambda: save_factors(folder / "model", *refreshed))
         times["total"] = sum(times.values())

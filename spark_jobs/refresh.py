@@ -66,7 +66,6 @@ class Plan:
     """What a refresh starts from: the champion, and the ratings it has not seen."""
 
     champion: str
-    champion_run_id: str
     since: int  # the newest rating the champion was trained on (epoch seconds)
     new: pd.DataFrame  # the ratings after it
 
@@ -93,7 +92,7 @@ def plan(settings: Settings, ratings: pd.DataFrame, *, max_new: float) -> Plan |
     if new > max_new * len(ratings):
         return (f"{new:,} ratings since champion v{champion.version} are more than "
                 f"MFY_REFRESH_MAX_NEW = {max_new:g} of {len(ratings):,}")
-    return Plan(str(champion.version), champion.run_id, since, ratings[after])
+    return Plan(str(champion.version), since, ratings[after])
 
 
 def resolve_users(explicit: Factors, implicit: Factors,
@@ -145,11 +144,15 @@ def _with_users(factors: Factors, users: np.ndarray, rows: np.ndarray) -> Factor
         user_factors=np.vstack([user_factors, rows[added]]))
 
 
-def forward_metrics(explicit: Factors, implicit: Factors, ratings: pd.DataFrame,
+def forward_metrics(explicit: Factors, implicit: Factors, touched: pd.DataFrame,
                     plan_: Plan, *, k: int, threshold: float) -> dict[str, float]:
     """The champion on the ratings that arrived after it was trained: RMSE of its
     predicted ratings, and NDCG@k of its lists (every movie the user had not rated
-    before is a candidate; new ratings >= ``threshold`` are relevant)."""
+    before is a candidate; new ratings >= ``threshold`` are relevant).
+
+    Args:
+        touched: every rating of the users with new ratings (their histories).
+    """
     new = plan_.new
     out = {"forward_ratings": float(len(new))}
     if new.empty:
@@ -159,7 +162,7 @@ def forward_metrics(explicit: Factors, implicit: Factors, ratings: pd.DataFrame,
     known = liked[positions(implicit.user_index, liked[USER]) >= 0]
     if not known.empty:
         users = np.unique(known[USER].to_numpy())
-        before = ratings[(ratings[TIME] <= plan_.since) & ratings[USER].isin(users)]
+        before = touched[(touched[TIME] <= plan_.since) & touched[USER].isin(users)]
         relevant = {int(u): set(g.tolist()) for u, g in known.groupby(USER)[ITEM]}
         recs = top_k(factor_scorer(implicit, implicit.item_ids), users, implicit.item_ids,
                      seen_items(before), k)
@@ -185,9 +188,11 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
         return None
     work = Path(tempfile.mkdtemp(prefix="mfy-refresh-", dir=settings.home))
     try:
-        explicit, implicit = load_factors(registry.export_champion(settings, work / "champion"))
+        # the champion's factors as the last publish downloaded them (kept per version)
+        explicit, implicit = load_factors(registry.export_champion(settings))
         touched = ratings[ratings[USER].isin(found.new[USER].unique())]
-        figures = forward_metrics(explicit, implicit, ratings, found, k=k, threshold=threshold)
+        n_users = int(touched[USER].nunique())
+        figures = forward_metrics(explicit, implicit, touched, found, k=k, threshold=threshold)
         new_explicit, new_implicit = resolve_users(explicit, implicit, touched)
         new_movies = int(np.setdiff1d(found.new[ITEM].unique(), implicit.item_ids).size)
         tags = {"mfy.dataset": snapshot.dataset, "mfy.snapshot": snapshot.digest,
@@ -197,14 +202,14 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
                 f"{time.strftime('%Y-%m-%d %H:%M')}")
         with mlflow.start_run(run_name=name, tags=tags, description=(
                 f"Refresh of champion v{found.champion}: its movie factors and biases kept, "
-                f"{touched[USER].nunique():,} user(s) with {len(found.new):,} new rating(s) "
+                f"{n_users:,} user(s) with {len(found.new):,} new rating(s) "
                 "re-solved (ALS user step). forward_* figures are the champion's on those new "
                 "ratings, before the refresh.")) as run:
             log_snapshot(snapshot)
             mlflow.log_params({
                 "refresh_of": found.champion, "refreshed_since": found.since,
                 "new_ratings": len(found.new),
-                "refreshed_users": int(touched[USER].nunique()),
+                "refreshed_users": n_users,
                 "new_movies_without_factors": new_movies, "refresh_max_new": max_new, "k": k,
                 **{f"explicit_{p}": v for p, v in dataclasses.asdict(explicit.params).items()},
                 **{f"implicit_{p}": v for p, v in dataclasses.asdict(implicit.params).items()},
@@ -220,7 +225,7 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
             mlflow.log_metrics(figures)
             mlflow.set_tags({"mfy.model_version": version})
         log.info("refresh of v%s: v%s, %d user(s) re-solved for %d new rating(s) in %.1f s; %s",
-                 found.champion, version, touched[USER].nunique(), len(found.new),
+                 found.champion, version, n_users, len(found.new),
                  figures["train_seconds"], figures)
         return {"version": version, "run_id": run.info.run_id, "metrics": figures,
                 "baselines": {}, "tuned": False, "refresh_of": found.champion,

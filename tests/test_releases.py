@@ -46,13 +46,13 @@ class Lab:
     sources: dict[str, Path]
     api: str | None = None
 
-    def run(self, release: str):
+    def run(self, release: str, train: dict | None = None):
         env = {"MFY_HOME": str(self.settings.home),
                "AIRFLOW_CONN_MFY_WAREHOUSE": self.settings.warehouse_url,
                "AIRFLOW_VAR_MFY_DATASET": release,
                "AIRFLOW_VAR_MFY_SOURCE": str(self.sources[release])}
         with temporary_environment(env):
-            return self.dag.test(run_conf={"train": QUICK_TRAIN})
+            return self.dag.test(run_conf={"train": train or QUICK_TRAIN})
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,41 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
     assert {r["source"] for r in folded["recommendations"]} == {"als-live"}
     assert movie not in {r["movie_id"] for r in folded["recommendations"]}
     assert len(folded["recommendations"]) == 10
+
+
+def test_a_refresh_night_on_a_csv_release_publishes_the_newcomers_list(lab):
+    """The night after the last (CSV, half stars, no user file) release went live: no
+    tuning, so the champion is refreshed; the newcomer who rated one film gets factors
+    and a published list without it, and only the users who rated were scored."""
+    release = RELEASES[-1][0]
+    connection = warehouse.connect(lab.settings)
+    try:
+        (user, movie), = query(connection, "select user_id, movie_id from app.ratings "
+                                           "where dataset = %s", (release,))
+        (champion,), = query(connection, "select model_version from recs.publication")
+    finally:
+        connection.close()
+
+    run = lab.run(release, {"tune": False})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    connection = warehouse.connect(lab.settings)
+    try:
+        (version, counts), = query(connection, """select model_version, row_counts
+                                                  from ops.publish_log where status = 'live'""")
+        (reason,), = query(connection, "select reason from ops.model_promotions "
+                                       "order by promotion_id desc limit 1")
+        listed = query(connection, "select movie_id, source from recs.user_recommendations "
+                                   "where user_id = %s", (user,))
+    finally:
+        connection.close()
+    assert version != champion
+    assert reason.startswith(f"refresh of champion v{champion}: its movie factors with the "
+                             "users of 1 new rating(s) re-solved"), reason
+    assert counts["users_scored"] == 1 and counts["user_recommendations"] == (USERS + 1) * 50
+    assert len(listed) == 50 and {s for _, s in listed} == {"als"}
+    assert movie not in {m for m, _ in listed}
 
 
 def test_champion_of_another_release_is_never_published(lab):

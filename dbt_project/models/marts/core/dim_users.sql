@@ -68,7 +68,10 @@ joined as (
         profiles.zip_code,
         coalesce(profiles.is_app_user, false) as is_app_user,
         profiles.signed_up_at,
-        profiles.user_id is not null as has_demographics,
+        -- an app sign-up may leave every field empty (CSV releases ask for none)
+        coalesce(profiles.gender, profiles.occupation, profiles.zip_code) is not null
+        or profiles.age_years is not null
+        or profiles.age_band_code is not null as has_demographics,
         coalesce(activity.rating_count, 0) as rating_count,
         activity.mean_rating,
         coalesce(activity.active_days, 0) as active_days,

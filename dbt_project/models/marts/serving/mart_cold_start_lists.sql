@@ -94,6 +94,7 @@ counted as (
         count(*) as n,
         avg(rating) as mean
     from demographic_ratings
+    where occupation <> 'unknown'
     group by occupation, movie_id
 
     union all
