@@ -1,4 +1,5 @@
 {#- A date spine from the `date_spine_start` var to a year after today. -#}
+{{ config(indexes=[{'columns': ['date_sk'], 'unique': True}]) }}
 with
 
 spine as (

@@ -1,3 +1,4 @@
+{{ config(indexes=[{'columns': ['movie_sk'], 'unique': True}]) }}
 with
 
 movies as (

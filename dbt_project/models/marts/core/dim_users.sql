@@ -1,6 +1,10 @@
 {#- Every user of the current release: those in its user file, those who
     signed up through the API, and those known only from their ratings (the
     CSV releases publish no user file). -#}
+{#- A unique index on the key: the relationships tests of fct_ratings' new rows
+    probe it (without one, a night's 20,000 new ratings scanned the table once
+    per rating: 131 s at 5M), and so do BI joins. -#}
+{{ config(indexes=[{'columns': ['user_sk'], 'unique': True}]) }}
 with
 
 release_users as (
