@@ -359,7 +359,7 @@ async def _similar(conn, movie_id: int, k: int) -> dict:
 
 @app.get("/api/movies/{movie_id}/similar", tags=["recommendations"])
 async def similar_to_movie(request: Request, movie_id: MovieId, k: K = 10):
-    """Movies like this one (cosine similarity of the model's movie factors)."""
+    """Movies like this one (``recs.similar_movies``, from the model's movie factors)."""
     async with _pool(request).acquire() as conn:
         movie = await _require_movie(conn, movie_id)
         return {"movie": _movie(movie), **await _similar(conn, movie_id, k)}

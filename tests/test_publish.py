@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
+import numpy as np
 import pytest
 
 from conftest import execute, query
@@ -120,22 +120,59 @@ def test_predict_rating_function_tracks_real_ratings(wh):
     assert query(wh, "select recs.predict_rating(1, 99999)") == [(None,)]
 
 
-def test_similar_movies_by_cosine(wh):
-    rows = query(wh, """select c.title, s.similarity from recs.similar_movies s
+def _published_similarity(wh, method: str):
+    """``similarity_model`` over the live publish's own factors, counts and genres."""
+    import numpy as np
+    import pandas as pd
+
+    from moviesforyou.recs_build import movie_genres
+    from spark_jobs.models import ALSParams, Factors
+    from spark_jobs.score import ScoreConfig, similarity_model
+
+    rows = query(wh, "select movie_id, explicit_factors, implicit_factors from "
+                     "recs.movie_factors where implicit_factors is not null order by movie_id")
+    ids = np.array([r[0] for r in rows])
+
+    def factors(column: int) -> Factors:
+        return Factors(ALSParams(), np.array([]), np.zeros((0, 1)), ids,
+                       np.array([r[column] for r in rows], dtype=float))
+
+    counts = pd.Series(dict(query(wh, "select movie_id, count(*) from marts.fct_ratings "
+                                      "group by 1")))
+    genres = movie_genres(wh)
+    wh.rollback()
+    model = similarity_model(factors(2), counts, genres, explicit=factors(1), method=method,
+                             cfg=ScoreConfig())
+    return model, counts, genres
+
+
+def test_similar_movies_favour_taste_over_popularity(wh):
+    rows = query(wh, """select c.title, s.similar_movie_id, s.similarity
+                        from recs.similar_movies s
                         join recs.movie_catalogue c on c.movie_id = s.similar_movie_id
-                        where s.movie_id = 50 order by s.rank limit 10""")
-    titles = [t for t, _ in rows]
-    assert "Return of the Jedi" in titles
-    sims = [s for _, s in rows]
-    assert sims == sorted(sims, reverse=True) and all(-1 <= s <= 1 for s in sims)
-    # cosine similarity recomputed in SQL from the published factors agrees
-    (cosine,), = query(wh, """
-        select sum(a * b) / (sqrt(sum(a * a)) * sqrt(sum(b * b)))
-        from recs.movie_factors x, recs.movie_factors y,
-             unnest(x.implicit_factors, y.implicit_factors) as t (a, b)
-        where x.movie_id = 50 and y.movie_id = (
-            select similar_movie_id from recs.similar_movies where movie_id = 50 and rank = 1)""")
-    assert math.isclose(cosine, sims[0], rel_tol=1e-6)
+                        where s.movie_id = 50 order by s.rank""")
+    titles = [t for t, _, _ in rows[:10]]
+    assert "Return of the Jedi" in titles and "The Empire Strikes Back" in titles, titles
+    sims = [s for _, _, s in rows]
+    assert sims == sorted(sims, reverse=True)
+    # the published list is the default similarity over the published factors and genres
+    model, counts, genres = _published_similarity(wh, "mixed+genres")
+    best, values = model(np.array([50]))
+    assert [m for _, m, _ in rows] == list(best[0])
+    assert np.allclose(sims, values[0], rtol=1e-6)
+    # against the plain cosine of implicit factors (the earlier lists): neighbours
+    # share a genre more often and are less often just the most rated films
+    targets = counts[counts >= 50].index.to_numpy()
+    share, popularity = {}, {}
+    for method in ("cosine", "mixed+genres"):
+        near, _ = (model if method == "mixed+genres"
+                   else _published_similarity(wh, method)[0])(targets)
+        near = near[:, :10]
+        share[method] = np.mean([len(set(genres.get(t, [])) & set(genres.get(m, []))) > 0
+                                 for t, row in zip(targets, near, strict=True) for m in row])
+        popularity[method] = np.median(counts.reindex(near.ravel()).to_numpy())
+    assert share["mixed+genres"] > share["cosine"] + 0.03, share
+    assert popularity["mixed+genres"] < popularity["cosine"], popularity
 
 
 def test_reader_role_can_query_but_not_write(published):

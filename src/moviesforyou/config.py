@@ -47,6 +47,7 @@ class PublishSettings:
     n: int = 50
     similar_n: int = 20
     similar_min_ratings: int = 10
+    similarity: str = "mixed+genres"
     popular_n: int = 50
     keep: int = 3
     lock_timeout_ms: int = 200
@@ -224,6 +225,13 @@ def _refit(text: str) -> str:
     return text.lower()
 
 
+def _similarity(text: str) -> str:
+    base, _, extra = text.lower().partition("+")
+    if base not in ("cosine", "centred", "explicit", "mixed") or extra not in ("", "genres"):
+        raise ValueError("expected cosine, centred, explicit or mixed, optionally +genres")
+    return text.lower()
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -287,6 +295,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
     Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",
              "ratings a movie needs to be offered as a neighbour", _whole(1)),
+    Variable("MFY_SIMILARITY", "publish.similarity", "mixed+genres",
+             "how similar movies are found: cosine, centred, explicit or mixed, "
+             "optionally +genres (see spark_jobs.score.similarity_model)", _similarity),
     Variable("MFY_POPULAR_N", "publish.popular_n", "50", "length of each cold-start list",
              _whole(1)),
     Variable("MFY_RECS_KEEP", "publish.keep", "3", "earlier publishes kept for rollback",

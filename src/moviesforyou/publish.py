@@ -57,6 +57,7 @@ from moviesforyou.recs_build import (
     build,
     drop_schema_tables,
     live_refreshed_since,
+    movie_genres,
 )
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,10 @@ def prepare(settings: Settings, *, spark=None,
                          champion["refresh_of"], since)
             scored = steps.run("score", score, spark, factors, snapshot.path, work / "scored",
                                ScoreConfig(n=config.n, similar_n=config.similar_n,
-                                           min_ratings=config.similar_min_ratings),
-                               rated_after=since)
+                                           min_ratings=config.similar_min_ratings,
+                                           similarity=config.similarity),
+                               rated_after=since,
+                               genres=movie_genres(conn) if since is None else None)
             counts = steps.run("build", build, conn, settings, publish_id=publish_id,
                                champion=champion, factors=factors, scored=scored)
             counts["users_scored"] = scored.users  # the rest copied from the live publish

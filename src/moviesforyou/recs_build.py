@@ -29,7 +29,9 @@ _COMMENTS = {
     "user_recommendations": (
         "Top-N movies per user, already-rated movies excluded. source: als (implicit ALS "
         "ranking) or popular (users the model does not know yet)."),
-    "similar_movies": "Nearest movies per movie by cosine similarity of implicit ALS factors.",
+    "similar_movies": (
+        "Nearest movies per movie (MFY_SIMILARITY): by default the mean cosine of the "
+        "explicit and the centred implicit ALS factors, plus a genre overlap term."),
     "popular_movies": (
         "Cold-start lists by list_type: overall, genre, age_gender (age band and gender), "
         "occupation and season of the rating date; score is the number of ratings."),
@@ -117,6 +119,18 @@ def live_refreshed_since(cur, settings: Settings, champion: dict) -> int | None:
     if live != (champion["refresh_of"], settings.dataset, config.n, config.similar_n):
         return None
     return int(champion["refreshed_since"])
+
+
+def movie_genres(conn):
+    """Each movie's genres (``marts.bridge_movie_genres``) as a Series of lists, the
+    content signal of the similar-movie lists; small (one row per movie)."""
+    import pandas as pd
+
+    with conn.cursor() as cur:
+        cur.execute("select movie_id, array_agg(genre order by genre) "
+                    "from marts.bridge_movie_genres group by movie_id")
+        rows = cur.fetchall()
+    return pd.Series({movie: genres for movie, genres in rows}, dtype=object)
 
 
 def _pg_array(vector) -> str:
