@@ -434,6 +434,89 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     return Response(content=body, media_type="application/json")
 
 
+#: The season of each month, as the cold-start season lists name them (dbt's season_of).
+_SEASON = {12: "Winter", 1: "Winter", 2: "Winter", 3: "Spring", 4: "Spring", 5: "Spring",
+           6: "Summer", 7: "Summer", 8: "Summer", 9: "Autumn", 10: "Autumn", 11: "Autumn"}
+
+
+def _section(key: str, title: str, reason: str, rows, k: int) -> dict | None:
+    """One section of the recommendations page (None when it has no film), each film
+    once, at most ``k``."""
+    movies, seen = [], set()
+    for row in rows:
+        movie = row if isinstance(row, dict) else _movie(row)
+        if movie["movie_id"] not in seen and len(movies) < k:
+            seen.add(movie["movie_id"])
+            movies.append(movie)
+    return {"key": key, "title": title, "reason": reason, "movies": movies} if movies else None
+
+
+@app.get("/api/users/{user_id}/sections", tags=["recommendations"])
+async def user_sections(request: Request, user_id: UserId,
+                        k: Annotated[int, Query(ge=1, le=50)] = 10):
+    """The recommendations page in sections, each with the reason it is there: the
+    model's picks (``recs.recommend``'s list, folded in live after new ratings),
+    "Because you rated ⟨title⟩" (that film's similar movies), the favourite genre,
+    popular this season, and popular with people like you (where the release or the
+    sign-up gives age, gender or occupation). Films the user rated are left out; an
+    app user's sections reveal their ratings, so they need their token."""
+    async with _pool(request).acquire() as conn:
+        dataset = await _dataset(conn, request)
+        await _require_user(conn, user_id, dataset)
+        if await conn.fetchval(db.HAS_TOKEN, user_id):
+            await auth.require_owner(conn, request, user_id)
+        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, [])
+        if not row["n"]:
+            await _version_of(conn, [])  # 503 when nothing is published yet
+        body = row["body"]
+        if row["pending"]:
+            folded = await live.recommend(request.app.state.live, conn, user_id, dataset, k, [])
+            body = folded[1] if folded else body
+        top = json.loads(body)
+        rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
+        seen = [r["movie_id"] for r in rated]
+        profile = await conn.fetchrow(db.SECTION_PROFILE, user_id)
+        genre = (await conn.fetchval(db.SECTION_GENRE, user_id, dataset)
+                 or next(iter(profile["preferred_genres"]), None))
+        anchor = next((r for r in rated if r["has_neighbours"]), None)
+        season = _SEASON[dt.date.today().month]
+        sections = [_section(
+            "for_you", "Top picks for you",
+            "what the model expects you to like most, from your ratings" if row["personal"]
+            or top.get("folded_in_ratings") else "the most rated films for people who "
+            "chose what you chose at sign-up, until your ratings reach the model",
+            top["recommendations"], k)]
+        if anchor is not None:
+            sections.append(_section(
+                "because", f"Because you rated {anchor['title']}",
+                f"films people who liked {anchor['title']} also liked, and of its genres",
+                await conn.fetch(db.SECTION_SIMILAR, anchor["movie_id"], seen, k), k))
+        if genre is not None:
+            sections.append(_section(
+                "genre", f"Your favourite genre: {genre}",
+                "the genre of most of your good ratings" if rated
+                else "a genre you chose at sign-up",
+                await conn.fetch(db.SECTION_IN_GENRE, user_id, genre, seen, k), k))
+        sections.append(_section(
+            "season", f"Popular this {season.lower()}",
+            f"the films rated most in {season.lower()} months",
+            await conn.fetch(db.SECTION_LIST, "season", season, seen, k), k))
+        for list_type, segment in (("age_gender", profile["age_gender"]),
+                                   ("occupation", profile["occupation"])):
+            if segment is not None:
+                like = _section(
+                    "like_you", "Popular with people like you",
+                    f"the films rated most by people of your {list_type.replace('_', ' and ')}"
+                    f" ({segment})",
+                    await conn.fetch(db.SECTION_LIST, list_type, segment, seen, k), k)
+                if like is not None:
+                    sections.append(like)
+                    break
+    return {"user_id": user_id, "model_version": top["model_version"],
+            "publish_id": top["publish_id"], "season": season,
+            "sections": [s for s in sections if s is not None]}
+
+
 @app.get("/api/users/{user_id}/predicted-rating/{movie_id}", tags=["recommendations"])
 async def predicted_rating(request: Request, user_id: UserId, movie_id: MovieId):
     """The rating the model expects this user to give this movie."""

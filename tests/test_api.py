@@ -103,6 +103,62 @@ def test_recommendations_for_a_user(api_server, wh):
     assert all(0.5 <= r["predicted_rating"] <= 5 for r in recs)
 
 
+def test_recommendations_page_in_sections_with_reasons(api_server, wh):
+    status, answer = call(api_server, "/api/users/1/sections?k=5")
+    assert status == 200, answer
+    sections = {s["key"]: s for s in answer["sections"]}
+    seen = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings where user_id = 1")}
+    for section in sections.values():
+        ids = [m["movie_id"] for m in section["movies"]]
+        assert 1 <= len(ids) == len(set(ids)) <= 5 and not seen & set(ids), section
+        assert section["title"] and section["reason"]
+    # the model's picks are the stored list
+    _, stored = call(api_server, "/api/users/1/recommendations?k=5")
+    assert answer["sections"][0]["key"] == "for_you"
+    assert ([m["movie_id"] for m in sections["for_you"]["movies"]]
+            == [r["movie_id"] for r in stored["recommendations"]])
+    # "because you rated": the neighbours of user 1's best (then latest) rated film
+    (anchor, title), = query(wh, """
+        select f.movie_id, c.title from marts.fct_ratings f
+        join recs.movie_catalogue c using (movie_id)
+        where f.user_id = 1 and exists (select 1 from recs.similar_movies s
+                                        where s.movie_id = f.movie_id)
+        order by f.rating desc, f.rated_at desc, f.movie_id limit 1""")
+    assert sections["because"]["title"] == f"Because you rated {title}"
+    neighbours = [m for (m,) in query(wh, """
+        select similar_movie_id from recs.similar_movies
+        where movie_id = %s and not (similar_movie_id = any(%s)) order by rank limit 5""",
+                                      (anchor, list(seen)))]
+    assert [m["movie_id"] for m in sections["because"]["movies"]] == neighbours
+    # the genre of most of their good ratings, films of that genre only
+    genre = sections["genre"]["title"].removeprefix("Your favourite genre: ")
+    (favourite,), = query(wh, """
+        select g from marts.fct_ratings f join recs.movie_catalogue c using (movie_id),
+             unnest(c.genres) g
+        where f.user_id = 1 group by g
+        order by count(*) filter (where f.rating >= 4) desc, count(*) desc, g limit 1""")
+    assert genre == favourite
+    assert all(genre in m["genres"] for m in sections["genre"]["movies"])
+    # user 1 of ml-100k is a 24-year-old man: the 18-24 M list
+    assert sections["like_you"]["reason"].endswith("(18-24 M)")
+    seasons = {s for (s,) in query(wh, "select distinct segment from recs.popular_movies "
+                                       "where list_type = 'season'")}
+    assert ("season" in sections) is (answer["season"] in seasons)
+
+    # a newcomer: the sign-up's genre and segment, nothing "because" yet; theirs only
+    _, user = call(api_server, "/api/users", {"age": 30, "gender": "F",
+                                              "preferred_genres": ["Horror"]})
+    path = f"/api/users/{user['user_id']}/sections?k=5"
+    assert call(api_server, path)[0] == 401
+    status, fresh = call(api_server, path, token=user["token"])
+    assert status == 200, fresh
+    keys = [s["key"] for s in fresh["sections"]]
+    assert keys[:2] == ["for_you", "genre"] and "because" not in keys
+    assert fresh["sections"][1]["title"] == "Your favourite genre: Horror"
+    assert fresh["sections"][-1]["reason"].endswith("(25-34 F)")
+    assert call(api_server, "/api/users/99999999/sections")[0] == 404
+
+
 def test_predicted_rating(api_server, wh):
     status, answer = call(api_server, "/api/users/1/predicted-rating/50")
     (expected,), = query(wh, "select recs.predict_rating(1, 50)")
@@ -338,6 +394,14 @@ def test_page_user_recommendations_with_genre_filter(browser, api_server, screen
     browser.find_element(By.CSS_SELECTOR, "#user-jump button").click()
     wait_for(browser, "#user-title", "user 1")
     wait_for(browser, "#user-recs tbody tr")
+    # the page in sections, each with its reason
+    wait_for(browser, "#user-sections section[data-key='because'] h2", "Because you rated")
+    keys = [s.get_attribute("data-key")
+            for s in browser.find_elements(By.CSS_SELECTOR, "#user-sections section")]
+    assert keys[:3] == ["for_you", "because", "genre"] and "like_you" in keys, keys
+    assert all(s.find_elements(By.CSS_SELECTOR, "li.movie") and
+               s.find_element(By.CSS_SELECTOR, ".reason").text
+               for s in browser.find_elements(By.CSS_SELECTOR, "#user-sections section"))
     rows = table_rows(browser)
     assert len(rows) == 20
     assert any("Drama" in genres for _, _, genres, _ in rows)

@@ -110,13 +110,27 @@ async function showUser(userId) {
     filters.addEventListener("change", () => loadUserRecs(userId));
   }
   $("#user-title").textContent = `Recommendations for user ${userId}`;
-  await loadUserRecs(userId);
+  await Promise.all([loadUserRecs(userId), loadSections(userId)]);
   try {
     const rated = await api(`/api/users/${userId}/ratings`);
     $("#user-ratings").replaceChildren(...rated.ratings.map((r) =>
       el("li", {}, `${movieLabel(r)}: ${stars(r.rating)}${r.pending ? " (pending)" : ""}`)));
   } catch (error) {
     $("#user-ratings").replaceChildren();
+  }
+}
+
+// The page in sections, each with its reason ("Because you rated ...", the favourite
+// genre, the season's list, people like you): one request.
+async function loadSections(userId) {
+  try {
+    const answer = await api(`/api/users/${userId}/sections?k=6`);
+    $("#user-sections").replaceChildren(...answer.sections.map((s) =>
+      el("section", { class: "row", "data-key": s.key },
+        el("h2", {}, s.title), el("p", { class: "muted reason" }, s.reason),
+        el("ol", { class: "movies" }, ...s.movies.map((m) => movieItem(m))))));
+  } catch (error) {
+    $("#user-sections").replaceChildren();
   }
 }
 
