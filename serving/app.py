@@ -517,6 +517,31 @@ async def user_sections(request: Request, user_id: UserId,
             "sections": [s for s in sections if s is not None]}
 
 
+@app.get("/api/home", tags=["catalogue"])
+async def home(request: Request, k: Annotated[int, Query(ge=1, le=50)] = 10,
+               genres: Annotated[int, Query(ge=0, le=30)] = 4):
+    """The home page's rows, in one request: the best rated films (Bayesian average),
+    trending (the last 30 days of ratings, decayed), this season's most rated, and the
+    most rated of the ``genres`` biggest genres."""
+    season = _SEASON[dt.date.today().month]
+    async with _pool(request).acquire() as conn:
+        version = await _version_of(conn, [])
+        rows = [
+            _section("top", "Top films", "the best rated, by a Bayesian average that "
+                     "needs many ratings to rank high",
+                     await conn.fetch(db.BROWSE, None, None, None, "rating", k, 0), k),
+            _section("trending", "Trending", "rated most in the last 30 days, the newest "
+                     "ratings counting most", await conn.fetch(db.SECTION_LIST, "trending",
+                                                                "all", [], k), k),
+            _section("season", f"Popular this {season.lower()}",
+                     f"the films rated most in {season.lower()} months",
+                     await conn.fetch(db.SECTION_LIST, "season", season, [], k), k)]
+        for genre in [r["segment"] for r in await conn.fetch(db.HOME_GENRES, genres)]:
+            rows.append(_section(f"genre:{genre}", genre, f"the most rated {genre} films",
+                                 await conn.fetch(db.SECTION_LIST, "genre", genre, [], k), k))
+    return {**version, "season": season, "rows": [r for r in rows if r is not None]}
+
+
 @app.get("/api/users/{user_id}/predicted-rating/{movie_id}", tags=["recommendations"])
 async def predicted_rating(request: Request, user_id: UserId, movie_id: MovieId):
     """The rating the model expects this user to give this movie."""

@@ -283,6 +283,12 @@ order by p.rank
 limit $4
 """
 
+#: The genres with the most rated lists, for the home page's rows.
+HOME_GENRES = """
+select segment from recs.popular_movies where list_type = 'genre'
+group by segment order by sum(score) desc, segment limit $1
+"""
+
 #: Who the user is, as the cold-start lists segment people (release file or sign-up).
 SECTION_PROFILE = """
 select coalesce(a.preferred_genres, '{}') as preferred_genres,

@@ -159,6 +159,30 @@ def test_recommendations_page_in_sections_with_reasons(api_server, wh):
     assert call(api_server, "/api/users/99999999/sections")[0] == 404
 
 
+def test_home_rows_in_one_request(api_server, wh):
+    status, answer = call(api_server, "/api/home?k=5&genres=3")
+    assert status == 200, answer
+    rows = {r["key"]: r for r in answer["rows"]}
+    assert list(rows)[:2] == ["top", "trending"] and len(rows) in (5, 6)
+    assert all(len(r["movies"]) == 5 and r["reason"] for r in rows.values())
+    genres = [k.removeprefix("genre:") for k in rows if k.startswith("genre:")]
+    # the genres whose lists were rated most (ml-100k: Action, Drama, Comedy)
+    assert genres == [g for (g,) in query(wh, """
+        select segment from recs.popular_movies where list_type = 'genre'
+        group by segment order by sum(score) desc, segment limit 3""")]
+    assert all(all(g in m["genres"] for m in rows[f"genre:{g}"]["movies"]) for g in genres)
+    top = [m for (m,) in query(wh, "select movie_id from recs.movie_catalogue order by "
+                                   "bayesian_rating desc nulls last, rating_count desc, "
+                                   "movie_id limit 5")]
+    assert [m["movie_id"] for m in rows["top"]["movies"]] == top
+    trending = [m for (m,) in query(wh, "select movie_id from recs.popular_movies where "
+                                        "list_type = 'trending' order by rank limit 5")]
+    assert [m["movie_id"] for m in rows["trending"]["movies"]] == trending
+    assert ("season" in rows) is bool(query(wh, "select 1 from recs.popular_movies where "
+                                                "list_type = 'season' and segment = %s",
+                                            (answer["season"],)))
+
+
 def test_predicted_rating(api_server, wh):
     status, answer = call(api_server, "/api/users/1/predicted-rating/50")
     (expected,), = query(wh, "select recs.predict_rating(1, 50)")
@@ -384,6 +408,19 @@ def table_rows(driver) -> list[list[str]]:
     return driver.execute_script(
         "return [...document.querySelectorAll('#user-recs tbody tr')]"
         ".map(r => [...r.cells].map(c => c.textContent))")
+
+
+def test_page_home_has_rows_to_browse(browser, api_server, screenshots):
+    from selenium.webdriver.common.by import By
+
+    browser.get(api_server + "/")
+    wait_for(browser, "#home-rows section[data-key='trending'] li.movie")
+    keys = [s.get_attribute("data-key")
+            for s in browser.find_elements(By.CSS_SELECTOR, "#home-rows section")]
+    assert keys[:2] == ["top", "trending"] and keys[-1].startswith("genre:"), keys
+    assert all(len(s.find_elements(By.CSS_SELECTOR, "li.movie")) == 6
+               for s in browser.find_elements(By.CSS_SELECTOR, "#home-rows section"))
+    browser.save_screenshot(str(screenshots / "home.png"))
 
 
 def test_page_user_recommendations_with_genre_filter(browser, api_server, screenshots):

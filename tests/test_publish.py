@@ -67,7 +67,16 @@ def test_cold_start_lists(wh):
                            join marts.dim_dates d using (date_sk)""")[0][0]
     assert seasons == 3  # ml-100k runs from September 1997 to April 1998
     assert lists == {"overall": 1, "genre": 18, "age_gender": 14, "occupation": 21,
-                     "season": seasons}
+                     "season": seasons, "trending": 1}
+    # trending: the last 30 days up to the newest rating, each weighing exp(-days / 7)
+    (top,), = query(wh, """
+        with newest as (select max(rated_at) as t from marts.fct_ratings)
+        select f.movie_id from marts.fct_ratings f, newest
+        where f.rated_at > newest.t - interval '30 days' group by f.movie_id
+        order by sum(exp(-extract(epoch from newest.t - f.rated_at) / (7 * 86400.0))) desc,
+                 avg(f.rating) desc, f.movie_id limit 1""")
+    assert query(wh, "select movie_id from recs.popular_movies "
+                     "where list_type = 'trending' and rank = 1") == [(top,)]
     # the overall list is by number of ratings: Star Wars (583) first
     assert query(wh, """select c.title from recs.popular_movies p
                         join recs.movie_catalogue c using (movie_id)

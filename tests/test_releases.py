@@ -33,8 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 RELEASES = [("ml-100k", False, 11), ("ml-1m", True, 12), ("ml-latest-small", False, 13),
             ("ml-25m", True, 14), ("ml-32m", True, 15)]
 USERS, MOVIES, RATINGS = 120, 400, 9_000
-LISTS = {True: {"overall", "genre", "season", "age_gender", "occupation"},
-         False: {"overall", "genre", "season"}}
+LISTS = {True: {"overall", "genre", "season", "trending", "age_gender", "occupation"},
+         False: {"overall", "genre", "season", "trending"}}
 
 
 @dataclasses.dataclass

@@ -120,18 +120,30 @@ async function showUser(userId) {
   }
 }
 
+// Rows of films, each with a heading and the reason it is there.
+function showRows(container, rows) {
+  container.replaceChildren(...rows.map((s) =>
+    el("section", { class: "row", "data-key": s.key },
+      el("h2", {}, s.title), el("p", { class: "muted reason" }, s.reason),
+      el("ol", { class: "movies" }, ...s.movies.map((m) => movieItem(m))))));
+}
+
 // The page in sections, each with its reason ("Because you rated ...", the favourite
 // genre, the season's list, people like you): one request.
 async function loadSections(userId) {
   try {
-    const answer = await api(`/api/users/${userId}/sections?k=6`);
-    $("#user-sections").replaceChildren(...answer.sections.map((s) =>
-      el("section", { class: "row", "data-key": s.key },
-        el("h2", {}, s.title), el("p", { class: "muted reason" }, s.reason),
-        el("ol", { class: "movies" }, ...s.movies.map((m) => movieItem(m))))));
+    showRows($("#user-sections"), (await api(`/api/users/${userId}/sections?k=6`)).sections);
   } catch (error) {
     $("#user-sections").replaceChildren();
   }
+}
+
+// The home page: top films, trending, the season's list, the biggest genres.
+async function loadHome() {
+  if ($("#home-rows").childElementCount) return;
+  const answer = await api("/api/home?k=6");
+  showRows($("#home-rows"), answer.rows);
+  servedBy(answer);
 }
 
 async function loadUserRecs(userId) {
@@ -238,6 +250,7 @@ function route() {
     showSignup().catch(showError);
   } else {
     $("#view-search").hidden = false;
+    loadHome().catch(showError);
     const title = new URLSearchParams(window.location.search).get("title");
     if (title) {
       $("#search-input").value = title;

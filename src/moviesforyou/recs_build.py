@@ -34,7 +34,8 @@ _COMMENTS = {
         "explicit and the centred implicit ALS factors, plus a genre overlap term."),
     "popular_movies": (
         "Cold-start lists by list_type: overall, genre, age_gender (age band and gender), "
-        "occupation and season of the rating date; score is the number of ratings."),
+        "occupation and season of the rating date (score: the number of ratings), and "
+        "trending (the last 30 days of ratings, each weighing exp(-days old / 7))."),
     "movie_catalogue": "The catalogue as the API serves it, with a trigram-searchable title.",
     "user_factors": "Per-user bias and factor vectors of the explicit and implicit ALS models.",
     "movie_factors": "Per-movie bias and factor vectors of the explicit and implicit ALS models.",

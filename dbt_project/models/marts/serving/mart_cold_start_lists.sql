@@ -1,6 +1,8 @@
 {#- The cold-start lists newcomers get before the model knows them: the most
     rated movies overall, per genre, per season of the rating date and, where
-    the release has a user file, per age band and gender and per occupation.
+    the release has a user file, per age band and gender and per occupation;
+    and what is trending: the last 30 days of ratings (up to the newest one, so
+    an old release has a trending list too), each weighing exp(-days old / 7).
     publish.py copies this table into recs.popular_movies. -#}
 with
 
@@ -31,6 +33,20 @@ users as (
 ratings as (
 
     select * from {{ ref('fct_ratings') }}
+
+),
+
+recent_ratings as (
+
+    -- a range scan of the rated_at index, not a pass over every rating
+    select
+        movie_id,
+        rating,
+        exp(-extract(epoch from (newest.rated_at - ratings.rated_at)) / (7 * 86400.0))
+            as weight
+    from ratings
+    cross join (select max(rated_at) as rated_at from ratings) as newest
+    where ratings.rated_at > newest.rated_at - interval '30 days'
 
 ),
 
@@ -107,6 +123,17 @@ counted as (
         rating_sum / rating_count as mean
     from season_totals
 
+    union all
+
+    select
+        'trending' as list_type,
+        'all' as segment,
+        movie_id,
+        sum(weight) as n,
+        avg(rating) as mean
+    from recent_ratings
+    group by movie_id
+
 ),
 
 ranked as (
@@ -128,7 +155,8 @@ final as (
         cast(rank as integer) as rank,
         movie_id,
         cast(n as double precision) as score,
-        cast(n as integer) as rating_count,
+        -- trending: the decayed count, rounded
+        cast(round(n) as integer) as rating_count,
         cast(mean as double precision) as mean_rating,
         list_type || '|' || segment || '|' || rank as list_position
 
