@@ -439,6 +439,9 @@ _SEASON = {12: "Winter", 1: "Winter", 2: "Winter", 3: "Spring", 4: "Spring", 5: 
            6: "Summer", 7: "Summer", 8: "Summer", 9: "Autumn", 10: "Autumn", 11: "Autumn"}
 
 
+_TRENDING = "rated most in the last 30 days, the newest ratings counting most"
+
+
 def _section(key: str, title: str, reason: str, rows, k: int) -> dict | None:
     """One section of the recommendations page (None when it has no film), each film
     once, at most ``k``."""
@@ -457,7 +460,7 @@ async def user_sections(request: Request, user_id: UserId,
     """The recommendations page in sections, each with the reason it is there: the
     model's picks (``recs.recommend``'s list, folded in live after new ratings),
     "Because you rated ⟨title⟩" (that film's similar movies), the favourite genre,
-    popular this season, and popular with people like you (where the release or the
+    popular this season, trending, and popular with people like you (where the release or the
     sign-up gives age, gender or occupation). Films the user rated are left out; an
     app user's sections reveal their ratings, so they need their token."""
     async with _pool(request).acquire() as conn:
@@ -501,6 +504,9 @@ async def user_sections(request: Request, user_id: UserId,
             "season", f"Popular this {season.lower()}",
             f"the films rated most in {season.lower()} months",
             await conn.fetch(db.SECTION_LIST, "season", season, seen, k), k))
+        sections.append(_section(
+            "trending", "Trending", _TRENDING,
+            await conn.fetch(db.SECTION_LIST, "trending", "all", seen, k), k))
         for list_type, segment in (("age_gender", profile["age_gender"]),
                                    ("occupation", profile["occupation"])):
             if segment is not None:
@@ -530,9 +536,8 @@ async def home(request: Request, k: Annotated[int, Query(ge=1, le=50)] = 10,
             _section("top", "Top films", "the best rated, by a Bayesian average that "
                      "needs many ratings to rank high",
                      await conn.fetch(db.BROWSE, None, None, None, "rating", k, 0), k),
-            _section("trending", "Trending", "rated most in the last 30 days, the newest "
-                     "ratings counting most", await conn.fetch(db.SECTION_LIST, "trending",
-                                                                "all", [], k), k),
+            _section("trending", "Trending", _TRENDING,
+                     await conn.fetch(db.SECTION_LIST, "trending", "all", [], k), k),
             _section("season", f"Popular this {season.lower()}",
                      f"the films rated most in {season.lower()} months",
                      await conn.fetch(db.SECTION_LIST, "season", season, [], k), k)]
@@ -661,6 +666,7 @@ async def health(request: Request):
 
 @app.get("/", include_in_schema=False)
 @app.get("/signup", include_in_schema=False)
+@app.get("/find", include_in_schema=False)
 async def page() -> FileResponse:
     """The single-page app; its script picks the view from the path."""
     return FileResponse(STATIC / "index.html")

@@ -144,6 +144,10 @@ def test_recommendations_page_in_sections_with_reasons(api_server, wh):
     seasons = {s for (s,) in query(wh, "select distinct segment from recs.popular_movies "
                                        "where list_type = 'season'")}
     assert ("season" in sections) is (answer["season"] in seasons)
+    trending = [m for (m,) in query(wh, """
+        select movie_id from recs.popular_movies where list_type = 'trending'
+            and not (movie_id = any(%s)) order by rank limit 5""", (list(seen),))]
+    assert [m["movie_id"] for m in sections["trending"]["movies"]] == trending
 
     # a newcomer: the sign-up's genre and segment, nothing "because" yet; theirs only
     _, user = call(api_server, "/api/users", {"age": 30, "gender": "F",
@@ -421,6 +425,50 @@ def test_page_home_has_rows_to_browse(browser, api_server, screenshots):
     assert all(len(s.find_elements(By.CSS_SELECTOR, "li.movie")) == 6
                for s in browser.find_elements(By.CSS_SELECTOR, "#home-rows section"))
     browser.save_screenshot(str(screenshots / "home.png"))
+
+
+def test_page_search_with_filters_and_a_viewer(browser, api_server, wh, screenshots):
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    def results() -> list[tuple[str, str, str]]:
+        return [(li.find_element(By.CSS_SELECTOR, ".title").text,
+                 li.find_element(By.CSS_SELECTOR, ".genres").text,
+                 li.find_element(By.CSS_SELECTOR, ".extra").text)
+                for li in browser.find_elements(By.CSS_SELECTOR, "#find-results li.movie")]
+
+    # a misspelt title: the classic first, not a film rated once
+    browser.get(api_server + "/find?q=shawshenk")
+    wait_for(browser, "#find-results li.movie")
+    assert results()[0][0] == "The Shawshank Redemption (1994)"
+    # filters from the form: genre, years, ordered by the viewer's predicted rating
+    browser.get(api_server + "/find")
+    form = wait_for(browser, "#find-form")
+    wait_for(browser, "#find-genre option[value='Horror']")
+    form.find_element(By.CSS_SELECTOR, "#find-genre option[value='Horror']").click()
+    form.find_element(By.NAME, "year_from").send_keys("1990")
+    form.find_element(By.NAME, "year_to").send_keys("1995")
+    form.find_element(By.CSS_SELECTOR, "select[name=sort] option[value=predicted]").click()
+    viewer = form.find_element(By.NAME, "viewer")
+    viewer.clear()
+    viewer.send_keys("1")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(browser, "#find-total", "films")
+    assert "viewer=1" in browser.current_url and "genre=Horror" in browser.current_url
+    found = results()
+    (total,), = query(wh, "select count(*) from recs.movie_catalogue where 'Horror' = any(genres)"
+                          " and release_year between 1990 and 1995")
+    assert len(found) == min(20, total) and total > 20
+    assert all("Horror" in genres for _, genres, _ in found)
+    assert all(1990 <= int(re.search(r"\((\d{4})\)$", t).group(1)) <= 1995 for t, _, _ in found)
+    predicted = [float(re.match(r"predicted (\d\.\d)", x).group(1)) for _, _, x in found]
+    assert predicted == sorted(predicted, reverse=True)
+    rated = {m for (m,) in query(wh, "select movie_id from marts.fct_ratings where user_id = 1")}
+    shown = [int(li.get_attribute("data-movie-id"))
+             for li in browser.find_elements(By.CSS_SELECTOR, "#find-results li.movie")]
+    assert [x.endswith("you rated it") for _, _, x in found] == [m in rated for m in shown]
+    browser.save_screenshot(str(screenshots / "find.png"))
 
 
 def test_page_user_recommendations_with_genre_filter(browser, api_server, screenshots):

@@ -86,6 +86,45 @@ async function searchTitle(title) {
   }
 }
 
+// ------------------------------------------------------------------ find view
+
+// The search page: title (typo-tolerant), genre, years, order; with a viewer (a user
+// number; an app user's token must be in this browser) each film shows the rating
+// the model expects from them and whether they rated it.
+async function showFind(params) {
+  const select = $("#find-genre");
+  if (select.options.length === 1) {
+    for (const genre of await loadGenres()) select.append(el("option", { value: genre }, genre));
+  }
+  const form = $("#find-form");
+  const viewer = params.get("viewer") || localStorage.getItem("mfy-last-user") || "";
+  for (const name of ["q", "genre", "year_from", "year_to", "sort"]) {
+    form.elements[name].value = params.get(name) || "";
+  }
+  form.elements.viewer.value = viewer;
+  if (![...params.keys()].length) return;
+  const query = new URLSearchParams({ limit: "20" });
+  for (const name of ["q", "year_from", "year_to", "sort"]) {
+    if (params.get(name)) query.set(name, params.get(name));
+  }
+  if (params.get("genre")) query.set("genres", params.get("genre"));
+  if (viewer) query.set("user_id", viewer);
+  showError(null);
+  try {
+    const token = viewer && localStorage.getItem(tokenKey(viewer));
+    const answer = await api(`/api/movies/search?${query}`,
+      token ? { headers: { Authorization: `Bearer ${token}` } } : {});
+    $("#find-total").textContent = `${answer.total} films`;
+    $("#find-results").replaceChildren(...answer.movies.map((m) => movieItem(m,
+      m.predicted_rating !== undefined
+        ? `predicted ${stars(m.predicted_rating)}${m.rated ? " · you rated it" : ""}`
+        : `rated ${stars(m.mean_rating)} by ${m.rating_count}`)));
+  } catch (error) {
+    $("#find-results").replaceChildren();
+    showError(error);
+  }
+}
+
 // ------------------------------------------------------------------ user view
 
 let genres = [];
@@ -223,6 +262,7 @@ async function signUp(form) {
   try {
     const answer = await api("/api/users?k=10", { method: "POST", body: JSON.stringify(body) });
     localStorage.setItem(tokenKey(answer.user_id), answer.token);
+    localStorage.setItem("mfy-last-user", answer.user_id);
     $("#signup-welcome").textContent =
       `Welcome, user ${answer.user_id}! Films picked for you:`;
     $("#signup-list").replaceChildren(...answer.recommendations.map((r) =>
@@ -245,6 +285,9 @@ function route() {
   if (user) {
     $("#view-user").hidden = false;
     showUser(Number(user[1])).catch(showError);
+  } else if (path === "/find") {
+    $("#view-find").hidden = false;
+    showFind(new URLSearchParams(window.location.search)).catch(showError);
   } else if (path === "/signup") {
     $("#view-signup").hidden = false;
     showSignup().catch(showError);
@@ -268,6 +311,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     go(`/?title=${encodeURIComponent($("#search-input").value)}`);
+  });
+  $("#find-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const [name, value] of new FormData(event.target)) if (value) params.set(name, value);
+    go(`/find?${params}`);
   });
   $("#user-jump").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -36,17 +36,24 @@ ratings as (
 
 ),
 
+newest_rating as (
+
+    select max(rated_at) as rated_at from ratings
+
+),
+
 recent_ratings as (
 
     -- a range scan of the rated_at index, not a pass over every rating
     select
-        movie_id,
-        rating,
-        exp(-extract(epoch from (newest.rated_at - ratings.rated_at)) / (7 * 86400.0))
-            as weight
+        ratings.movie_id,
+        ratings.rating,
+        exp(
+            -extract(epoch from (newest_rating.rated_at - ratings.rated_at)) / (7 * 86400.0)
+        ) as weight
     from ratings
-    cross join (select max(rated_at) as rated_at from ratings) as newest
-    where ratings.rated_at > newest.rated_at - interval '30 days'
+    cross join newest_rating
+    where ratings.rated_at > newest_rating.rated_at - interval '30 days'
 
 ),
 
