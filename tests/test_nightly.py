@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -357,8 +358,7 @@ def ingest_during_a_dbt_build(settings, release: Path, env: dict, standalone, lo
 @pytest.mark.integration
 @pytest.mark.spark
 @pytest.mark.slow
-def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings, ml100k,
-                                                                tmp_path):
+def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings, tmp_path):
     """A real backfill: `airflow standalone` (api-server, scheduler, dag-processor,
     triggerer, LocalExecutor) runs two past nights at once (a backfill does not honour
     the DAG's max_active_runs), on one warehouse. Every writing step takes the
@@ -368,13 +368,19 @@ def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings
 
     Airflow 3.3 leaves a paused DAG's backfill runs queued, so the DAG is unpaused;
     the scheduler's own nightly runs are turned off (use_job_schedule) so that only
-    the backfill runs."""
+    the backfill runs. The release is a small synthetic one in the 100K layout (20,000
+    ratings): the two whole nightlies share the two cores, and the real ml-100k runs
+    end to end in the other tests."""
     import time
+
+    import fixture_releases
 
     airflow = str(Path(sys.executable).parent / "airflow")
     home = Path(tempfile.mkdtemp(prefix="mfy-backfill-"))
     home.chmod(0o755)
     port = embedded.free_port(18900)
+    release = fixture_releases.synthetic_release(tmp_path, "ml-100k", ratings=20_000, seed=8,
+                                                 users=300, movies=600, as_zip=False)
     with fresh_database(embedded_settings) as settings:
         # not this process's MLflow store (mlflow.set_tracking_uri exports it): the
         # tasks' own, under MFY_HOME
@@ -391,7 +397,7 @@ def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                "MFY_HOME": str(home),
                "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
-               "AIRFLOW_VAR_MFY_DATASET": "ml-100k", "AIRFLOW_VAR_MFY_SOURCE": str(ml100k)}
+               "AIRFLOW_VAR_MFY_DATASET": "ml-100k", "AIRFLOW_VAR_MFY_SOURCE": str(release)}
 
         def cli(*args: str) -> str:
             done = subprocess.run([airflow, *args], capture_output=True, text=True, env=env,
@@ -413,16 +419,23 @@ def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings
                 "--max-active-runs", "2",  # both at once
                 "--dag-run-conf", json.dumps({"train": QUICK_TRAIN}))
             cli("dags", "unpause", "movielens_nightly")
-            refused = ingest_during_a_dbt_build(settings, ml100k, env, standalone, log)
+            refused = ingest_during_a_dbt_build(settings, release, env, standalone, log)
+            # polled in the metadata database: each `airflow dags list-runs` costs
+            # seconds of CPU that the two runs need
+            metadata = tmp_path / "airflow" / "airflow.db"
             deadline = time.time() + 900
             while True:
-                out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
-                runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
-                if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
+                with contextlib.closing(sqlite3.connect(f"file:{metadata}?mode=ro",
+                                                        uri=True, timeout=30)) as db:
+                    states = [s for (s,) in db.execute(
+                        "select state from dag_run where dag_id = 'movielens_nightly'")]
+                if len(states) == 2 and all(s in ("success", "failed") for s in states):
                     break
                 assert standalone.poll() is None, log.read_text()[-5000:]
-                assert time.time() < deadline, (runs, log.read_text()[-5000:])
-                time.sleep(10)
+                assert time.time() < deadline, (states, log.read_text()[-5000:])
+                time.sleep(5)
+            out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
+            runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
         finally:
             os.killpg(standalone.pid, 15)
             standalone.wait(60)
@@ -453,7 +466,7 @@ def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings
             connection.close()
         # one release load, staged by one run and published once; nothing left aside
         assert [status for status, _ in loads] == ["loaded"], loads
-        assert staging == [] and ratings == [(100_000, 1)]
+        assert staging == [] and ratings == [(20_000, 1)]
         # both nights built, trained and published, one writing step at a time
         for run in runs:
             assert rows[run["run_id"]][:3] == ["loaded", True, True], rows
