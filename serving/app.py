@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import difflib
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -63,6 +64,32 @@ app = FastAPI(
     lifespan=lifespan,
 )
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+class ServerTiming:
+    """Pure ASGI middleware (no per-request task, unlike ``@app.middleware``) that adds
+    ``Server-Timing: app;dur=<ms>``, the time from the request to its response headers,
+    which the browser's developer tools show and ``benchmarks/page_latency.py`` reads."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+
+        async def timed(message):
+            if message["type"] == "http.response.start":
+                spent = (time.perf_counter() - start) * 1000
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={spent:.2f}".encode())]
+            await send(message)
+
+        return await self.app(scope, receive, timed)
+
+
+app.add_middleware(ServerTiming)
 
 
 @app.exception_handler(RequestValidationError)
@@ -460,8 +487,9 @@ async def user_sections(request: Request, user_id: UserId,
     """The recommendations page in sections, each with the reason it is there: the
     model's picks (``recs.recommend``'s list, folded in live after new ratings),
     "Because you rated ⟨title⟩" (that film's similar movies), the favourite genre,
-    popular this season, trending, and popular with people like you (where the release or the
-    sign-up gives age, gender or occupation). Films the user rated are left out; an
+    popular this season, trending, popular with people like you (where the release or the
+    sign-up gives age, gender or occupation) and in their region (from the ZIP code, once
+    the nightly run has the user). Films the user rated are left out; an
     app user's sections reveal their ratings, so they need their token."""
     async with _pool(request).acquire() as conn:
         dataset = await _dataset(conn, request)
@@ -518,9 +546,31 @@ async def user_sections(request: Request, user_id: UserId,
                 if like is not None:
                     sections.append(like)
                     break
+        if profile["region"] is not None:
+            where = profile["region"] if profile["region"] == "Canada" else \
+                f"the {profile['region']}"
+            sections.append(_section(
+                "region", f"Popular in {where}",
+                f"the films rated most by people in your region ({profile['region']}, "
+                "from your ZIP code)",
+                await conn.fetch(db.SECTION_LIST, "region", profile["region"], seen, k), k))
     return {"user_id": user_id, "model_version": top["model_version"],
             "publish_id": top["publish_id"], "season": season,
             "sections": [s for s in sections if s is not None]}
+
+
+@app.get("/api/users/{user_id}/page", tags=["recommendations"])
+async def user_page_data(request: Request, user_id: UserId,
+                         k: Annotated[int, Query(ge=1, le=50)] = 6, n: K = 20):
+    """Everything the user page shows, in one request: its sections (``k`` films each,
+    as ``/sections``), the whole ranked list (``n`` films, as ``/recommendations``) and
+    the newest ratings (as ``/ratings``). An app user's needs their token."""
+    sections = await user_sections(request, user_id, k)
+    ranked = json.loads((await recommend(request, user_id, n, None)).body)
+    ratings = await user_ratings(request, user_id, 1)
+    return {**sections, "recommendations": ranked["recommendations"],
+            "list": {key: value for key, value in ranked.items() if key != "recommendations"},
+            "ratings": ratings}
 
 
 @app.get("/api/home", tags=["catalogue"])

@@ -296,7 +296,8 @@ select coalesce(a.preferred_genres, '{}') as preferred_genres,
             then d.age_band || ' ' || d.gender
             when a.gender is not null and a.age is not null
             then recs.age_band(a.age) || ' ' || a.gender end as age_gender,
-       coalesce(nullif(d.occupation, 'unknown'), a.occupation) as occupation
+       coalesce(nullif(d.occupation, 'unknown'), a.occupation) as occupation,
+       nullif(d.zip_region, 'Unknown') as region
 from (select $1::integer as user_id) as me
 left join marts.dim_users as d on d.user_id = me.user_id
 left join app.users as a on a.user_id = me.user_id

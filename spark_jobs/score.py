@@ -14,8 +14,9 @@ Outputs (Parquet folders under ``out``)
     ``similar_movies/``: ``movie_id, rank, similar_movie_id, similarity``: the
     ``similar_n`` nearest movies among those with at least ``min_ratings``
     ratings, by :func:`similarity_model` (by default the mean cosine of both
-    models' item factors, popularity's common direction removed, plus a genre
-    overlap term that counts most for movies with few ratings).
+    models' item factors, popularity's common direction removed, plus a content
+    term, genre overlap and, where the release has tags, tag similarity, that
+    counts most for movies with few ratings).
 
 How: Spark distributes users (and movies) over tasks with ``mapInPandas``; each
 task scores a batch against the broadcast item matrix in NumPy and keeps the
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moviesforyou.config import similarity_parts
 from spark_jobs.models import ITEM, USER, Factors, load_factors, positions
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,10 @@ class ScoreConfig:
     similar_n: int = 20  #: neighbours per movie (``MFY_SIMILAR_N``)
     min_ratings: int = 10  #: a neighbour needs this many ratings (``MFY_SIMILAR_MIN_RATINGS``)
     batch: int = 512  #: users scored per NumPy matrix product
-    similarity: str = "mixed+genres"  #: see :func:`similarity_model` (``MFY_SIMILARITY``)
+    similarity: str = "mixed+genres+tags"  #: see :func:`similarity_model` (``MFY_SIMILARITY``)
     genre_weight: float = 0.1  #: weight of the genre overlap in ``+genres`` similarities
-    genre_shrink: float = 20.0  #: ratings at which a movie's extra genre weight halves
+    tag_weight: float = 0.1  #: weight of the tag similarity in ``+tags`` similarities
+    genre_shrink: float = 20.0  #: ratings at which a movie's extra content weight halves
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,37 @@ def _genre_matrix(item_ids: np.ndarray, genres: pd.Series | None) -> np.ndarray 
     return matrix
 
 
+def _tag_matrix(item_ids: np.ndarray, tags: pd.Series | None):
+    """Items x tags, sparse (CSR, float32): each movie's TF-IDF tag vector, unit length
+    (``tags``: movie_id -> {tag: how many users gave it}). Term weight
+    ``log(1 + users)``, inverse document frequency ``log(tagged movies / movies with
+    the tag)``, so a tag on every film counts for nothing. None without tags."""
+    from scipy import sparse
+
+    if tags is None or tags.empty:
+        return None
+    lists = tags.reindex(item_ids)
+    names = sorted({t for values in lists.dropna() for t in values})
+    if not names:
+        return None
+    column = {t: c for c, t in enumerate(names)}
+    rows, cols, values = [], [], []
+    for row, given in enumerate(lists):
+        if isinstance(given, dict):
+            for tag, users in given.items():
+                rows.append(row)
+                cols.append(column[tag])
+                values.append(np.log1p(users))
+    matrix = sparse.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)),
+                               shape=(len(item_ids), len(names)))
+    tagged = np.diff(matrix.indptr) > 0
+    frequency = np.bincount(matrix.indices, minlength=len(names))
+    matrix = matrix @ sparse.diags(np.log(tagged.sum() / frequency).astype(np.float32))
+    norms = np.sqrt(matrix.multiply(matrix).sum(axis=1)).A1
+    scale = np.divide(1, norms, out=np.zeros_like(norms), where=norms > 0)
+    return sparse.csr_matrix(sparse.diags(scale.astype(np.float32)) @ matrix)
+
+
 def _unit_rows(factors: Factors, item_ids: np.ndarray, centre: np.ndarray | None = None):
     """``factors``' item vectors for ``item_ids`` (zeros where it has none), scaled to
     unit length; with ``centre`` (a mask), minus the masked rows' mean direction first."""
@@ -141,8 +175,8 @@ def _unit_rows(factors: Factors, item_ids: np.ndarray, centre: np.ndarray | None
 
 
 def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | None = None,
-                     *, explicit: Factors | None = None, method: str | None = None,
-                     cfg: ScoreConfig | None = None):
+                     *, explicit: Factors | None = None, tags: pd.Series | None = None,
+                     method: str | None = None, cfg: ScoreConfig | None = None):
     """A function from movie ids to their ``similar_n`` nearest eligible movies (ids and
     similarities, best first, -inf where fewer are eligible).
 
@@ -154,19 +188,23 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
       ``explicit``: cosine of the explicit model's factors, which are fitted on what
       the user and movie biases leave, so popularity is already taken out.
       ``mixed``: the mean of the ``centred`` and ``explicit`` similarities.
-      A ``+genres`` suffix adds the genre overlap (Jaccard) with weight
-      ``w = genre_weight * (1 + genre_shrink / (genre_shrink + n))``, more for movies
-      with few ratings, whose factors say little yet, and divides by ``1 + w`` so that
-      similarities stay within [-1, 1] (one divisor per movie: its order is unchanged).
+    Content terms, added with ``+`` (``mixed+genres+tags``), need their data:
+      ``+genres``: the genre overlap (Jaccard; ``genres``: movie_id -> list), with
+      weight ``genre_weight``;
+      ``+tags``: the cosine of the two movies' TF-IDF tag vectors (``tags``:
+      movie_id -> {tag: users}; 0 where either has none), with weight ``tag_weight``.
+    Each weight is scaled by ``1 + genre_shrink / (genre_shrink + n)``, so content
+    counts more for movies with few ratings, whose factors say little yet, and the
+    sum is divided by ``1 +`` the weights, so that similarities stay within [-1, 1]
+    (one divisor per movie: its order is unchanged). A term without data (a release
+    without tags) is left out.
 
-    Memory: the unit vectors of all movies (movies x both ranks, float64) and, per
-    call, a few ``len(movies) x movies`` matrices; keep calls to a few hundred movies.
+    Memory: the unit vectors of all movies (movies x both ranks, float64), the genre
+    matrix (movies x genres) and the sparse tag matrix (one float per tag given) and,
+    per call, a few ``len(movies) x movies`` matrices; keep calls to a few hundred movies.
     """
     cfg = cfg or ScoreConfig()
-    method = method or cfg.similarity
-    base, _, extra = method.partition("+")
-    if base not in ("cosine", "centred", "explicit", "mixed") or extra not in ("", "genres"):
-        raise ValueError(f"unknown similarity {method!r}")
+    base, content = similarity_parts(method or cfg.similarity)
     if base in ("explicit", "mixed") and explicit is None:
         raise ValueError(f"similarity {method!r} needs the explicit model's factors")
     ids = implicit.item_ids
@@ -180,10 +218,13 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
         parts.append(_unit_rows(explicit, ids))
     # a mean of cosines is one cosine of the stacked vectors, each part scaled
     unit = np.hstack(parts) / np.sqrt(len(parts))
-    matrix = _genre_matrix(ids, genres) if extra == "genres" else None
+    matrix = _genre_matrix(ids, genres) if "genres" in content else None
+    tagged = _tag_matrix(ids, tags) if "tags" in content else None
     if matrix is not None:
         sizes = matrix.sum(axis=1)
-        weight = cfg.genre_weight * (1 + cfg.genre_shrink / (cfg.genre_shrink + n))
+    more = 1 + cfg.genre_shrink / (cfg.genre_shrink + n)  # for movies with few ratings
+    weights = (cfg.genre_weight * more if matrix is not None else 0 * more,
+               cfg.tag_weight * more if tagged is not None else 0 * more)
 
     def nearest(movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = positions(implicit.item_index, movies)
@@ -193,9 +234,15 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
             union = sizes[rows][:, None] + sizes[None, :] - shared
             np.divide(shared, union, out=shared, where=union > 0)
             del union
-            shared *= weight[rows][:, None].astype(np.float32)
+            shared *= weights[0][rows][:, None].astype(np.float32)
             sims += shared
-            sims /= 1 + weight[rows][:, None]
+            del shared
+        if tagged is not None:
+            cosine = (tagged[rows] @ tagged.T).toarray()
+            cosine *= weights[1][rows][:, None].astype(np.float32)
+            sims += cosine
+            del cosine
+        sims /= 1 + weights[0][rows][:, None] + weights[1][rows][:, None]
         sims[:, ~eligible] = -np.inf
         sims[np.arange(len(rows)), rows] = -np.inf  # not itself
         best, values = _top(sims, cfg.similar_n)
@@ -205,9 +252,10 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
 
 
 def similar_scorer(implicit: Factors, counts: pd.Series, cfg: ScoreConfig, *,
-                   explicit: Factors | None = None, genres: pd.Series | None = None):
+                   explicit: Factors | None = None, genres: pd.Series | None = None,
+                   tags: pd.Series | None = None):
     """The ``mapInPandas`` function: frames of movie_id -> its nearest movies."""
-    nearest = similarity_model(implicit, counts, genres, explicit=explicit, cfg=cfg)
+    nearest = similarity_model(implicit, counts, genres, explicit=explicit, tags=tags, cfg=cfg)
 
     def score(frames):
         for frame in frames:
@@ -227,7 +275,7 @@ def similar_scorer(implicit: Factors, counts: pd.Series, cfg: ScoreConfig, *,
 
 def score(spark, factors: Path, ratings: Path, out: Path,
           cfg: ScoreConfig | None = None, *, rated_after: int | None = None,
-          genres: pd.Series | None = None) -> ScoreResult:
+          genres: pd.Series | None = None, tags: pd.Series | None = None) -> ScoreResult:
     """Write both scored tables as Parquet under ``out``.
 
     Args:
@@ -237,6 +285,7 @@ def score(spark, factors: Path, ratings: Path, out: Path,
             movie's neighbours, stay what the live publish has.
         genres: each movie's genres (movie_id -> list), for similarities with
             ``+genres``; without them those use the factors alone.
+        tags: each movie's tags (movie_id -> {tag: users}), for ``+tags``.
     """
     from pyspark.sql import functions as F
 
@@ -263,7 +312,8 @@ def score(spark, factors: Path, ratings: Path, out: Path,
 
     movies = spark.createDataFrame(pd.DataFrame({ITEM: implicit.item_ids.astype("int32")}))
     similar = movies.repartition(parallelism).mapInPandas(
-        similar_scorer(implicit, counts, cfg, explicit=explicit, genres=genres), SIMILAR_SCHEMA)
+        similar_scorer(implicit, counts, cfg, explicit=explicit, genres=genres, tags=tags),
+        SIMILAR_SCHEMA)
     similar_path = out / "similar_movies"
     similar.write.mode("overwrite").parquet(str(similar_path))
     seconds = time.time() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import threading
 import time
 import urllib.error
@@ -103,6 +104,31 @@ def test_recommendations_for_a_user(api_server, wh):
     assert all(0.5 <= r["predicted_rating"] <= 5 for r in recs)
 
 
+def test_user_page_data_comes_in_one_request(api_server):
+    """``/page``: the sections, the ranked list and the newest ratings at once, each
+    as its own endpoint gives it; an app user's needs their token."""
+    status, page = call(api_server, "/api/users/1/page?k=5&n=20")
+    assert status == 200, page
+    _, sections = call(api_server, "/api/users/1/sections?k=5")
+    _, ranked = call(api_server, "/api/users/1/recommendations?k=20")
+    _, ratings = call(api_server, "/api/users/1/ratings")
+    assert page["sections"] == sections["sections"]
+    assert page["recommendations"] == ranked["recommendations"]
+    assert len(page["recommendations"]) == 20
+    assert page["list"]["model_version"] == ranked["model_version"]
+    assert page["ratings"] == ratings
+    # the server's own time for it, as browsers' developer tools show it
+    with urllib.request.urlopen(api_server + "/api/users/1/page", timeout=30) as response:
+        timing = response.headers["Server-Timing"]
+    assert re.fullmatch(r"app;dur=\d+\.\d\d", timing) and float(timing[8:]) > 0, timing
+    _, user = call(api_server, "/api/users", {"preferred_genres": ["Drama"]})
+    path = f"/api/users/{user['user_id']}/page"
+    assert call(api_server, path)[0] == 401
+    status, own = call(api_server, path, token=user["token"])
+    assert status == 200 and own["ratings"]["total"] == 0
+    assert [s["key"] for s in own["sections"]][0] == "for_you"
+
+
 def test_recommendations_page_in_sections_with_reasons(api_server, wh):
     status, answer = call(api_server, "/api/users/1/sections?k=5")
     assert status == 200, answer
@@ -141,6 +167,13 @@ def test_recommendations_page_in_sections_with_reasons(api_server, wh):
     assert all(genre in m["genres"] for m in sections["genre"]["movies"])
     # user 1 of ml-100k is a 24-year-old man: the 18-24 M list
     assert sections["like_you"]["reason"].endswith("(18-24 M)")
+    # and lives in ZIP area 8 (85711, Tucson): the West's list, rated films left out
+    assert sections["region"]["title"] == "Popular in the West"
+    west = [m for (m,) in query(wh, """
+        select movie_id from recs.popular_movies where list_type = 'region'
+            and segment = 'West' and not (movie_id = any(%s)) order by rank limit 5""",
+                                (list(seen),))]
+    assert [m["movie_id"] for m in sections["region"]["movies"]] == west
     seasons = {s for (s,) in query(wh, "select distinct segment from recs.popular_movies "
                                        "where list_type = 'season'")}
     assert ("season" in sections) is (answer["season"] in seasons)
@@ -428,8 +461,6 @@ def test_page_home_has_rows_to_browse(browser, api_server, screenshots):
 
 
 def test_page_search_with_filters_and_a_viewer(browser, api_server, wh, screenshots):
-    import re
-
     from selenium.webdriver.common.by import By
 
     def results() -> list[tuple[str, str, str]]:

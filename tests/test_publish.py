@@ -66,8 +66,9 @@ def test_cold_start_lists(wh):
     seasons = query(wh, """select count(distinct d.season) from marts.fct_ratings f
                            join marts.dim_dates d using (date_sk)""")[0][0]
     assert seasons == 3  # ml-100k runs from September 1997 to April 1998
+    # regions: the four census regions of the US ZIP codes, and Canada's postal codes
     assert lists == {"overall": 1, "genre": 18, "age_gender": 14, "occupation": 21,
-                     "season": seasons, "trending": 1}
+                     "region": 5, "season": seasons, "trending": 1}
     # trending: the last 30 days up to the newest rating, each weighing exp(-days / 7)
     (top,), = query(wh, """
         with newest as (select max(rated_at) as t from marts.fct_ratings)
@@ -129,12 +130,13 @@ def test_predict_rating_function_tracks_real_ratings(wh):
     assert query(wh, "select recs.predict_rating(1, 99999)") == [(None,)]
 
 
-def _published_similarity(wh, method: str):
-    """``similarity_model`` over the live publish's own factors, counts and genres."""
+def _published_similarity(wh, method: str | None):
+    """``similarity_model`` over the live publish's own factors, counts, genres and tags
+    (ml-100k has none); ``method`` None: the default."""
     import numpy as np
     import pandas as pd
 
-    from moviesforyou.recs_build import movie_genres
+    from moviesforyou.recs_build import movie_genres, movie_tags
     from spark_jobs.models import ALSParams, Factors
     from spark_jobs.score import ScoreConfig, similarity_model
 
@@ -148,10 +150,11 @@ def _published_similarity(wh, method: str):
 
     counts = pd.Series(dict(query(wh, "select movie_id, count(*) from marts.fct_ratings "
                                       "group by 1")))
-    genres = movie_genres(wh)
+    genres, tags = movie_genres(wh), movie_tags(wh)
     wh.rollback()
-    model = similarity_model(factors(2), counts, genres, explicit=factors(1), method=method,
-                             cfg=ScoreConfig())
+    assert tags.empty  # ml-100k
+    model = similarity_model(factors(2), counts, genres, explicit=factors(1), tags=tags,
+                             method=method, cfg=ScoreConfig())
     return model, counts, genres
 
 
@@ -165,7 +168,7 @@ def test_similar_movies_favour_taste_over_popularity(wh):
     sims = [s for _, _, s in rows]
     assert sims == sorted(sims, reverse=True)
     # the published list is the default similarity over the published factors and genres
-    model, counts, genres = _published_similarity(wh, "mixed+genres")
+    model, counts, genres = _published_similarity(wh, None)
     best, values = model(np.array([50]))
     assert [m for _, m, _ in rows] == list(best[0])
     assert np.allclose(sims, values[0], rtol=1e-6)
@@ -182,6 +185,53 @@ def test_similar_movies_favour_taste_over_popularity(wh):
         popularity[method] = np.median(counts.reindex(near.ravel()).to_numpy())
     assert share["mixed+genres"] > share["cosine"] + 0.03, share
     assert popularity["mixed+genres"] < popularity["cosine"], popularity
+
+
+def test_tags_make_films_alike():
+    """``+tags``: the TF-IDF cosine of two films' tags is added to the genre overlap,
+    each with its weight, more for films with few ratings. The films' factors are
+    orthogonal here, so only the content terms rank them."""
+    import numpy as np
+    import pandas as pd
+
+    from spark_jobs.models import ALSParams, Factors
+    from spark_jobs.score import ScoreConfig, similarity_model
+
+    ids = np.arange(1, 41)
+    implicit = Factors(ALSParams(), np.array([]), np.zeros((0, 1)), ids, np.eye(40))
+    counts = pd.Series(25, index=ids)
+    counts[1] = 10
+    genres = pd.Series({m: ["Drama"] for m in ids})
+    # "classic" is on every film, so it says nothing; "time travel" is on 1, 2 and 9,
+    # "paradox" on 3 and 9
+    tags = pd.Series({m: {"classic": 3} for m in ids}, dtype=object)
+    tags[1] = {"classic": 1, "time travel": 4}
+    tags[2] = {"classic": 5, "time travel": 2}
+    tags[3] = {"classic": 2, "paradox": 1}
+    tags[9] = {"classic": 1, "time travel": 1, "paradox": 2}
+    cfg = ScoreConfig(min_ratings=5)
+    model = similarity_model(implicit, counts, genres, tags=tags, method="cosine+genres+tags",
+                             cfg=cfg)
+    (near,), (sims,) = model(np.array([1]))
+    assert list(near[:2]) == [2, 9]
+
+    # by hand: idf = log(40 tagged films / films with the tag), weight log(1 + users)
+    tt, paradox = np.log(40 / 3), np.log(40 / 2)
+    v9 = np.array([np.log1p(1) * tt, np.log1p(2) * paradox])  # film 1's is all time travel
+    cosine = {2: 1.0, 9: v9[0] / np.linalg.norm(v9)}
+    more = 1 + cfg.genre_shrink / (cfg.genre_shrink + 10)  # film 1 has 10 ratings
+    genre, tag = cfg.genre_weight * more, cfg.tag_weight * more
+    for movie, value in zip(near[:3], sims[:3], strict=True):  # genres: all Drama
+        expected = (genre * 1 + tag * cosine.get(movie, 0.0)) / (1 + genre + tag)
+        assert np.isclose(value, expected, rtol=1e-5), movie
+
+    # without the term, or for a release without tags, all films are equally alike
+    for untagged in (similarity_model(implicit, counts, genres, tags=tags,
+                                      method="cosine+genres", cfg=cfg),
+                     similarity_model(implicit, counts, genres, tags=pd.Series(dtype=object),
+                                      method="cosine+genres+tags", cfg=cfg)):
+        _, (flat,) = untagged(np.array([1]))
+        assert np.allclose(flat, genre / (1 + genre))
 
 
 def test_reader_role_can_query_but_not_write(published):

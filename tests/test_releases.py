@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 RELEASES = [("ml-100k", False, 11), ("ml-1m", True, 12), ("ml-latest-small", False, 13),
             ("ml-25m", True, 14), ("ml-32m", True, 15)]
 USERS, MOVIES, RATINGS = 120, 400, 9_000
-LISTS = {True: {"overall", "genre", "season", "trending", "age_gender", "occupation"},
+LISTS = {True: {"overall", "genre", "season", "trending", "age_gender", "occupation",
+               "region"},
          False: {"overall", "genre", "season", "trending"}}
 
 
@@ -230,13 +231,20 @@ def test_champion_of_another_release_is_never_published(lab):
         registry.export_champion(settings)
 
 
-def test_signup_page_asks_only_what_the_live_release_has(lab, browser):
-    """On a CSV release (no user file) the page asks for genres only, and they are used."""
+def test_every_page_flow_on_a_csv_release(lab, browser):
+    """The viewer's flows in the browser on a CSV release (no user file, half stars,
+    tags): sign up with genres only, rate from the list in half stars and see it change
+    at once, the page's sections, the home page's rows, search with filters and the
+    viewer's predicted ratings, and a film's similar list."""
+    import re
+
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     from conftest import wait_for
 
     assert _served_release(lab.api, "ml-32m")["dataset"] == "ml-32m"
+    # sign-up asks for genres only, and uses them
     browser.get(lab.api + "/signup")
     box = wait_for(browser, "#signup-genres input[value='Drama']")
     wait_for(browser, "#signup-note", "has no user profiles")
@@ -248,3 +256,83 @@ def test_signup_page_asks_only_what_the_live_release_has(lab, browser):
     items = browser.find_elements(By.CSS_SELECTOR, "#signup-list li.movie")
     assert len(items) == 10
     assert "Drama" in items[0].find_element(By.CLASS_NAME, "genres").text
+    user = int(browser.find_element(By.ID, "signup-welcome").text.split("user ")[1]
+               .split("!")[0])
+
+    # their page: rate three films from the list in half stars; it changes each time
+    browser.find_element(By.ID, "my-page").click()
+    wait_for(browser, "#user-recs tbody tr select.rate")
+
+    def listed() -> list[str]:
+        return browser.execute_script("return [...document.querySelectorAll("
+                                      "'#user-recs tbody tr')].map((row) => row.dataset.movieId)")
+
+    for done, stars in enumerate(("4.5", "5", "0.5"), start=1):
+        first = listed()
+        Select(browser.find_element(By.CSS_SELECTOR, "#user-recs tbody tr select.rate")
+               ).select_by_value(stars)
+        deadline = time.time() + 15
+        while listed() == first or not listed() or browser.execute_script(
+                "return document.querySelectorAll('#user-ratings li').length") != done:
+            assert time.time() < deadline, f"the list did not change after rating {done}"
+            time.sleep(0.2)
+    wait_for(browser, "#served-by", "3 ratings folded in")
+    assert "4.5" in browser.find_element(By.ID, "user-ratings").text
+    # the page in sections: no demographic ones, the release has no user file
+    wait_for(browser, "#user-sections section[data-key='because'] h2", "Because you rated")
+    keys = [s.get_attribute("data-key")
+            for s in browser.find_elements(By.CSS_SELECTOR, "#user-sections section")]
+    assert keys[:3] == ["for_you", "because", "genre"], keys
+    assert not {"like_you", "region"} & set(keys), keys
+    # trending: the last 30 days up to the newest rating, here the app's own ratings
+    # of this session; a section only if it has a film the viewer has not rated
+    connection = warehouse.connect(lab.settings)
+    try:
+        rated = {str(m) for (m,) in query(connection, "select movie_id from app.ratings "
+                                                      "where user_id = %s", (user,))}
+        trending = {str(m) for (m,) in query(connection, "select movie_id from "
+                                                         "recs.popular_movies where "
+                                                         "list_type = 'trending'")}
+        (title, movie), = query(connection, """
+            select c.title, c.movie_id from recs.movie_catalogue c
+            where exists (select 1 from recs.similar_movies s where s.movie_id = c.movie_id)
+            order by c.rating_count desc, c.movie_id limit 1""")
+        similar = [m for (m,) in query(connection, "select similar_movie_id from "
+                                                   "recs.similar_movies where movie_id = %s "
+                                                   "order by rank limit 10", (movie,))]
+    finally:
+        connection.close()
+    assert trending and ("trending" in keys) is bool(trending - rated), (keys, trending, rated)
+
+    # the home page's rows
+    browser.get(lab.api + "/")
+    wait_for(browser, "#home-rows section[data-key='trending'] li.movie")
+    keys = [s.get_attribute("data-key")
+            for s in browser.find_elements(By.CSS_SELECTOR, "#home-rows section")]
+    assert keys[:2] == ["top", "trending"] and keys[-1].startswith("genre:"), keys
+
+    # search: Drama of 1990-2010 by the viewer's predicted rating (the page remembers
+    # who signed up in this browser); the films they rated say so
+    browser.get(lab.api + "/find?genre=Drama&year_from=1990&year_to=2010&sort=predicted")
+    wait_for(browser, "#find-total", "films")
+    assert browser.find_element(By.NAME, "viewer").get_attribute("value") == str(user)
+    found = [(li.get_attribute("data-movie-id"), li.find_element(By.CSS_SELECTOR, ".title").text,
+              li.find_element(By.CSS_SELECTOR, ".genres").text,
+              li.find_element(By.CSS_SELECTOR, ".extra").text)
+             for li in browser.find_elements(By.CSS_SELECTOR, "#find-results li.movie")]
+    assert found and all("Drama" in genres for _, _, genres, _ in found)
+    assert all(1990 <= int(re.search(r"\((\d{4})\)$", t).group(1)) <= 2010
+               for _, t, _, _ in found)
+    # films the model has no factors for (never rated) have no prediction: last
+    predicted = [float(m.group(1)) if (m := re.match(r"predicted (\d\.\d)", x)) else -1
+                 for *_, x in found]
+    assert predicted == sorted(predicted, reverse=True) and predicted[0] > 0
+    assert [x.endswith("you rated it") for *_, x in found] == [m in rated for m, *_ in found]
+
+    # a film's similar list, from the home page's title box
+    browser.get(lab.api + "/")
+    wait_for(browser, "#search-input").send_keys(title)
+    browser.find_element(By.ID, "search-button").click()
+    wait_for(browser, "#similar-list li.movie")
+    assert [int(li.get_attribute("data-movie-id")) for li in browser.find_elements(
+        By.CSS_SELECTOR, "#similar-list li.movie")] == similar

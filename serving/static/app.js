@@ -149,13 +149,23 @@ async function showUser(userId) {
     filters.addEventListener("change", () => loadUserRecs(userId));
   }
   $("#user-title").textContent = `Recommendations for user ${userId}`;
-  await Promise.all([loadUserRecs(userId), loadSections(userId)]);
+  if (document.querySelector("#genre-filters input:checked")) {
+    await Promise.all([loadUserRecs(userId), loadSections(userId)]);
+    return;
+  }
+  // the whole page's data in one request: sections, the ranked list, the ratings
+  showError(null);
   try {
-    const rated = await api(`/api/users/${userId}/ratings`);
-    $("#user-ratings").replaceChildren(...rated.ratings.map((r) =>
+    const answer = await api(`/api/users/${userId}/page?k=6&n=20`);
+    showRows($("#user-sections"), answer.sections);
+    showRecs(userId, { ...answer.list, recommendations: answer.recommendations });
+    $("#user-ratings").replaceChildren(...answer.ratings.ratings.map((r) =>
       el("li", {}, `${movieLabel(r)}: ${stars(r.rating)}${r.pending ? " (pending)" : ""}`)));
   } catch (error) {
-    $("#user-ratings").replaceChildren();
+    for (const id of ["#user-sections", "#user-recs tbody", "#user-ratings"]) {
+      $(id).replaceChildren();
+    }
+    showError(error);
   }
 }
 
@@ -190,21 +200,24 @@ async function loadUserRecs(userId) {
   const excluded = [...document.querySelectorAll("#genre-filters input:checked")]
     .map((box) => box.value);
   const query = excluded.map((g) => `&exclude_genres=${encodeURIComponent(g)}`).join("");
-  // the viewer's own page (their token is in this browser): they can rate from the list
-  const own = Boolean(localStorage.getItem(tokenKey(userId)));
-  $("#rate-column").hidden = !own;
   try {
-    const answer = await api(`/api/users/${userId}/recommendations?k=20${query}`);
-    $("#user-recs tbody").replaceChildren(...answer.recommendations.map((r) =>
-      el("tr", { "data-movie-id": r.movie_id },
-        el("td", {}, r.rank), el("td", {}, movieLabel(r)),
-        el("td", {}, r.genres.join(", ")), el("td", {}, stars(r.predicted_rating)),
-        ...(own ? [el("td", {}, rateBox(userId, r.movie_id))] : []))));
-    servedBy(answer);
+    showRecs(userId, await api(`/api/users/${userId}/recommendations?k=20${query}`));
   } catch (error) {
     $("#user-recs tbody").replaceChildren();
     showError(error);
   }
+}
+
+function showRecs(userId, answer) {
+  // the viewer's own page (their token is in this browser): they can rate from the list
+  const own = Boolean(localStorage.getItem(tokenKey(userId)));
+  $("#rate-column").hidden = !own;
+  $("#user-recs tbody").replaceChildren(...answer.recommendations.map((r) =>
+    el("tr", { "data-movie-id": r.movie_id },
+      el("td", {}, r.rank), el("td", {}, movieLabel(r)),
+      el("td", {}, r.genres.join(", ")), el("td", {}, stars(r.predicted_rating)),
+      ...(own ? [el("td", {}, rateBox(userId, r.movie_id))] : []))));
+  servedBy(answer);
 }
 
 // A star picker; choosing stores the rating, and the list is asked for again: the

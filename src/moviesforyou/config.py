@@ -47,7 +47,7 @@ class PublishSettings:
     n: int = 50
     similar_n: int = 20
     similar_min_ratings: int = 10
-    similarity: str = "mixed+genres"
+    similarity: str = "mixed+genres+tags"
     popular_n: int = 50
     keep: int = 3
     lock_timeout_ms: int = 200
@@ -225,10 +225,24 @@ def _refit(text: str) -> str:
     return text.lower()
 
 
+#: How similar movies can be found (``MFY_SIMILARITY``): a base on the ALS factors and
+#: content signals added to it (see ``spark_jobs.score.similarity_model``).
+SIMILARITY_BASES = ("cosine", "centred", "explicit", "mixed")
+SIMILARITY_CONTENT = ("genres", "tags")
+
+
+def similarity_parts(text: str) -> tuple[str, frozenset[str]]:
+    """``mixed+genres+tags`` -> ("mixed", {"genres", "tags"}); ValueError if unknown."""
+    base, *content = text.lower().split("+")
+    if base not in SIMILARITY_BASES or not set(content) <= set(SIMILARITY_CONTENT) \
+            or len(set(content)) < len(content):
+        raise ValueError(f"unknown similarity {text!r}: expected cosine, centred, explicit "
+                         "or mixed, optionally +genres and/or +tags")
+    return base, frozenset(content)
+
+
 def _similarity(text: str) -> str:
-    base, _, extra = text.lower().partition("+")
-    if base not in ("cosine", "centred", "explicit", "mixed") or extra not in ("", "genres"):
-        raise ValueError("expected cosine, centred, explicit or mixed, optionally +genres")
+    similarity_parts(text)
     return text.lower()
 
 
@@ -295,9 +309,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
     Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",
              "ratings a movie needs to be offered as a neighbour", _whole(1)),
-    Variable("MFY_SIMILARITY", "publish.similarity", "mixed+genres",
+    Variable("MFY_SIMILARITY", "publish.similarity", "mixed+genres+tags",
              "how similar movies are found: cosine, centred, explicit or mixed, "
-             "optionally +genres (see spark_jobs.score.similarity_model)", _similarity),
+             "optionally +genres and +tags (see spark_jobs.score.similarity_model)",
+             _similarity),
     Variable("MFY_POPULAR_N", "publish.popular_n", "50", "length of each cold-start list",
              _whole(1)),
     Variable("MFY_RECS_KEEP", "publish.keep", "3", "earlier publishes kept for rollback",

@@ -58,6 +58,7 @@ from moviesforyou.recs_build import (
     drop_schema_tables,
     live_refreshed_since,
     movie_genres,
+    movie_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,8 @@ def prepare(settings: Settings, *, spark=None,
                                            min_ratings=config.similar_min_ratings,
                                            similarity=config.similarity),
                                rated_after=since,
-                               genres=movie_genres(conn) if since is None else None)
+                               genres=movie_genres(conn) if since is None else None,
+                               tags=movie_tags(conn) if since is None else None)
             counts = steps.run("build", build, conn, settings, publish_id=publish_id,
                                champion=champion, factors=factors, scored=scored)
             counts["users_scored"] = scored.users  # the rest copied from the live publish

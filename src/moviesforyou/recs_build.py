@@ -134,6 +134,33 @@ def movie_genres(conn):
     return pd.Series({movie: genres for movie, genres in rows}, dtype=object)
 
 
+def movie_tags(conn):
+    """Each movie's tags (``stg_movielens__tags``, trimmed and lower-cased) with how many
+    users gave each, as a Series of dicts, for the similar-movie lists' ``+tags`` term.
+    Only tags given to two movies or more can make two movies alike, so only those
+    are read: at ml-25m's 1.1M tag applications, about 45k movies' dicts. Empty for a
+    release without tags."""
+    import pandas as pd
+
+    with conn.cursor() as cur:
+        cur.execute("""
+            with given as (
+                select movie_id, lower(btrim(tag)) as tag, count(distinct user_id) as users
+                from staging.stg_movielens__tags
+                where btrim(coalesce(tag, '')) <> ''
+                group by 1, 2
+            ),
+            shared as (
+                select tag from given group by tag having count(*) >= 2
+            )
+            select movie_id, array_agg(tag order by tag), array_agg(users order by tag)
+            from given join shared using (tag)
+            group by movie_id""")
+        rows = cur.fetchall()
+    return pd.Series({movie: dict(zip(tags, users, strict=True))
+                      for movie, tags, users in rows}, dtype=object)
+
+
 def _pg_array(vector) -> str:
     return "{" + ",".join(repr(float(x)) for x in vector) + "}"
 

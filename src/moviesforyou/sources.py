@@ -78,7 +78,7 @@ class Features:
     """What a release of a layout has, as its README describes it.
 
     The quality suites (``when:``), the cold-start lists and the API adapt to these:
-    a CSV release has no user file, so it gets no age/gender or occupation lists.
+    a CSV release has no user file, so it gets no age/gender, occupation or region lists.
 
     Attributes:
         layout: ``100k``, ``1m`` or ``csv``.

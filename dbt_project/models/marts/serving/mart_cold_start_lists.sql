@@ -1,6 +1,7 @@
 {#- The cold-start lists newcomers get before the model knows them: the most
     rated movies overall, per genre, per season of the rating date and, where
-    the release has a user file, per age band and gender and per occupation;
+    the release has a user file, per age band and gender, per occupation and
+    per region (the census region of the ZIP code);
     and what is trending: the last 30 days of ratings (up to the newest one, so
     an old release has a trending list too), each weighing exp(-days old / 7).
     publish.py copies this table into recs.popular_movies. -#}
@@ -65,6 +66,7 @@ demographic_ratings as (
         users.age_band,
         users.gender,
         users.occupation,
+        users.zip_region,
         ratings.movie_id,
         ratings.rating
 
@@ -119,6 +121,18 @@ counted as (
     from demographic_ratings
     where occupation <> 'unknown'
     group by occupation, movie_id
+
+    union all
+
+    select
+        'region' as list_type,
+        zip_region as segment,
+        movie_id,
+        count(*) as n,
+        avg(rating) as mean
+    from demographic_ratings
+    where zip_region <> 'Unknown'
+    group by zip_region, movie_id
 
     union all
 
