@@ -68,6 +68,25 @@ def test_compose_file_is_valid(tmp_path):
         "LocalExecutor")
 
 
+def test_every_image_is_pinned_to_a_version():
+    """No ``latest`` and no bare major version: compose's images and the Dockerfiles'
+    bases name a full version, and the project's image is the project's version."""
+    import tomllib
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    images = {name: service["image"] for name, service in compose["services"].items()
+              if "image" in service}
+    images["x-project"] = compose["x-project"]["image"]
+    bases = {str(path.relative_to(ROOT)): line.split()[1]
+             for path in (ROOT / "docker").rglob("Dockerfile")
+             for line in path.read_text().splitlines() if line.startswith("FROM ")}
+    for where, image in {**images, **bases}.items():
+        tag = image.rpartition(":")[2]
+        assert ":" in image and tag != "latest" and re.search(r"\d+\.\d+", tag), (where, image)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert images["x-project"] == f"moviesforyou:{version}"
+
+
 def test_no_secret_in_the_compose_file():
     text = (ROOT / "docker-compose.yml").read_text()
     for line in text.splitlines():
