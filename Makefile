@@ -28,6 +28,7 @@ screenshots: setup  ## refresh docs/screenshots from the page and dashboard test
 lint: setup
 	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests scripts benchmarks
 	$(IN_VENV) $(VENV)/sqlfluff lint dbt_project/models
+	$(IN_VENV) $(VENV)/hadolint docker/Dockerfile docker/superset/Dockerfile
 
 airflow: setup      ## Airflow UI (standalone) on http://127.0.0.1:8080, with `make run`'s history
 	$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True \
