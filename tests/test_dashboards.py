@@ -85,6 +85,13 @@ def test_every_image_is_pinned_to_a_version():
         assert ":" in image and tag != "latest" and re.search(r"\d+\.\d+", tag), (where, image)
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert images["x-project"] == f"moviesforyou:{version}"
+    # the Superset image is the release the tests import the dashboards into
+    tested = dict(re.findall(r"^([\w-]+)==([\d.]+)", (
+        ROOT / "dashboards" / "superset-requirements.txt").read_text(), flags=re.M))
+    assert bases["docker/superset/Dockerfile"] == f"apache/superset:{tested['apache-superset']}"
+    assert images["superset"] == f"moviesforyou-superset:{tested['apache-superset']}"
+    assert f"psycopg2-binary=={tested['psycopg2-binary']}" in (
+        ROOT / "docker" / "superset" / "Dockerfile").read_text()
 
 
 def test_no_secret_in_the_compose_file():
