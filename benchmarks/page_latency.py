@@ -36,14 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from api_load import start_api  # noqa: E402
+from loadgen import percentile  # noqa: E402
 
 from moviesforyou import embedded, warehouse  # noqa: E402
 from moviesforyou.config import Settings  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ask(conn: http.client.HTTPConnection, method: str, path: str, body=None,
@@ -129,8 +125,9 @@ def main() -> None:
     print(f"{'page data request':34} {'server p50':>10} {'p95':>7} {'max':>7} "
           f"{'round trip p50':>14} {'p95':>7}   p95 <= 50 ms")
     for name, server, wall in rows:
+        server, wall = sorted(server), sorted(wall)
         p95 = percentile(server, 0.95)
-        print(f"{name:34} {percentile(server, 0.5):>10.1f} {p95:>7.1f} {max(server):>7.1f} "
+        print(f"{name:34} {percentile(server, 0.5):>10.1f} {p95:>7.1f} {server[-1]:>7.1f} "
               f"{percentile(wall, 0.5):>14.1f} {percentile(wall, 0.95):>7.1f}   "
               f"{'met' if p95 <= 50 else f'missed by {p95 - 50:.1f} ms'}")
 

@@ -491,17 +491,25 @@ async def user_sections(request: Request, user_id: UserId,
     sign-up gives age, gender or occupation) and in their region (from the ZIP code, once
     the nightly run has the user). Films the user rated are left out; an
     app user's sections reveal their ratings, so they need their token."""
+    return (await _sections_and_list(request, user_id, k, k))[0]
+
+
+async def _sections_and_list(request: Request, user_id: int, k: int,
+                             n: int) -> tuple[dict, dict]:
+    """The sections (``k`` films each) and the ranked list they start from (``n`` films,
+    as ``/recommendations`` answers it), from one lookup and at most one fold-in."""
     async with _pool(request).acquire() as conn:
         dataset = await _dataset(conn, request)
         await _require_user(conn, user_id, dataset)
         if await conn.fetchval(db.HAS_TOKEN, user_id):
             await auth.require_owner(conn, request, user_id)
-        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, [])
+        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, max(k, n), [])
         if not row["n"]:
             await _version_of(conn, [])  # 503 when nothing is published yet
         body = row["body"]
         if row["pending"]:
-            folded = await live.recommend(request.app.state.live, conn, user_id, dataset, k, [])
+            folded = await live.recommend(request.app.state.live, conn, user_id, dataset,
+                                          max(k, n), [])
             body = folded[1] if folded else body
         top = json.loads(body)
         rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
@@ -554,9 +562,10 @@ async def user_sections(request: Request, user_id: UserId,
                 f"the films rated most by people in your region ({profile['region']}, "
                 "from your ZIP code)",
                 await conn.fetch(db.SECTION_LIST, "region", profile["region"], seen, k), k))
-    return {"user_id": user_id, "model_version": top["model_version"],
-            "publish_id": top["publish_id"], "season": season,
-            "sections": [s for s in sections if s is not None]}
+    return ({"user_id": user_id, "model_version": top["model_version"],
+             "publish_id": top["publish_id"], "season": season,
+             "sections": [s for s in sections if s is not None]},
+            {**top, "recommendations": top["recommendations"][:n]})
 
 
 @app.get("/api/users/{user_id}/page", tags=["recommendations"])
@@ -565,8 +574,7 @@ async def user_page_data(request: Request, user_id: UserId,
     """Everything the user page shows, in one request: its sections (``k`` films each,
     as ``/sections``), the whole ranked list (``n`` films, as ``/recommendations``) and
     the newest ratings (as ``/ratings``). An app user's needs their token."""
-    sections = await user_sections(request, user_id, k)
-    ranked = json.loads((await recommend(request, user_id, n, None)).body)
+    sections, ranked = await _sections_and_list(request, user_id, k, n)
     ratings = await user_ratings(request, user_id, 1)
     return {**sections, "recommendations": ranked["recommendations"],
             "list": {key: value for key, value in ranked.items() if key != "recommendations"},

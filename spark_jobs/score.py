@@ -223,8 +223,9 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
     if matrix is not None:
         sizes = matrix.sum(axis=1)
     more = 1 + cfg.genre_shrink / (cfg.genre_shrink + n)  # for movies with few ratings
-    weights = (cfg.genre_weight * more if matrix is not None else 0 * more,
-               cfg.tag_weight * more if tagged is not None else 0 * more)
+    absent = np.zeros_like(more)  # a term without its data weighs nothing
+    weights = (cfg.genre_weight * more if matrix is not None else absent,
+               cfg.tag_weight * more if tagged is not None else absent)
 
     def nearest(movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = positions(implicit.item_index, movies)
