@@ -12,8 +12,9 @@ after the other, each through ``moviesforyou run`` (``airflow dags test``):
    champion refreshed (no tuning, as on six nights of seven: the users with new
    ratings re-solved against its movie factors, ``spark_jobs.refresh``);
 3. **unchanged re-run**: nothing new, so training and publishing are skipped;
-4. **full re-fit** (side by side with 2): the same night forced again with
-   ``MFY_REFIT=full``, the champion's configuration re-fit in Spark.
+4. **full re-fit** (side by side with 2; ``--no-full-refit`` skips it): the same
+   night forced again with ``MFY_REFIT=full``, the champion's configuration re-fit
+   in Spark.
 
 Per run it prints each task's wall time (Airflow's task instances) and the peak
 resident memory of the run's process tree while the task ran (sampled every
@@ -138,7 +139,21 @@ def run(env: dict, home: Path, label: str, *args: str) -> RunFigures:
     for task, (took, rss) in sorted(tasks.items(), key=lambda kv: -kv[1][0]):
         if took >= 0.5:
             print(f"  {task:18} {took:9.1f} {rss / GIB:8.2f} GiB")
+    if summary["trained"]:
+        phases = train_phases(home / "mlflow" / "mlflow.db")
+        print("  train_als in MLflow: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
     return figures
+
+
+def train_phases(mlflow_db: Path) -> dict[str, float]:
+    """The newest training run's ``*_seconds`` metrics (tune, evaluate, fit, register)."""
+    with sqlite3.connect(mlflow_db) as db:
+        rows = db.execute(
+            "select key, value from latest_metrics where key like '%\\_seconds' escape '\\' "
+            "and run_uuid = (select r.run_uuid from runs r join latest_metrics m "
+            "on m.run_uuid = r.run_uuid and m.key = 'train_seconds' "
+            "order by r.start_time desc limit 1)").fetchall()
+    return dict(sorted(rows, key=lambda kv: kv[0] == "train_seconds"))
 
 
 def add_app_ratings(settings: Settings, count: int) -> int:
@@ -165,8 +180,8 @@ def add_app_ratings(settings: Settings, count: int) -> int:
 
 
 def benchmark(source: Path, dataset: str, new: int, keep: bool,
-              driver_memory: str | None = None,
-              resume: Path | None = None) -> list[RunFigures | None]:
+              driver_memory: str | None = None, resume: Path | None = None,
+              full_refit: bool = True) -> list[RunFigures | str | None]:
     """The three runs in a fresh home; with ``resume``, the nightly and unchanged runs
     in a kept home whose first run is done (its figures are then None)."""
     home = resume or Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
@@ -178,7 +193,7 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
                 "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)), "MFY_TUNE_DAY": "sun",
                 **({"MFY_SPARK_DRIVER_MEMORY": driver_memory} if driver_memory else {})})
     settings = Settings.from_env(env)
-    figures: list[RunFigures | None] = []
+    figures: list[RunFigures | str | None] = []
     try:
         figures.append(run(env, home, "first run") if resume is None else None)
         added = add_app_ratings(settings, new)
@@ -186,7 +201,8 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
         figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
         figures.append(run(quiet, home, "unchanged re-run"))
         figures.append(run({**quiet, "MFY_REFIT": "full"}, home,
-                           "full re-fit (forced, MFY_REFIT=full)", "--force"))
+                           "full re-fit (forced, MFY_REFIT=full)", "--force")
+                       if full_refit else "skipped")
         return figures
     except RunFailed as failed:  # keep the sizes and runs measured so far
         print(f"\n{failed}")
@@ -199,14 +215,16 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
             shutil.rmtree(home, ignore_errors=True)
 
 
-def side_by_side(results: dict[str, list[RunFigures | None]]) -> None:
+def side_by_side(results: dict[str, list[RunFigures | str | None]]) -> None:
     """One markdown table: runs and their heaviest parts, one column per size."""
-    def cell(runs: list[RunFigures | None], index: int, tasks: tuple[str, ...] = ()) -> str:
+    def cell(runs: list[RunFigures | str | None], index: int, tasks: tuple[str, ...] = ()) -> str:
         if index >= len(runs):
             return "failed" if index == len(runs) else "not run"
         figures = runs[index]
         if figures is None:
             return "earlier run"
+        if isinstance(figures, str):
+            return figures
         if not tasks:
             return f"{figures.seconds:.0f} s, {figures.peak / GIB:.1f} GiB"
         took = sum(figures.tasks.get(t, (0, 0))[0] for t in tasks)
@@ -246,16 +264,19 @@ def main() -> None:
                         help="the release's layout name (default: ml-25m)")
     parser.add_argument("--new", type=int, default=20_000, help="app ratings before the nightly")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    parser.add_argument("--no-full-refit", action="store_true",
+                        help="skip run 4, the forced full re-fit (about 30 min at 25M)")
     parser.add_argument("--driver-memory", help="MFY_SPARK_DRIVER_MEMORY (default: the product's)")
     parser.add_argument("--resume", type=Path, metavar="HOME",
                         help="with --source: a home kept (--keep) or left by an interrupted "
                              "run whose first run is done; run the nightly and unchanged runs")
     args = parser.parse_args()
 
-    results: dict[str, list[RunFigures | None]] = {}
+    results: dict[str, list[RunFigures | str | None]] = {}
     if args.source:
         results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
-                                                    args.keep, args.driver_memory, args.resume)
+                                                    args.keep, args.driver_memory, args.resume,
+                                                    not args.no_full_refit)
     else:
         for n in args.ratings:
             folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))
@@ -267,7 +288,8 @@ def main() -> None:
                   f"{time.time() - started:.0f} s)")
             try:
                 results[f"{n / 1e6:g}M"] = benchmark(folder / "release", args.dataset,
-                                                     args.new, args.keep, args.driver_memory)
+                                                     args.new, args.keep, args.driver_memory,
+                                                     full_refit=not args.no_full_refit)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     side_by_side(results)

@@ -154,7 +154,7 @@ def gate_challenger(settings: Settings, version: str, config: TrainConfig | None
         client.set_tag(model.run_id, "mfy.promoted", str(decision.promoted))
         return decision
     _, config, _, splits, evaluator = _prepare(settings, snapshot, config, spark, "gate")
-    metrics = {k: v for k, v in run.data.metrics.items() if k != "train_seconds"}
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.endswith("_seconds")}
     params = (ALSParams(**json.loads(model.tags["mfy.explicit_params"])),
               ALSParams(**json.loads(model.tags["mfy.implicit_params"])))
     return _gate(settings, str(version), metrics, params, splits, snapshot, evaluator,
@@ -198,6 +198,16 @@ def _prepare(settings: Settings, snapshot: Snapshot, config: TrainConfig, spark,
     return ratings, config, scale, splits, Evaluator(spark, splits, config, scale)
 
 
+def _phase_done(name: str, started: float) -> float:
+    """Log a phase's seconds (``<name>_seconds`` in MLflow, and the task log); now."""
+    import mlflow
+
+    now = time.time()
+    log.info("train_als: %s took %.0f s", name, now - started)
+    mlflow.log_metric(f"{name}_seconds", now - started)
+    return now
+
+
 def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Path,
            spark, gate: bool = True) -> TrainResult:
     import mlflow
@@ -222,6 +232,7 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
         })
 
         # tuning
+        phase = time.time()
         if config.explicit:
             best_explicit, explicit_results = config.explicit, [(config.explicit, float("nan"))]
         else:
@@ -232,6 +243,7 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             best_implicit, implicit_results = tune_implicit(evaluator, config, mlflow)
         mlflow.log_params({f"explicit_{k}": v for k, v in asdict(best_explicit).items()})
         mlflow.log_params({f"implicit_{k}": v for k, v in asdict(best_implicit).items()})
+        phase = _phase_done("tune", phase)
 
         # held-out evaluation of the chosen configurations
         explicit_eval = evaluator.explicit(best_explicit)
@@ -266,13 +278,17 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
         mlflow.log_dict({name: e.as_metrics() for name, e in baselines.items()},
                         "baselines.json")
 
+        phase = _phase_done("evaluate", phase)
+
         # the final models, fit on everything
         final_explicit = fit_als(spark, ratings, best_explicit, seed=config.seed, scale=scale,
                                  blocks=config.blocks)
         final_implicit = fit_als(spark, ratings, best_implicit, seed=config.seed, scale=scale,
                                  blocks=config.blocks)
+        phase = _phase_done("fit", phase)
         version = registry.log_and_register(settings, final_explicit, final_implicit,
                                             work / "model", ratings)
+        _phase_done("register", phase)
         mlflow.log_metric("train_seconds", time.time() - started)
 
         mlflow.set_tags({"mfy.model_version": version})

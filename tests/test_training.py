@@ -96,6 +96,10 @@ def test_tuned_run_is_fully_tracked(sample_warehouse, spark, tmp_path):
     for name in ("rmse", "mae", "precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10",
                  "coverage_at_10", "novelty_at_10", "popularity_bias_at_10"):
         assert name in run.data.metrics, name
+    # each phase's time, the parts of train_seconds
+    phases = [run.data.metrics[f"{p}_seconds"] for p in ("tune", "evaluate", "fit", "register")]
+    assert all(s > 0 for s in phases), phases
+    assert sum(phases) <= run.data.metrics["train_seconds"]
     # the tuning grid as nested runs: 2 explicit points, 2 implicit points
     children = client.search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
