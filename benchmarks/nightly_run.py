@@ -2,7 +2,8 @@
 
 For each size (``--ratings``, e.g. 1000000 5000000 25000000) a seeded synthetic
 release in the CSV layout of ml-25m (half stars, no demographics, sparse movie
-ids) is written by ``moviesforyou synth``; then, in a fresh throw-away
+ids) is written by ``moviesforyou synth``, shaped like ml-25m (:func:`ml25m_shape`:
+at 25,000,095 ratings its 162,541 users and 59,047 movies); then, in a fresh throw-away
 ``MFY_HOME`` (its own embedded warehouse, MLflow store and Airflow home), one
 after the other, each through ``moviesforyou run`` (``airflow dags test``):
 
@@ -156,6 +157,18 @@ def train_phases(mlflow_db: Path) -> dict[str, float]:
     return dict(sorted(rows, key=lambda kv: kv[0] == "train_seconds"))
 
 
+ML25M = (25_000_095, 162_541, 59_047)  #: ml-25m's ratings, users, movies
+
+
+def ml25m_shape(n_ratings: int) -> tuple[int, int]:
+    """Users and movies of an ml-25m-shaped release of ``n_ratings``: users in
+    proportion (154 ratings a user), movies growing like n^0.4 as synth's default
+    does, anchored at ml-25m (59,047 movies at 25M, 16,300 at 1M)."""
+    ratings, users, movies = ML25M
+    return (max(10, round(users * n_ratings / ratings)),
+            max(50, round(movies * (n_ratings / ratings) ** 0.4)))
+
+
 def add_app_ratings(settings: Settings, count: int) -> int:
     """``count`` new ratings by existing users of movies they have not rated, stored the
     way the API stores them."""
@@ -281,7 +294,9 @@ def main() -> None:
         for n in args.ratings:
             folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))
             started = time.time()
+            users, movies = ml25m_shape(n)
             subprocess.run([sys.executable, "-m", "moviesforyou", "synth", "-n", str(n),
+                            "--users", str(users), "--movies", str(movies),
                             "--layout", "csv", str(folder / "release")], check=True,
                            stdout=subprocess.DEVNULL)
             print(f"\n=== {n:,} ratings (synthetic CSV release written in "
