@@ -16,6 +16,11 @@
     counts (without any, Postgres guessed a third of the table and scanned it
     all); an incremental run skips that (26 s at 25M), since Postgres reads an
     indexed column's true maximum beyond the histogram itself.
+
+    The (user_id, movie_id) index answers "has this user rated this movie" in one
+    probe: the recs suite checks it for every recommendation, and with only a
+    movie_id index Postgres walked each popular movie's ratings instead (11 minutes
+    for 325,000 recommendations at 1M ratings, under a second with it).
 -#}
 {{
     config(
@@ -27,7 +32,7 @@
             {'columns': ['rating_sk'], 'unique': True},
             {'columns': ['dataset', 'rating_source', 'load_id']},
             {'columns': ['rating_source', 'ingested_at']},
-            {'columns': ['user_id']},
+            {'columns': ['user_id', 'movie_id']},
             {'columns': ['movie_id']},
             {'columns': ['built_at']},
             {'columns': ['rated_at']},
