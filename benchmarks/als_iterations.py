@@ -29,7 +29,7 @@ import pandas as pd
 from moviesforyou import synth
 from spark_jobs.config import TrainConfig
 from spark_jobs.evaluation import Evaluator
-from spark_jobs.models import ITEM, RATING, TIME, USER, ALSParams
+from spark_jobs.models import ITEM, RATING, TIME, USER, ModelParams
 from spark_jobs.session import get_spark
 from spark_jobs.splitters import make_splits, read_fold
 
@@ -43,10 +43,10 @@ def measure(spark, name: str, ratings: pd.DataFrame, config: TrainConfig,
     rows = []
     for n in iters:
         started = time.time()
-        rmse = evaluator.explicit(ALSParams(rank=50, reg_param=0.15, max_iter=n)).rmse
+        rmse = evaluator.explicit(ModelParams(rank=50, reg_param=0.15, max_iter=n)).rmse
         explicit_s = (time.time() - started) / len(splits.rating)
         started = time.time()
-        ranking = evaluator.implicit(ALSParams(implicit=True, rank=64, reg_param=0.5,
+        ranking = evaluator.implicit(ModelParams(implicit=True, rank=64, reg_param=0.5,
                                                alpha=4.0, max_iter=n)).ranking
         implicit_s = time.time() - started
         rows.append((name, n, rmse, explicit_s, ranking["ndcg_at_10"],

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from spark_jobs.models import ALSParams, Biases, Factors, save_factors
+from spark_jobs.models import Biases, Factors, ModelParams, save_factors
 from spark_jobs.refresh import Plan, forward_metrics, resolve_users
 from spark_jobs.snapshot import Snapshot, load_snapshot
 
@@ -58,7 +58,7 @@ def made_up(n: int, folder: Path, seed: int = 7) -> tuple[Snapshot, Factors, Fac
                     pd.Series(rng.normal(0, .3, len(movie_ids)), index=movie_ids))
 
     def factors(rank: int, implicit: bool) -> Factors:
-        return Factors(ALSParams(rank=rank, reg_param=0.1, implicit=implicit, alpha=1.0),
+        return Factors(ModelParams(rank=rank, reg_param=0.1, implicit=implicit, alpha=1.0),
                        user_ids, rng.normal(0, .1, (len(user_ids), rank)),
                        movie_ids, rng.normal(0, .1, (len(movie_ids), rank)),
                        None if implicit else biases, (0.5, 5.0))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spark_jobs.models import ALSParams, fit_als
+from spark_jobs.models import ModelParams, fit_als
 from spark_jobs.score import ScoreConfig, similarity_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,9 +108,9 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="mfy-similarity-"))
     spark = get_spark(home)
-    implicit = fit_als(spark, train, ALSParams(rank=64, reg_param=0.5, alpha=4.0,
+    implicit = fit_als(spark, train, ModelParams(rank=64, reg_param=0.5, alpha=4.0,
                                                implicit=True, max_iter=15))
-    explicit = fit_als(spark, train, ALSParams(rank=50, reg_param=0.15, max_iter=15))
+    explicit = fit_als(spark, train, ModelParams(rank=50, reg_param=0.15, max_iter=15))
     spark.stop()
     item_ids = implicit.item_ids
     counts = train.groupby("movie_id").size()

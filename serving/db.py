@@ -159,13 +159,15 @@ select p.publish_id, p.model_version, p.global_mean, p.rating_min, p.rating_max,
        (to_jsonb(p) ->> 'explicit_reg_param')::float8 as explicit_reg,
        (to_jsonb(p) ->> 'implicit_reg_param')::float8 as implicit_reg,
        (to_jsonb(p) ->> 'implicit_alpha')::float8 as alpha,
-       (to_jsonb(p) ->> 'bias_reg_user')::float8 as bias_reg_user
+       (to_jsonb(p) ->> 'bias_reg_user')::float8 as bias_reg_user,
+       coalesce(to_jsonb(p) ->> 'list_family', 'als') as list_family
 from recs.publication as p
 """
 
 #: Every movie's factors and genres, for the fold-in model (once per publish).
 FOLD_IN_MOVIES = """
 select f.movie_id, f.bias, f.explicit_factors, f.implicit_factors,
+       (to_jsonb(f) ->> 'fold_weight')::float8 as fold_weight,
        coalesce(m.genres, '{}') as genres
 from recs.movie_factors as f
 left join recs.movie_catalogue as m on m.movie_id = f.movie_id

@@ -18,11 +18,11 @@ from spark_jobs.models import (
     ITEM,
     RATING,
     USER,
-    ALSParams,
     Biases,
+    ModelParams,
     bias_scorer,
     factor_scorer,
-    fit_als,
+    fit_model,
     popularity_scorer,
     seen_items,
     top_k,
@@ -79,17 +79,17 @@ class Evaluator:
             maes.append(metrics.mae(predicted, test[RATING]))
         return Evaluation(rmse=float(np.mean(rmses)), mae=float(np.mean(maes)), predicted=first)
 
-    def explicit(self, params: ALSParams) -> Evaluation:
+    def explicit(self, params: ModelParams) -> Evaluation:
         def predict(train, test):
-            model = fit_als(self.spark, train, params, seed=self.config.seed, scale=self.scale,
-                            blocks=self.config.blocks)
+            model = fit_model(self.spark, train, params, seed=self.config.seed,
+                              scale=self.scale, blocks=self.config.blocks)
             return model.predict(test[USER], test[ITEM])
 
         return self.rating_error(predict)
 
-    def implicit(self, params: ALSParams) -> Evaluation:
-        model = fit_als(self.spark, self.splits.ranking[0], params,
-                        seed=self.config.seed, scale=self.scale, blocks=self.config.blocks)
+    def implicit(self, params: ModelParams) -> Evaluation:
+        model = fit_model(self.spark, self.splits.ranking[0], params,
+                          seed=self.config.seed, scale=self.scale, blocks=self.config.blocks)
         return Evaluation(ranking=self.rank(factor_scorer(model, self.catalogue)))
 
     def baselines(self) -> dict[str, Evaluation]:

@@ -87,22 +87,50 @@ class Biases:
 # --------------------------------------------------------------------------- ALS
 
 
+#: The model families. ``als`` (Spark ALS) is the platform's core; the others are
+#: fitted in NumPy (:mod:`spark_jobs.families`) and compete with it in the gate:
+#: ``bpmf`` for predicted ratings, ``ease`` for lists.
+FAMILIES = {"als": "Spark ALS", "bpmf": "Bayesian matrix factorisation (Gibbs sampling)",
+            "ease": "EASE, a closed-form item-item model"}
+
+
 @dataclass(frozen=True)
-class ALSParams:
-    """Hyperparameters of one ALS model, as logged to MLflow."""
+class ModelParams:
+    """Hyperparameters of one model, as logged to MLflow.
+
+    ``family`` says which model (:data:`FAMILIES`); the other fields mean, per family:
+
+    * ``als``: ALS' rank, ``regParam`` (ALS-WR: scaled by each user's or movie's
+      number of ratings), ``maxIter``, ``implicitPrefs`` and ``alpha``;
+    * ``bpmf`` (ratings): ``rank`` latent factors and ``max_iter`` Gibbs sweeps
+      (``reg_param`` is unused: its fold-in regularisation is calibrated, see
+      :attr:`Factors.fold_in_reg`);
+    * ``ease`` (lists): ``reg_param`` EASE's lambda and ``rank`` the most
+      eigen-directions kept (0: all).
+    """
 
     rank: int = 20
     reg_param: float = 0.1
     max_iter: int = 15
     implicit: bool = False
     alpha: float = 1.0
+    family: str = "als"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model family must be one of {', '.join(FAMILIES)}, "
+                             f"not {self.family!r}")
 
     def label(self) -> str:
+        if self.family == "bpmf":
+            return f"bpmf rank={self.rank} sweeps={self.max_iter}"
+        if self.family == "ease":
+            return f"ease lambda={self.reg_param:g}" + (f" rank={self.rank}" if self.rank else "")
         kind = f"implicit a={self.alpha:g}" if self.implicit else "explicit"
         return f"{kind} rank={self.rank} reg={self.reg_param:g} iter={self.max_iter}"
 
 
-def als_estimator(params: ALSParams, *, seed: int = 42, rating_col: str = RATING,
+def als_estimator(params: ModelParams, *, seed: int = 42, rating_col: str = RATING,
                   blocks: int | None = None):
     from pyspark.ml.recommendation import ALS
 
@@ -121,13 +149,24 @@ def als_estimator(params: ALSParams, *, seed: int = 42, rating_col: str = RATING
 class Factors:
     """Factors of a fitted ALS model, plus the bias baseline under an explicit one."""
 
-    params: ALSParams
+    params: ModelParams
     user_ids: np.ndarray
     user_factors: np.ndarray
     item_ids: np.ndarray
     item_factors: np.ndarray
     biases: Biases | None = None
     scale: tuple[float, float] = (0.5, 5.0)
+    #: per movie, for the ``ease`` family: a viewer's factors are
+    #: ``sum(rating * fold_weight * movie factors)`` over the movies they rated
+    fold_weights: np.ndarray | None = None
+    #: the explicit fold-in's regularisation when it is not ``params.reg_param``
+    #: (``bpmf``: calibrated on the fitted model)
+    fold_in_reg: float | None = None
+
+    @property
+    def fold_in_regularisation(self) -> float:
+        """The ALS-WR regularisation a viewer is folded in with (:mod:`moviesforyou.foldin`)."""
+        return self.params.reg_param if self.fold_in_reg is None else self.fold_in_reg
 
     @functools.cached_property
     def user_index(self) -> pd.Index:
@@ -180,7 +219,7 @@ def spark_ratings(spark, frame: pd.DataFrame):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def fit_als(spark, ratings: pd.DataFrame, params: ALSParams, *, seed: int = 42,
+def fit_als(spark, ratings: pd.DataFrame, params: ModelParams, *, seed: int = 42,
             scale: tuple[float, float] = (0.5, 5.0), blocks: int | None = None,
             on_residuals: bool = True) -> Factors:
     """Fit one ALS model in Spark and bring its factors back to the driver.
@@ -204,6 +243,18 @@ def fit_als(spark, ratings: pd.DataFrame, params: ALSParams, *, seed: int = 42,
         item_ids=items["id"].to_numpy(), item_factors=np.vstack(items["features"]),
         biases=biases, scale=scale,
     )
+
+
+def fit_model(spark, ratings: pd.DataFrame, params: ModelParams, *, seed: int = 42,
+              scale: tuple[float, float] = (0.5, 5.0), blocks: int | None = None) -> Factors:
+    """Fit a model of any family: Spark ALS, or a NumPy family (no Spark needed)."""
+    if params.family == "als":
+        return fit_als(spark, ratings, params, seed=seed, scale=scale, blocks=blocks)
+    from spark_jobs import families
+
+    if params.family == "bpmf":
+        return families.fit_bpmf(ratings, params, seed=seed, scale=scale)
+    return families.fit_ease(ratings, params, scale=scale)
 
 
 # --------------------------------------------------------------------------- top-k
@@ -283,11 +334,13 @@ def save_factors(folder: Path, explicit: Factors, implicit: Factors) -> None:
     for name, f in (("explicit", explicit), ("implicit", implicit)):
         pd.DataFrame({USER: f.user_ids, "features": list(f.user_factors)}).to_parquet(
             folder / f"{name}_user_factors.parquet", index=False)
-        pd.DataFrame({ITEM: f.item_ids, "features": list(f.item_factors)}).to_parquet(
-            folder / f"{name}_movie_factors.parquet", index=False)
+        movies = pd.DataFrame({ITEM: f.item_ids, "features": list(f.item_factors)})
+        if f.fold_weights is not None:
+            movies["fold_weight"] = f.fold_weights
+        movies.to_parquet(folder / f"{name}_movie_factors.parquet", index=False)
     meta = {
         "explicit_params": asdict(explicit.params), "implicit_params": asdict(implicit.params),
-        "scale": list(explicit.scale),
+        "scale": list(explicit.scale), "explicit_fold_in_reg": explicit.fold_in_reg,
         "biases": {"mu": explicit.biases.mu,
                    "user": {str(k): v for k, v in explicit.biases.user.items()},
                    "item": {str(k): v for k, v in explicit.biases.item.items()}},
@@ -305,10 +358,12 @@ def load_factors(folder: Path) -> tuple[Factors, Factors]:
         users = pd.read_parquet(Path(folder) / f"{name}_user_factors.parquet")
         items = pd.read_parquet(Path(folder) / f"{name}_movie_factors.parquet")
         loaded.append(Factors(
-            params=ALSParams(**meta[f"{name}_params"]),
+            params=ModelParams(**meta[f"{name}_params"]),
             user_ids=users[USER].to_numpy(), user_factors=np.vstack(users["features"]),
             item_ids=items[ITEM].to_numpy(), item_factors=np.vstack(items["features"]),
             biases=biases if name == "explicit" else None, scale=tuple(meta["scale"]),
+            fold_weights=(items["fold_weight"].to_numpy() if "fold_weight" in items else None),
+            fold_in_reg=meta.get("explicit_fold_in_reg") if name == "explicit" else None,
         ))
     return loaded[0], loaded[1]
 

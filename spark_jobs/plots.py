@@ -19,16 +19,25 @@ def write_plots(folder: Path, explicit_results, implicit_results, predicted, act
 
     folder.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    explicit_results = [(p, s) for p, s in explicit_results if p.family == "als"]
     for reg in sorted({p.reg_param for p, _ in explicit_results}):
         pts = sorted((p.rank, s) for p, s in explicit_results if p.reg_param == reg)
         axes[0].plot(*zip(*pts, strict=True), marker="o", label=f"regParam {reg:g}")
     axes[0].set(title="Explicit ALS: validation RMSE", xlabel="rank", ylabel="RMSE")
-    axes[0].legend()
-    for alpha in sorted({p.alpha for p, _ in implicit_results}):
-        pts = sorted((p.rank, s) for p, s in implicit_results if p.alpha == alpha)
-        axes[1].plot(*zip(*pts, strict=True), marker="o", label=f"alpha {alpha:g}")
-    axes[1].set(title=f"Implicit ALS: validation NDCG@{k}", xlabel="rank", ylabel="NDCG")
-    axes[1].legend()
+    if axes[0].lines:
+        axes[0].legend()
+    als = [(p, s) for p, s in implicit_results if p.family == "als"]
+    for alpha in sorted({p.alpha for p, _ in als}):
+        pts = sorted((p.rank, s) for p, s in als if p.alpha == alpha)
+        axes[1].plot(*zip(*pts, strict=True), marker="o", label=f"ALS alpha {alpha:g}")
+    for params, score in implicit_results:  # the other list families: one line each
+        if params.family != "als":
+            axes[1].axhline(score, linestyle="--", color="grey", linewidth=0.8)
+            axes[1].annotate(params.label(), (0.01, score), xycoords=("axes fraction", "data"),
+                             fontsize=7, va="bottom")
+    axes[1].set(title=f"Lists: validation NDCG@{k}", xlabel="ALS rank", ylabel="NDCG")
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend()
     fig.tight_layout()
     fig.savefig(folder / "tuning.png", dpi=110)
     plt.close(fig)

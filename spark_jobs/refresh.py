@@ -98,7 +98,8 @@ def plan(settings: Settings, ratings: pd.DataFrame, *, max_new: float) -> Plan |
 def resolve_users(explicit: Factors, implicit: Factors,
                   history: pd.DataFrame) -> tuple[Factors, Factors]:
     """Both models with the users of ``history`` (their every rating) re-solved against
-    the models' movie factors, biases and regularisation; other users untouched."""
+    the models' movie factors, biases and regularisation (or, for a family other than
+    ALS, folded in as the API does, :mod:`moviesforyou.foldin`); other users untouched."""
     history = history.sort_values(USER, kind="stable")
     users, starts = np.unique(history[USER].to_numpy(), return_index=True)
     bounds = np.append(starts, len(history))
@@ -119,12 +120,14 @@ def resolve_users(explicit: Factors, implicit: Factors,
         if (rows >= 0).any():
             residuals = (r - offset - user_bias[j])[rows >= 0]
             e_new[j] = foldin.explicit_user(explicit.item_factors[rows[rows >= 0]], residuals,
-                                            explicit.params.reg_param)
+                                            explicit.fold_in_regularisation)
         rows = i_rows[span]
         if (rows >= 0).any():
-            i_new[j] = foldin.implicit_user(implicit.item_factors[rows[rows >= 0]], gram,
-                                            r[rows >= 0], implicit.params.reg_param,
-                                            implicit.params.alpha)
+            picked = rows[rows >= 0]
+            i_new[j] = foldin.list_user(
+                implicit.params.family, implicit.item_factors[picked], r[rows >= 0],
+                gram=gram, reg=implicit.params.reg_param, alpha=implicit.params.alpha,
+                weights=None if implicit.fold_weights is None else implicit.fold_weights[picked])
     user_biases = pd.Series(user_bias, index=users).combine_first(biases.user)
     refreshed = dataclasses.replace(
         _with_users(explicit, users, e_new),

@@ -35,7 +35,7 @@ import pandas as pd
 from moviesforyou import warehouse
 from moviesforyou.config import EXPORTED_TRACKING_URIS, Settings
 from moviesforyou.errors import MoviesForYouError
-from spark_jobs.models import ITEM, USER, ALSParams, Factors, save_factors
+from spark_jobs.models import ITEM, USER, Factors, ModelParams, save_factors
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ def log_and_register(settings: Settings, explicit: Factors, implicit: Factors, f
                                  json.dumps(asdict(explicit.params)))
     client.set_model_version_tag(model_name(settings), version, "mfy.implicit_params",
                                  json.dumps(asdict(implicit.params)))
+    # which family predicts ratings and which ranks lists (spark_jobs.models.FAMILIES)
+    families_tag = f"ratings {explicit.params.family}, lists {implicit.params.family}"
+    client.set_model_version_tag(model_name(settings), version, "mfy.families", families_tag)
     return version
 
 
@@ -143,7 +146,7 @@ class Decision:
     champion_metrics: dict[str, float] | None
 
 
-def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
+def champion_params(settings: Settings) -> tuple[ModelParams, ModelParams] | None:
     """The champion's (explicit, implicit) configuration, or None without a champion
     of ``settings.dataset`` (a champion of another release is tuned away from)."""
     client = configure(settings)
@@ -151,8 +154,8 @@ def champion_params(settings: Settings) -> tuple[ALSParams, ALSParams] | None:
     if (champion is None or "mfy.explicit_params" not in champion.tags
             or dataset_of(client, champion) != settings.dataset):
         return None
-    return (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
-            ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
+    return (ModelParams(**json.loads(champion.tags["mfy.explicit_params"])),
+            ModelParams(**json.loads(champion.tags["mfy.implicit_params"])))
 
 
 def version_for_snapshot(settings: Settings, client, digest: str) -> str | None:
@@ -183,8 +186,8 @@ def dataset_of(client, version) -> str | None:
 
 
 def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, float],
-         challenger: tuple[ALSParams, ALSParams], split_id: str,
-         evaluate: Callable[[ALSParams, ALSParams], dict[str, float]], k: int,
+         challenger: tuple[ModelParams, ModelParams], split_id: str,
+         evaluate: Callable[[ModelParams, ModelParams], dict[str, float]], k: int,
          rmse_tolerance: float, snapshot, run_id: str) -> Decision:
     """Decide whether ``version`` replaces the champion, record why, and move the alias."""
     import mlflow
@@ -200,8 +203,8 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
     champion_metrics = None
     champion_dataset = dataset_of(client, champion) if champion is not None else None
     same_config = champion is not None and champion.tags.get("mfy.explicit_params") and (
-        ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
-        ALSParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
+        ModelParams(**json.loads(champion.tags["mfy.explicit_params"])),
+        ModelParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
     if champion is None:
         promoted, reason = True, "no champion yet"
     elif champion_dataset != snapshot.dataset:
@@ -222,8 +225,8 @@ def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, floa
                                 for k_, v in champion.tags.items() if k_.startswith("mfy.metric.")}
             how = "its recorded figures on the same split"
         else:
-            params = (ALSParams(**json.loads(champion.tags["mfy.explicit_params"])),
-                      ALSParams(**json.loads(champion.tags["mfy.implicit_params"])))
+            params = (ModelParams(**json.loads(champion.tags["mfy.explicit_params"])),
+                      ModelParams(**json.loads(champion.tags["mfy.implicit_params"])))
             champion_metrics = evaluate(*params)
             how = "its configuration re-fit on this split"
         better_ranking = challenger_metrics[ndcg] > champion_metrics[ndcg]
@@ -317,6 +320,20 @@ def history(settings: Settings, limit: int = 50) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def families(settings: Settings, versions) -> dict[str, str]:
+    """Each version's model families (its ``mfy.families`` tag: "ratings bpmf, lists
+    ease"); versions registered before families were recorded are ALS."""
+    client = configure(settings)
+    out = {}
+    for version in {str(v) for v in versions if v}:
+        try:
+            tags = client.get_model_version(model_name(settings), version).tags
+        except Exception:  # deleted from the registry since: the history still names it
+            continue
+        out[version] = tags.get("mfy.families", "ratings als, lists als")
+    return out
 
 
 def rollback(settings: Settings, version: str, reason: str = "manual rollback") -> str | None:

@@ -201,7 +201,9 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
 
     Memory: the unit vectors of all movies (movies x both ranks, float64), the genre
     matrix (movies x genres) and the sparse tag matrix (one float per tag given) and,
-    per call, a few ``len(movies) x movies`` matrices; keep calls to a few hundred movies.
+    per call, a few ``len(movies) x eligible movies`` matrices; keep calls to a few
+    hundred movies. Only eligible movies are scored as neighbours (at ml-25m sizes
+    about a third of the catalogue has ``min_ratings``).
     """
     cfg = cfg or ScoreConfig()
     base, content = similarity_parts(method or cfg.similarity)
@@ -227,27 +229,35 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
     weights = (cfg.genre_weight * more if matrix is not None else absent,
                cfg.tag_weight * more if tagged is not None else absent)
 
+    # only eligible movies can be neighbours: score those columns, not all
+    columns = np.flatnonzero(eligible)
+    unit_columns = unit[columns]
+    if matrix is not None:
+        matrix_columns, sizes_columns = matrix[columns], sizes[columns]
+    tagged_columns = tagged[columns] if tagged is not None else None
+
     def nearest(movies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = positions(implicit.item_index, movies)
-        sims = unit[rows] @ unit.T
+        sims = unit[rows] @ unit_columns.T
         if matrix is not None:  # in place: at 59k movies each matrix is 120-240 MB
-            shared = matrix[rows] @ matrix.T
-            union = sizes[rows][:, None] + sizes[None, :] - shared
+            shared = matrix[rows] @ matrix_columns.T
+            union = sizes[rows][:, None] + sizes_columns[None, :] - shared
             np.divide(shared, union, out=shared, where=union > 0)
             del union
             shared *= weights[0][rows][:, None].astype(np.float32)
             sims += shared
             del shared
         if tagged is not None:
-            cosine = (tagged[rows] @ tagged.T).toarray()
+            cosine = (tagged[rows] @ tagged_columns.T).toarray()
             cosine *= weights[1][rows][:, None].astype(np.float32)
             sims += cosine
             del cosine
         sims /= 1 + weights[0][rows][:, None] + weights[1][rows][:, None]
-        sims[:, ~eligible] = -np.inf
-        sims[np.arange(len(rows)), rows] = -np.inf  # not itself
+        sims[rows[:, None] == columns[None, :]] = -np.inf  # not itself
+        if not len(columns):
+            return np.zeros((len(rows), 0), dtype=ids.dtype), np.zeros((len(rows), 0))
         best, values = _top(sims, cfg.similar_n)
-        return ids[best], values
+        return ids[columns[best]], values
 
     return nearest
 

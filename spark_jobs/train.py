@@ -55,7 +55,7 @@ from moviesforyou.config import Settings, find_project_root
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError, train_config
 from spark_jobs.evaluation import Evaluator
-from spark_jobs.models import RATING, ALSParams, factor_scorer, fit_als
+from spark_jobs.models import RATING, ModelParams, factor_scorer, fit_model
 from spark_jobs.plots import write_plots
 from spark_jobs.snapshot import (
     Snapshot,
@@ -64,7 +64,7 @@ from spark_jobs.snapshot import (
     read_kept_snapshot,
 )
 from spark_jobs.splitters import Splits, make_splits, official_folds
-from spark_jobs.tuning import tune_explicit, tune_implicit
+from spark_jobs.tuning import choose_rating_model, tune_explicit, tune_implicit
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "gate_challenger", "official_folds",
            "train", "train_config"]
@@ -78,8 +78,8 @@ class TrainResult:
     version: str
     promoted: bool | None
     reason: str
-    explicit: ALSParams
-    implicit: ALSParams
+    explicit: ModelParams
+    implicit: ModelParams
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]]
     snapshot: Snapshot
@@ -155,14 +155,14 @@ def gate_challenger(settings: Settings, version: str, config: TrainConfig | None
         return decision
     _, config, _, splits, evaluator = _prepare(settings, snapshot, config, spark, "gate")
     metrics = {k: v for k, v in run.data.metrics.items() if not k.endswith("_seconds")}
-    params = (ALSParams(**json.loads(model.tags["mfy.explicit_params"])),
-              ALSParams(**json.loads(model.tags["mfy.implicit_params"])))
+    params = (ModelParams(**json.loads(model.tags["mfy.explicit_params"])),
+              ModelParams(**json.loads(model.tags["mfy.implicit_params"])))
     return _gate(settings, str(version), metrics, params, splits, snapshot, evaluator,
                  config, model.run_id)
 
 
 def _gate(settings: Settings, version: str, model_metrics: dict[str, float],
-          params: tuple[ALSParams, ALSParams], splits: Splits, snapshot: Snapshot,
+          params: tuple[ModelParams, ModelParams], splits: Splits, snapshot: Snapshot,
           evaluator: Evaluator, config: TrainConfig, run_id: str) -> registry.Decision:
     """The champion gate for ``version``: a champion of another configuration is re-fit
     and scored on this run's own splits (:func:`spark_jobs.registry.gate`)."""
@@ -237,10 +237,13 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             best_explicit, explicit_results = config.explicit, [(config.explicit, float("nan"))]
         else:
             best_explicit, explicit_results = tune_explicit(spark, splits, config, mlflow)
+            best_explicit, _ = choose_rating_model(evaluator, config, best_explicit, mlflow)
         if config.implicit:
             best_implicit, implicit_results = config.implicit, [(config.implicit, float("nan"))]
         else:
             best_implicit, implicit_results = tune_implicit(evaluator, config, mlflow)
+        mlflow.set_tags({"mfy.rating_family": best_explicit.family,
+                         "mfy.list_family": best_implicit.family})
         mlflow.log_params({f"explicit_{k}": v for k, v in asdict(best_explicit).items()})
         mlflow.log_params({f"implicit_{k}": v for k, v in asdict(best_implicit).items()})
         phase = _phase_done("tune", phase)
@@ -248,8 +251,8 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
         # held-out evaluation of the chosen configurations
         explicit_eval = evaluator.explicit(best_explicit)
         implicit_eval = evaluator.implicit(best_implicit)
-        explicit_model = fit_als(spark, splits.ranking[0], best_explicit, seed=config.seed,
-                                 scale=scale, blocks=config.blocks)
+        explicit_model = fit_model(spark, splits.ranking[0], best_explicit, seed=config.seed,
+                                   scale=scale, blocks=config.blocks)
         explicit_ranking = evaluator.rank(factor_scorer(explicit_model, evaluator.catalogue))
         model_metrics = {**implicit_eval.ranking, "rmse": explicit_eval.rmse,
                          "mae": explicit_eval.mae,
@@ -281,10 +284,10 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
         phase = _phase_done("evaluate", phase)
 
         # the final models, fit on everything
-        final_explicit = fit_als(spark, ratings, best_explicit, seed=config.seed, scale=scale,
-                                 blocks=config.blocks)
-        final_implicit = fit_als(spark, ratings, best_implicit, seed=config.seed, scale=scale,
-                                 blocks=config.blocks)
+        final_explicit = fit_model(spark, ratings, best_explicit, seed=config.seed,
+                                   scale=scale, blocks=config.blocks)
+        final_implicit = fit_model(spark, ratings, best_implicit, seed=config.seed,
+                                   scale=scale, blocks=config.blocks)
         phase = _phase_done("fit", phase)
         version = registry.log_and_register(settings, final_explicit, final_implicit,
                                             work / "model", ratings)

@@ -173,18 +173,19 @@ def modelled_warehouse(embedded_settings: Settings, release: Path, home: Path):
         yield settings
 
 
-#: A fixed, quick ALS configuration for tests that need a trained model, not a tuned one.
+#: A fixed, quick ALS configuration for tests that need a trained model, not a tuned one
+#: (ALS only: tests/test_families.py trains the NumPy families).
 QUICK_MODELS = dict(
     explicit=None, implicit=None, holdout_per_user=5,
     explicit_grid={"rank": [10], "reg_param": [0.1], "max_iter": [5]},
     implicit_grid={"rank": [20], "reg_param": [0.1], "alpha": [4.0], "max_iter": [8]},
+    bpmf_grid={}, ease_grid={},
 )
 
 
 #: A DAG run's conf for a quick training (the grids of QUICK_MODELS).
-QUICK_TRAIN = {"holdout_per_user": QUICK_MODELS["holdout_per_user"],
-               "explicit_grid": QUICK_MODELS["explicit_grid"],
-               "implicit_grid": QUICK_MODELS["implicit_grid"]}
+QUICK_TRAIN = {key: QUICK_MODELS[key] for key in (
+    "holdout_per_user", "explicit_grid", "implicit_grid", "bpmf_grid", "ease_grid")}
 
 
 @pytest.fixture(scope="module")

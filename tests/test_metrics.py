@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from spark_jobs import metrics
-from spark_jobs.models import ALSParams, Biases, Factors, factor_scorer, top_k
+from spark_jobs.models import Biases, Factors, ModelParams, factor_scorer, top_k
 
 # user 1 liked a, c; user 2 liked b; user 3 liked nothing in the test (skipped)
 RECS = {1: ["a", "b", "c"], 2: ["c", "d", "b"], 3: ["a"]}
@@ -66,7 +66,7 @@ def test_top_k_excludes_seen_and_unscorable_items():
 
 
 def test_factor_scorer_follows_the_catalogue_order():
-    factors = Factors(ALSParams(rank=1), np.array([1]), np.array([[1.0]]),
+    factors = Factors(ModelParams(rank=1), np.array([1]), np.array([[1.0]]),
                       np.array([7, 8]), np.array([[2.0], [5.0]]))
 
     scores = factor_scorer(factors, np.array([8, 9, 7]))(np.array([1, 99]))

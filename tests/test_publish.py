@@ -137,7 +137,7 @@ def _published_similarity(wh, method: str | None):
     import pandas as pd
 
     from moviesforyou.recs_build import movie_genres, movie_tags
-    from spark_jobs.models import ALSParams, Factors
+    from spark_jobs.models import Factors, ModelParams
     from spark_jobs.score import ScoreConfig, similarity_model
 
     rows = query(wh, "select movie_id, explicit_factors, implicit_factors from "
@@ -145,7 +145,7 @@ def _published_similarity(wh, method: str | None):
     ids = np.array([r[0] for r in rows])
 
     def factors(column: int) -> Factors:
-        return Factors(ALSParams(), np.array([]), np.zeros((0, 1)), ids,
+        return Factors(ModelParams(), np.array([]), np.zeros((0, 1)), ids,
                        np.array([r[column] for r in rows], dtype=float))
 
     counts = pd.Series(dict(query(wh, "select movie_id, count(*) from marts.fct_ratings "
@@ -194,11 +194,11 @@ def test_tags_make_films_alike():
     import numpy as np
     import pandas as pd
 
-    from spark_jobs.models import ALSParams, Factors
+    from spark_jobs.models import Factors, ModelParams
     from spark_jobs.score import ScoreConfig, similarity_model
 
     ids = np.arange(1, 41)
-    implicit = Factors(ALSParams(), np.array([]), np.zeros((0, 1)), ids, np.eye(40))
+    implicit = Factors(ModelParams(), np.array([]), np.zeros((0, 1)), ids, np.eye(40))
     counts = pd.Series(25, index=ids)
     counts[1] = 10
     genres = pd.Series({m: ["Drama"] for m in ids})

@@ -26,6 +26,7 @@ import fixture_releases
 from conftest import QUICK_TRAIN, call, fresh_database, query, running_api
 from moviesforyou import sources, warehouse
 from moviesforyou.transform import temporary_environment
+from spark_jobs import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -33,6 +34,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 RELEASES = [("ml-100k", False, 11), ("ml-1m", True, 12), ("ml-latest-small", False, 13),
             ("ml-25m", True, 14), ("ml-32m", True, 15)]
 USERS, MOVIES, RATINGS = 120, 400, 9_000
+#: The CSV releases train every family: ALS, and the BPMF and EASE candidates beside it
+#: (short chains, small grids), whichever the tuning chooses goes through the gate
+FAMILIES_TRAIN = {**QUICK_TRAIN, "bpmf_grid": {"rank": [5], "max_iter": [30]},
+                  "ease_grid": {"reg_param": [100.0, 400.0], "rank": [0]}}
 LISTS = {True: {"overall", "genre", "season", "trending", "age_gender", "occupation",
                "region"},
          False: {"overall", "genre", "season", "trending"}}
@@ -94,7 +99,7 @@ def _served_release(base: str, release: str, timeout: float = 15) -> dict:
 @pytest.mark.parametrize("release", [name for name, _, _ in RELEASES])
 def test_release_runs_the_whole_dag_and_goes_live(lab, release):
     features = sources.FEATURES[fixture_releases.LAYOUT[release]]
-    run = lab.run(release)
+    run = lab.run(release, None if features.demographics else FAMILIES_TRAIN)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     assert set(states.values()) == {"success"}, states
@@ -115,9 +120,14 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
             from marts.dim_users where not is_app_user""")
         assert users == USERS
         assert with_demographics == (USERS if features.demographics else 0)
-        (dataset, publish_id, model), = query(
-            connection, "select dataset, publish_id, model_version from recs.publication")
+        (dataset, publish_id, model, rating_family, list_family), = query(
+            connection, "select dataset, publish_id, model_version, rating_family, "
+                        "list_family from recs.publication")
         assert dataset == release
+        # the families published are the ones the champion's version records
+        tags = registry.configure(lab.settings).get_model_version(
+            registry.model_name(lab.settings), model).tags
+        assert tags["mfy.families"] == f"ratings {rating_family}, lists {list_family}"
         lists = {t for (t,) in query(connection,
                                      "select distinct list_type from recs.popular_movies")}
         assert lists == LISTS[features.demographics]

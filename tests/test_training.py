@@ -17,7 +17,7 @@ from conftest import modelled_warehouse, query
 from moviesforyou import warehouse
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError
-from spark_jobs.models import ALSParams
+from spark_jobs.models import ModelParams
 from spark_jobs.snapshot import SnapshotError, load_snapshot
 from spark_jobs.splitters import official_folds
 from spark_jobs.train import train
@@ -26,12 +26,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
 SMALL = dict(explicit_grid={"rank": [5, 10], "reg_param": [0.1], "max_iter": [5]},
              implicit_grid={"rank": [10], "reg_param": [0.1], "alpha": [1.0, 4.0],
-                            "max_iter": [5]})
+                            "max_iter": [5]},
+             bpmf_grid={}, ease_grid={})
 # worse: an overfitting explicit model (big rank, no regularisation) and a rank-1 ranker
-WORSE = (ALSParams(rank=30, reg_param=0.001, max_iter=5),
-         ALSParams(rank=1, reg_param=5.0, max_iter=1, implicit=True))
-BETTER = (ALSParams(rank=5, reg_param=1.0, max_iter=5),
-          ALSParams(rank=20, reg_param=0.1, max_iter=8, implicit=True, alpha=4.0))
+WORSE = (ModelParams(rank=30, reg_param=0.001, max_iter=5),
+         ModelParams(rank=1, reg_param=5.0, max_iter=1, implicit=True))
+BETTER = (ModelParams(rank=5, reg_param=1.0, max_iter=5),
+          ModelParams(rank=20, reg_param=0.1, max_iter=8, implicit=True, alpha=4.0))
 
 
 @pytest.fixture(scope="module")

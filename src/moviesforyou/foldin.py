@@ -17,6 +17,14 @@ ALS-WR regularisation, scaled by the viewer's number of ratings:
 * **explicit** (predicted ratings), on the residuals of the bias baseline:
   ``b_u = Σ (r - mu - b_i) / (n + reg_user)`` as :class:`spark_jobs.models.Biases`
   fits it, then ``(Σ y_i y_iᵀ + reg n I) x = Σ (r - mu - b_u - b_i) y_i``.
+
+The other model families (:mod:`spark_jobs.families`) publish the same shape and
+fold in as follows. BPMF's ratings use the explicit step above, with the
+regularisation calibrated to reproduce its users' own predictions (the
+publication's ``explicit_reg_param``): close to, not equal to, what the nightly
+run would give. EASE's lists are linear in a viewer's ratings, so their vector
+is exact and needs no solve: ``x = Σ r_i w_i y_i``, with ``w_i`` each movie's
+``fold_weight`` (:func:`ease_user`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,22 @@ def implicit_user(item_factors: np.ndarray, gram: np.ndarray, ratings: np.ndarra
     a[np.diag_indices_from(a)] += reg * positive.sum()
     b = ((1.0 + c1) * positive) @ item_factors
     return np.linalg.solve(a, b)
+
+
+def ease_user(item_factors: np.ndarray, weights: np.ndarray,
+              ratings: np.ndarray) -> np.ndarray:
+    """One viewer's EASE vector: their ratings times each movie's fold weight, summed
+    over the movies' vectors (``spark_jobs.families.fit_ease``)."""
+    return (weights * ratings) @ item_factors
+
+
+def list_user(family: str, item_factors: np.ndarray, ratings: np.ndarray, *,
+              gram: np.ndarray | None, reg: float, alpha: float,
+              weights: np.ndarray | None) -> np.ndarray:
+    """One viewer's list vector for the list model's family (``als`` or ``ease``)."""
+    if family == "ease":
+        return ease_user(item_factors, weights, ratings)
+    return implicit_user(item_factors, gram, ratings, reg, alpha)
 
 
 def explicit_user(item_factors: np.ndarray, residuals: np.ndarray, reg: float) -> np.ndarray:
@@ -85,6 +109,9 @@ class Model:
     implicit_reg: float
     alpha: float
     bias_reg_user: float = BIAS_REG_USER
+    #: the list model's family, and its per-movie fold weights (``ease``)
+    list_family: str = "als"
+    fold_weights: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._ranked = ~np.isnan(self.implicit).any(axis=1)
@@ -96,10 +123,11 @@ class Model:
     @classmethod
     def from_rows(cls, movies, live) -> Model | None:
         """The model from the published tables: ``movies``, rows of ``recs.movie_factors``
-        (``movie_id, bias, explicit_factors, implicit_factors``), and ``live``, the
-        publication's ``global_mean, rating_min, rating_max, explicit_reg,
-        implicit_reg, alpha, bias_reg_user``. None when the publish lacks any of them
-        (older publishes did not record the regularisation)."""
+        (``movie_id, bias, explicit_factors, implicit_factors, fold_weight``), and
+        ``live``, the publication's ``global_mean, rating_min, rating_max,
+        explicit_reg, implicit_reg, alpha, bias_reg_user, list_family``. None when the
+        publish lacks any of them (older publishes did not record the regularisation;
+        publishes before families are ALS)."""
         if not movies or any(live[k] is None for k in ("explicit_reg", "implicit_reg",
                                                          "alpha")):
             return None
@@ -121,7 +149,11 @@ class Model:
                    global_mean=live["global_mean"],
                    scale=(live["rating_min"], live["rating_max"]),
                    explicit_reg=live["explicit_reg"], implicit_reg=live["implicit_reg"],
-                   alpha=live["alpha"], bias_reg_user=live["bias_reg_user"] or BIAS_REG_USER)
+                   alpha=live["alpha"], bias_reg_user=live["bias_reg_user"] or BIAS_REG_USER,
+                   list_family=live.get("list_family") or "als",
+                   fold_weights=np.array([r.get("fold_weight") or 0.0 for r in movies],
+                                         dtype=np.float64)
+                   if live.get("list_family") == "ease" else None)
 
     def top(self, viewer: Viewer, seen, k: int, skip: np.ndarray | None = None) -> np.ndarray:
         """Row positions of the viewer's top ``k`` movies, best first, without the
@@ -151,8 +183,11 @@ class Model:
         ranked = self._ranked[rows]
         x = None
         if ranked.any():
-            x = implicit_user(self.implicit[rows[ranked]], self._gram, ratings[ranked],
-                              self.implicit_reg, self.alpha)
+            picked = rows[ranked]
+            x = list_user(self.list_family, self.implicit[picked], ratings[ranked],
+                          gram=self._gram, reg=self.implicit_reg, alpha=self.alpha,
+                          weights=None if self.fold_weights is None
+                          else self.fold_weights[picked])
             scores[self._ranked] = self.implicit[self._ranked] @ x
         base = self.global_mean + self.movie_bias
         factors, rated = x, self._rated[rows]

@@ -37,8 +37,9 @@ _COMMENTS = {
         "occupation and season of the rating date (score: the number of ratings), and "
         "trending (the last 30 days of ratings, each weighing exp(-days old / 7))."),
     "movie_catalogue": "The catalogue as the API serves it, with a trigram-searchable title.",
-    "user_factors": "Per-user bias and factor vectors of the explicit and implicit ALS models.",
-    "movie_factors": "Per-movie bias and factor vectors of the explicit and implicit ALS models.",
+    "user_factors": "Per-user bias and factor vectors of the rating and list models.",
+    "movie_factors": ("Per-movie bias and factor vectors of the rating and list models, and "
+                      "an EASE list model's fold weights."),
 }
 
 #: The cold-start lists and the catalogue are dbt models (marts/serving); the
@@ -62,7 +63,8 @@ select %(pid)s, %(dataset)s, %(model_name)s, %(version)s, %(run_id)s, %(generate
         where dataset = %(dataset)s and status in ('loaded', 'unchanged')),
        %(explicit_reg)s, %(implicit_reg)s, %(alpha)s, %(bias_reg_user)s,
        (select max(ingested_at) from marts.fct_ratings
-        where dataset = %(dataset)s and rating_source = 'app')
+        where dataset = %(dataset)s and rating_source = 'app'),
+       %(rating_family)s, %(list_family)s
 """
 
 
@@ -181,12 +183,16 @@ def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias
         rows = positions(getattr(factors, f"{key}_index"), ids)
         matrix = getattr(factors, f"{key}_factors")
         columns.append([_pg_array(matrix[r]) if r >= 0 else r"\N" for r in rows])
+    weights = implicit.fold_weights if key == "item" else None
+    rows = positions(implicit.item_index, ids) if weights is not None else np.full(len(ids), -1)
+    columns.append([repr(float(weights[r])) if r >= 0 else r"\N" for r in rows])
     buffer = io.StringIO()
     for ident, *values in zip(ids, *columns, strict=True):
         buffer.write(f"{int(ident)}\t" + "\t".join(values) + "\n")
     buffer.seek(0)
     id_column = "user_id" if key == "user" else "movie_id"
-    cur.copy_expert(sql.SQL("copy {} ({}, bias, explicit_factors, implicit_factors) from stdin")
+    cur.copy_expert(sql.SQL("copy {} ({}, bias, explicit_factors, implicit_factors, fold_weight) "
+                            "from stdin")
                     .format(table, sql.Identifier(id_column)).as_string(cur), buffer)
     return len(ids)
 
@@ -250,8 +256,10 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
             "version": champion["version"], "run_id": champion.get("run_id"),
             "generated": generated, "n": config.n, "mu": explicit.biases.mu,
             "lo": explicit.scale[0], "hi": explicit.scale[1],
-            "explicit_reg": explicit.params.reg_param, "implicit_reg": implicit.params.reg_param,
-            "alpha": implicit.params.alpha, "bias_reg_user": foldin.BIAS_REG_USER})
+            "explicit_reg": explicit.fold_in_regularisation,
+            "implicit_reg": implicit.params.reg_param, "alpha": implicit.params.alpha,
+            "bias_reg_user": foldin.BIAS_REG_USER, "rating_family": explicit.params.family,
+            "list_family": implicit.params.family})
         counts["publication"] = 1
         if _has_extension(cur, "pg_trgm"):
             cur.execute(sql.SQL(

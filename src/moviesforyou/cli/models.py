@@ -44,7 +44,7 @@ def _print_train(result) -> None:
     table = Table(title=f"model version {result.version}: "
                         f"{'promoted to champion' if result.promoted else 'not promoted'}")
     table.add_column("metric")
-    table.add_column("ALS", justify="right")
+    table.add_column("model", justify="right")
     for name in result.baselines:
         table.add_column(name, justify="right")
     for metric in ("rmse", "mae", "ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10",
@@ -53,7 +53,7 @@ def _print_train(result) -> None:
         table.add_row(metric, *("" if v is None else f"{v:.4f}" for v in cells))
     console.print(table)
     console.print(f"gate: {result.reason}")
-    console.print(f"explicit: {result.explicit.label()}; implicit: {result.implicit.label()}")
+    console.print(f"ratings: {result.explicit.label()}; lists: {result.implicit.label()}")
 
 
 @main.group("models")
@@ -69,13 +69,15 @@ def models_history(settings: Settings, limit: int) -> None:
     from spark_jobs import registry
 
     table = Table(title=f"{registry.model_name(settings)}: champion history")
-    for column in ("#", "at (UTC)", "action", "challenger", "champion before", "after",
-                   "promoted", "reason"):
+    for column in ("#", "at (UTC)", "action", "challenger", "families", "champion before",
+                   "after", "promoted", "reason"):
         table.add_column(column)
-    for pid, at, action, challenger, before, after, promoted, reason in registry.history(
-            settings, limit):
-        table.add_row(str(pid), f"{at:%Y-%m-%d %H:%M}", action, challenger or "", before or "",
-                      after or "", "yes" if promoted else "no", reason)
+    rows = registry.history(settings, limit)
+    family = registry.families(settings, [row[3] or row[5] for row in rows])
+    for pid, at, action, challenger, before, after, promoted, reason in rows:
+        table.add_row(str(pid), f"{at:%Y-%m-%d %H:%M}", action, challenger or "",
+                      family.get(challenger or after or "", ""), before or "", after or "",
+                      "yes" if promoted else "no", reason)
     console.print(table)
 
 

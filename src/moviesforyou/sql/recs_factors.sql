@@ -5,6 +5,9 @@ create table {s}.{table} (
     bias double precision not null,
     explicit_factors double precision[],
     implicit_factors double precision[],
+    -- movies of an EASE list model: a viewer's vector is the sum over their ratings
+    -- of rating x fold_weight x implicit_factors (null for ALS and for users)
+    fold_weight double precision,
     model_version text not null default {version},
     publish_id bigint not null default {pid},
     constraint {pkey} primary key ({key})

@@ -21,6 +21,9 @@ create table {s}.publication (
     bias_reg_user double precision,
     -- the newest app rating in the marts at publish time: later ones are folded in live
     app_ratings_through timestamptz,
+    -- the model families behind predicted ratings and lists (als, bpmf, ease)
+    rating_family text not null default 'als',
+    list_family text not null default 'als',
     constraint publication_p{pid}_pkey primary key (publish_id)
 );
 create table {s}.user_recommendations (
