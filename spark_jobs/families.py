@@ -41,17 +41,21 @@ exactly ``x Q diag(w) Qᵀ e_j / P_jj`` with ``w = L / (lambda (L + lambda))``:
 a factor model whose viewer vector is ``x Q diag(sqrt w)`` and whose movie vector
 is ``Q_j diag(sqrt w) / P_jj``. So a viewer's vector is the sum of their ratings
 times ``P_jj`` times the movie vectors, a fold-in without a solve. All
-eigen-directions kept (``rank`` 0) is EASE exactly; fewer approximate it. There
-are at most as many directions as users or movies, whichever is fewer, and
-finding them is dense (the Gram matrix, or the SVD of the ratings when there are
-fewer users: 0.8 GB at 10,000), so EASE is a candidate only while one of the two
-is at most :data:`EASE_MAX_SIZE`; the gate then compares it with implicit ALS
-on the same holdout.
+eigen-directions kept (``rank`` 0) is EASE exactly; fewer approximate it (the
+leading directions, from a randomized SVD of the ratings when there are many
+more than ``rank``; the small ones weigh little, ``w`` shrinks them). There are
+at most as many directions as users or movies, whichever is fewer, and each
+user's published vector has that many numbers, up to the rank, so EASE is a
+candidate only while one of the two is at most :data:`EASE_MAX_SIZE`; the gate
+then compares it with implicit ALS on the same holdout. A lambda grid on the
+same ratings shares one decomposition.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import logging
 import time
 
@@ -226,33 +230,79 @@ def calibrate_fold_in(factors: Factors, ratings: pd.DataFrame, *, users: int = 3
 # --------------------------------------------------------------------------- EASE
 
 
+#: Extra random directions of the randomized SVD, and its power iterations.
+OVERSAMPLE, POWER_ITERATIONS = 64, 3
+
+
+def _eigen(x: sparse.csr_matrix, rank: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """The leading eigenvalues and eigenvectors of ``XᵀX``, largest first, at most
+    ``rank`` of them (0: all). Exact (dense) when users or movies are few enough;
+    otherwise a randomized SVD of ``X`` (Halko, Martinsson and Tropp, 2011: a random
+    projection, power iterations, the SVD of the small projected matrix), whose cost
+    is a few passes over the ratings at ``rank`` columns."""
+    small = min(x.shape)
+    if not rank or small <= rank + OVERSAMPLE:
+        if x.shape[0] < x.shape[1]:  # XᵀX's eigenvectors from the smaller SVD of X
+            _, singular, vt = np.linalg.svd(x.toarray(), full_matrices=False)
+            values, vectors = singular ** 2, vt.T
+        else:
+            values, vectors = np.linalg.eigh((x.T @ x).toarray())
+            order = np.argsort(values)[::-1]
+            values, vectors = values[order], vectors[:, order]
+        return values[:rank or None], vectors[:, :rank or None]
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(x @ rng.standard_normal((x.shape[1], rank + OVERSAMPLE)))
+    for _ in range(POWER_ITERATIONS):
+        basis, _ = np.linalg.qr(x.T @ basis)
+        basis, _ = np.linalg.qr(x @ basis)
+    _, singular, vt = np.linalg.svd(np.asarray((x.T @ basis).T), full_matrices=False)
+    return singular[:rank] ** 2, vt[:rank].T
+
+
+@functools.lru_cache(maxsize=2)
+def _decomposition(x: _Hashed, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_eigen`, kept for the next EASE fit on the same ratings (a lambda grid
+    needs one decomposition, not one per lambda)."""
+    return _eigen(x.matrix, rank)
+
+
+class _Hashed:
+    """A ratings matrix, hashed by its contents for :func:`_decomposition`'s cache."""
+
+    def __init__(self, matrix: sparse.csr_matrix) -> None:
+        self.matrix = matrix
+        digest = hashlib.sha256()
+        for part in (matrix.indptr, matrix.indices, matrix.data):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        self.key = f"{matrix.shape}:{digest.hexdigest()}"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Hashed) and other.key == self.key
+
+
 def fit_ease(ratings: pd.DataFrame, params: ModelParams, *,
              scale: tuple[float, float] = (0.5, 5.0),
              max_size: int = EASE_MAX_SIZE) -> Factors:
     """EASE on rating values as a factor model (see the module docstring).
 
     Raises:
-        ValueError: more than ``max_size`` users and movies (the dense decomposition).
+        ValueError: more than ``max_size`` users and movies.
     """
     started = time.time()
     users, u = np.unique(ratings[USER].to_numpy(), return_inverse=True)
     movies, m = np.unique(ratings[ITEM].to_numpy(), return_inverse=True)
     if min(len(users), len(movies)) > max_size:
         raise ValueError(f"ease: {len(users):,} users and {len(movies):,} movies: more than "
-                         f"{max_size:,} of both (its eigen-decomposition is dense)")
+                         f"{max_size:,} of both (every user's vector has as many numbers, "
+                         "up to its rank)")
     x = sparse.csr_matrix((ratings[RATING].to_numpy(np.float64), (u, m)),
                           shape=(len(users), len(movies)))
     lam = params.reg_param
-    if len(users) < len(movies):  # XᵀX's eigenvectors from the smaller SVD of X
-        _, singular, vt = np.linalg.svd(x.toarray(), full_matrices=False)
-        values, vectors = singular ** 2, vt.T
-    else:
-        values, vectors = np.linalg.eigh((x.T @ x).toarray())
-        order = np.argsort(values)[::-1]
-        values, vectors = values[order], vectors[:, order]
+    values, vectors = _decomposition(_Hashed(x), params.rank)
     keep = values > values[0] * 1e-10
-    if params.rank:
-        keep[params.rank:] = False
     values, vectors = values[keep], vectors[:, keep]
     # diag(P), P = (XᵀX + lambda I)⁻¹, with the dropped directions at eigenvalue 0
     mass = (vectors ** 2).sum(axis=1)
@@ -260,7 +310,7 @@ def fit_ease(ratings: pd.DataFrame, params: ModelParams, *,
     root = np.sqrt(values / (lam * (values + lam)))
     item_factors = vectors * root / p_diag[:, None]
     user_factors = np.asarray(x @ (vectors * root))
-    log.info("ease: lambda %g, %d movies, %d directions, %.1f s", lam, len(movies),
-             len(values), time.time() - started)
+    log.info("ease: lambda %g, %d users, %d movies, %d directions, %.1f s", lam, len(users),
+             len(movies), len(values), time.time() - started)
     return Factors(params=params, user_ids=users, user_factors=user_factors, item_ids=movies,
                    item_factors=item_factors, scale=scale, fold_weights=p_diag)
