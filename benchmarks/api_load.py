@@ -52,7 +52,7 @@ ROOT = HERE.parent
 #: wrk's script: a random user of 1..USERS per request, the latency percentiles and
 #: the non-200 answers printed as one JSON line at the end.
 WRK_SCRIPT = """
-local users = tonumber(os.getenv("MFY_BENCH_USERS"))
+local users = tonumber(os.getenv("WRK_USERS"))
 local thread_errors = {}
 function setup(thread) table.insert(thread_errors, thread) end
 function init(args) errors = 0; math.randomseed(os.time() + math.random(1, 100000)) end
@@ -114,7 +114,7 @@ def wrk(args, port: int, seconds: float | None = None) -> dict | None:
             ["wrk", "-t2", f"-c{args.connections}", f"-d{int(seconds or args.seconds)}s",
              "-s", script.name, f"http://127.0.0.1:{port}"],
             capture_output=True, text=True, check=True,
-            env={**os.environ, "MFY_BENCH_USERS": str(args.users)})
+            env={**os.environ, "WRK_USERS": str(args.users)})
     finally:
         os.unlink(script.name)
     figures = json.loads(next(line for line in out.stdout.splitlines()
