@@ -163,12 +163,23 @@ def champion_run(settings, snapshot, config, table: Table, spark, evaluator) -> 
                                  if k.endswith("_at_10") and not k.startswith("explicit")})
 
 
+def ease_rows(table: Table, ev, lams) -> None:
+    """EASE at each lambda on the evaluator's ranking split (one decomposition for all)."""
+    from spark_jobs.families import fit_ease
+    from spark_jobs.models import ModelParams, factor_scorer
+
+    train = ev.splits.ranking[0]
+    for lam in lams:
+        params = ModelParams(family="ease", reg_param=lam, rank=0, implicit=True)
+        table.timed("ranking", f"ours: {params.label()}",
+                    lambda p=params: ev.rank(factor_scorer(fit_ease(train, p), ev.catalogue)))
+
+
 def quality(work: Path) -> None:
     """Every reference and ours on ml-100k: RMSE over u1-u5, lists on ua."""
     from spark_jobs.config import TrainConfig
     from spark_jobs.evaluation import Evaluator
-    from spark_jobs.families import fit_ease
-    from spark_jobs.models import ModelParams, factor_scorer, fit_als
+    from spark_jobs.models import ModelParams, fit_als
     from spark_jobs.session import get_spark
     from spark_jobs.snapshot import load_snapshot
     from spark_jobs.splitters import official_folds
@@ -226,10 +237,7 @@ def quality(work: Path) -> None:
                    ModelParams(rank=100, reg_param=1.0, alpha=8.0, max_iter=10, implicit=True)):
         table.timed("ranking", f"ours: Spark {params.label()}",
                     lambda p=params: ev.implicit(p).ranking)
-    for lam in (800, 1600, 2400, 3200):
-        params = ModelParams(family="ease", reg_param=lam, rank=0, implicit=True)
-        table.timed("ranking", f"ours: {params.label()}",
-                    lambda p=params: ev.rank(factor_scorer(fit_ease(train, p), ev.catalogue)))
+    ease_rows(table, ev, (800, 1600, 2400, 3200))
     print("the product's training (train(): ALS tuned, BPMF and EASE candidates, gate):")
     champion_run(settings, snapshot, config, table, spark, ev)
     table.show("ml-100k, one run (rating: mean over u1-u5; ranking: ua, k = 10)")
@@ -270,6 +278,7 @@ def ml1m_shaped(work: Path, ratings: int) -> None:
                     lambda f=factors, r=reg, a=alpha: ev.rank(implicit_library_scorer(
                         splits.ranking[0], ev.catalogue, factors=f, reg=r, alpha=a,
                         iterations=15)))
+    ease_rows(table, ev, (800, 3200, 12800))
     champion_run(settings, snapshot, config, table, spark, ev)
     table.show(f"ml-1m-shaped synthetic release ({len(frame):,} ratings), one run")
     spark.stop()

@@ -59,7 +59,8 @@ class TrainConfig:
     rmse_tolerance: float = 0.01
     #: tuning picks the best list model among those whose validation top-k lists show
     #: at least this share of the catalogue (the more popular a model's picks, the
-    #: fewer films it ever shows); 0 for the best NDCG whatever it covers
+    #: fewer films it ever shows), unless the best of them ranks no better than most
+    #: popular there; 0 for the best NDCG whatever it covers
     min_coverage: float = 0.25
     blocks: int | None = None
     #: tune on the whole histories of a user sample of about this many ratings (None:

@@ -27,6 +27,7 @@ from spark_jobs.models import (
     ModelParams,
     als_estimator,
     fit_model,
+    popularity_scorer,
     spark_ratings,
 )
 from spark_jobs.splitters import Splits, chronological_holdout, random_split, user_sample
@@ -94,7 +95,8 @@ def choose_rating_model(evaluator: Evaluator, config: TrainConfig, tuned: ModelP
 def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[ModelParams, list]:
     """Grid over implicit ALS and the EASE candidates (within ``ease_max_size``), by
     NDCG@k on a chronological carve-out of the training part, among the candidates
-    whose lists cover at least ``min_coverage`` of the catalogue there (all, if none do)."""
+    whose lists cover at least ``min_coverage`` of the catalogue there (all, if none do,
+    or if the best of those ranks no better than most popular on the same carve-out)."""
     train = user_sample(evaluator.splits.ranking[0], config.tune_max_ratings, config.seed)
     fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
     inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,
@@ -115,7 +117,19 @@ def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow) -> tuple[Mo
                                "tuned_on_ratings": len(train)})
             mlflow.log_metrics({f"validation_ndcg_at_{config.k}": score,
                                 f"validation_coverage_at_{config.k}": coverage})
-    # the best list among those that show enough of the catalogue, if any does
-    eligible = [r for r in results if r[0] in covered] or results
-    best = max(eligible, key=lambda r: r[1])[0]
-    return best, results
+    # the best list among those that show enough of the catalogue, unless that one
+    # ranks below most popular there: the floor must not cost the lists their lead
+    popular = inner.rank(popularity_scorer(fit_part, inner.catalogue))[f"ndcg_at_{config.k}"]
+    mlflow.log_metric(f"validation_most_popular_ndcg_at_{config.k}", popular)
+    return pick_list_model(results, covered, popular), results
+
+
+def pick_list_model(results: list[tuple[ModelParams, float]], covered: set[ModelParams],
+                    popular: float) -> ModelParams:
+    """The best-scoring candidate among ``covered`` (those above the coverage floor),
+    unless none is covered or the best of them scores no better than most popular
+    (``popular``): then the best of all."""
+    eligible = [r for r in results if r[0] in covered]
+    if not eligible or max(score for _, score in eligible) <= popular:
+        eligible = results
+    return max(eligible, key=lambda r: r[1])[0]

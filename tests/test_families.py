@@ -70,6 +70,17 @@ def test_the_randomized_decomposition_finds_the_leading_directions():
     assert np.allclose(np.abs(vectors.T @ vectors), np.eye(8), atol=1e-8)
 
 
+def test_the_coverage_floor_never_loses_the_lead_over_most_popular():
+    from spark_jobs.tuning import pick_list_model
+
+    wide = ModelParams(rank=50, implicit=True)  # covers the floor
+    narrow = ModelParams(family="ease", reg_param=3200.0, rank=0, implicit=True)
+    results = [(wide, 0.30), (narrow, 0.33)]
+    assert pick_list_model(results, {wide}, popular=0.13) == wide  # the floor holds
+    assert pick_list_model(results, {wide}, popular=0.31) == narrow  # wide lost to popular
+    assert pick_list_model(results, set(), popular=0.13) == narrow  # none covers enough
+
+
 def test_ease_refuses_more_than_its_size():
     with pytest.raises(ValueError, match="more than 10 of both"):
         families.fit_ease(random_ratings(), EASE, max_size=10)
