@@ -10,7 +10,7 @@ AIRFLOW_ENV = AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.mfy/airflow} \
 	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
 .PHONY: setup run test screenshots lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
-	up down compose-config clean
+	up down compose-config stack-local clean
 
 setup:
 	@./scripts/setup
@@ -57,6 +57,9 @@ up:                 ## the full stack in Docker (see README: docker compose)
 
 down:
 	docker compose down
+
+stack-local: setup  ## docker-compose.yml's services natively, no Docker (needs .env; README)
+	$(MFY) stack --env-file .env
 
 compose-config:     ## validate docker-compose.yml without a Docker engine
 	docker-compose config --quiet

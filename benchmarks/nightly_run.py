@@ -194,9 +194,11 @@ def add_app_ratings(settings: Settings, count: int) -> int:
 
 def benchmark(source: Path, dataset: str, new: int, keep: bool,
               driver_memory: str | None = None, resume: Path | None = None,
-              full_refit: bool = True) -> list[RunFigures | str | None]:
+              full_refit: bool = True, finish_first: bool = False) -> list[RunFigures | str | None]:
     """The three runs in a fresh home; with ``resume``, the nightly and unchanged runs
-    in a kept home whose first run is done (its figures are then None)."""
+    in a kept home whose first run is done (its figures are then None), or, with
+    ``finish_first``, whose first run failed part-way: it is run again with ``--force``
+    (the tasks that had finished find nothing new to do; their figures are this run's)."""
     home = resume or Path(tempfile.mkdtemp(prefix="mfy-bench-nightly-"))
     keep = keep or resume is not None
     home.chmod(0o755)
@@ -208,7 +210,11 @@ def benchmark(source: Path, dataset: str, new: int, keep: bool,
     settings = Settings.from_env(env)
     figures: list[RunFigures | str | None] = []
     try:
-        figures.append(run(env, home, "first run") if resume is None else None)
+        if resume is None or finish_first:
+            figures.append(run(env, home, "first run" + (", finished (--force)" if resume else ""),
+                               *(["--force"] if resume else [])))
+        else:
+            figures.append(None)
         added = add_app_ratings(settings, new)
         quiet = {**env, "MFY_TUNE_DAY": "never"}
         figures.append(run(quiet, home, f"nightly run (+{added:,} app ratings)"))
@@ -283,13 +289,16 @@ def main() -> None:
     parser.add_argument("--resume", type=Path, metavar="HOME",
                         help="with --source: a home kept (--keep) or left by an interrupted "
                              "run whose first run is done; run the nightly and unchanged runs")
+    parser.add_argument("--finish-first", action="store_true",
+                        help="with --resume: the kept home's first run failed part-way; run it "
+                             "again (--force) before the nightly and unchanged runs")
     args = parser.parse_args()
 
     results: dict[str, list[RunFigures | str | None]] = {}
     if args.source:
         results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
                                                     args.keep, args.driver_memory, args.resume,
-                                                    not args.no_full_refit)
+                                                    not args.no_full_refit, args.finish_first)
     else:
         for n in args.ratings:
             folder = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-"))

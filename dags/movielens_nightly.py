@@ -46,7 +46,8 @@ limit does not bind backfill runs; two nights at once on one warehouse fail).
 
 **Run conf**: `{"force": true}` retrains and republishes even if nothing changed;
 `{"train": {"tune": true}}` tunes today; `{"train": {...}}` overrides the
-training configuration (grids or fixed ALS params); `{"fail_fast": true}` fails
+training configuration (grids or fixed ALS params; without one, the Airflow
+variable `mfy_train_conf` or `MFY_TRAIN_CONF` gives it); `{"fail_fast": true}` fails
 a task on its first try, without retries (`moviesforyou run` sets it: a person
 at the console wants the error now, not after the back-off; scheduled runs keep
 their retries).

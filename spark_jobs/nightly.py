@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 _TUNING_KEYS = ("explicit", "implicit", "explicit_grid", "implicit_grid")
 
 
+def run_overrides(settings: Settings, overrides: dict | None) -> dict:
+    """The run conf's training settings, or ``MFY_TRAIN_CONF``'s (the Airflow variable
+    ``mfy_train_conf``) when the conf has none."""
+    if overrides:
+        return overrides
+    return json.loads(settings.training.train_conf) if settings.training.train_conf else {}
+
+
 def tune_today(settings: Settings, logical_date, overrides: dict | None = None) -> bool:
     """Whether this run tunes the ALS grids or re-trains the champion's configuration.
 
@@ -65,6 +73,7 @@ def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None,
     from spark_jobs.snapshot import read_kept_snapshot
     from spark_jobs.train import train as train_models
 
+    overrides = run_overrides(settings, overrides)
     tuning = tune_today(settings, logical_date, overrides)
     config = train_config(overrides)
     kept = read_kept_snapshot(Path(snapshot["path"]))
@@ -122,7 +131,8 @@ def gate_model(settings: Settings, trained: dict | None, snapshot: dict,
 
     version = ((trained or {}).get("version")
                or _version_trained_on(settings, snapshot["digest"])[1])
-    decision = gate_challenger(settings, version, train_config(overrides))
+    decision = gate_challenger(settings, version,
+                               train_config(run_overrides(settings, overrides)))
     return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
             "champion_before": decision.champion_before,
             "champion": version if decision.promoted else decision.champion_before}

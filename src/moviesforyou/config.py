@@ -77,6 +77,9 @@ class TrainingSettings:
     refresh_max_new: float = 0.05
     #: ``MLFLOW_TRACKING_URI``; unset: a SQLite store under ``MFY_HOME/mlflow``
     mlflow_tracking_uri: str | None = None
+    #: a run conf's ``train`` object (JSON) for runs whose conf has none, e.g. fixed
+    #: grids on a server's scheduled runs (``spark_jobs.config.train_config``)
+    train_conf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,18 @@ def _share(text: str) -> float:
     return value
 
 
+def _json_object(text: str) -> str:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object, like a run conf's \"train\"")
+    return json.dumps(value, sort_keys=True)
+
+
 def on_weekday(day: str, when) -> bool:
     """Whether a run at ``when`` falls on ``day`` (as :func:`_weekday` keeps it:
     ``mon``..``sun``, ``alw`` or ``nev``). A run without a date (a manual one)
@@ -337,6 +352,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_REFRESH_MAX_NEW", "training.refresh_max_new", "0.05",
              "share of ratings new since the champion above which a night re-fits in full",
              _share),
+    Variable("MFY_TRAIN_CONF", "training.train_conf", "unset",
+             "training settings (JSON, as a run conf's \"train\") for runs whose conf has none",
+             _json_object),
     Variable("MLFLOW_TRACKING_URI", "training.mlflow_tracking_uri", "SQLite under MFY_HOME",
              "MLflow tracking server (MLflow's own variable)"),
     Variable("MFY_API_DATABASE_URL", "api.database_url", "the reader's URL",

@@ -238,6 +238,17 @@ class EmbeddedPostgres:
                 raise WarehouseError(f"pg_ctl stop failed: {result.stderr.strip()}")
             return True
 
+    def require_passwords(self) -> None:
+        """Ask every TCP connection for its role's password (SCRAM), as a server's
+        ``pg_hba.conf`` would, instead of the embedded default, trust on 127.0.0.1.
+        The roles need passwords first (``alter role ... password``)."""
+        (self.data_dir / "pg_hba.conf").write_text(
+            "# written by moviesforyou: passwords required (EmbeddedPostgres.require_passwords)\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n")
+        result = self._run("pg_ctl", "reload", "-D", str(self.data_dir))
+        if result.returncode != 0:
+            raise WarehouseError(f"pg_ctl reload failed: {result.stderr.strip()}")
+
     def url(self, user: str = SUPERUSER, database: str = DATABASE) -> str:
         return f"postgresql://{quote(user)}@127.0.0.1:{self.port}/{quote(database)}"
 

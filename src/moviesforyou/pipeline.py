@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Airflow variable -> environment variable.
 _VARIABLES = {"mfy_dataset": "MFY_DATASET", "mfy_source": "MFY_SOURCE",
-              "mfy_source_sha256": "MFY_SOURCE_SHA256"}
+              "mfy_source_sha256": "MFY_SOURCE_SHA256", "mfy_train_conf": "MFY_TRAIN_CONF"}
 
 
 def settings_from_airflow() -> Settings:
