@@ -55,7 +55,7 @@ from moviesforyou.config import Settings, find_project_root
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError, train_config
 from spark_jobs.evaluation import Evaluator
-from spark_jobs.models import RATING, ModelParams, factor_scorer, fit_model
+from spark_jobs.models import ITEM, RATING, USER, ModelParams, factor_scorer, fit_model
 from spark_jobs.plots import write_plots
 from spark_jobs.snapshot import (
     Snapshot,
@@ -237,11 +237,14 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
             best_explicit, explicit_results = config.explicit, [(config.explicit, float("nan"))]
         else:
             best_explicit, explicit_results = tune_explicit(spark, splits, config, mlflow)
-            best_explicit, _ = choose_rating_model(evaluator, config, best_explicit, mlflow)
+            best_explicit, _ = choose_rating_model(evaluator, config, best_explicit, mlflow,
+                                                   n_ratings=len(ratings))
         if config.implicit:
             best_implicit, implicit_results = config.implicit, [(config.implicit, float("nan"))]
         else:
-            best_implicit, implicit_results = tune_implicit(evaluator, config, mlflow)
+            best_implicit, implicit_results = tune_implicit(
+                evaluator, config, mlflow,
+                sizes=(ratings[USER].nunique(), ratings[ITEM].nunique()))
         mlflow.set_tags({"mfy.rating_family": best_explicit.family,
                          "mfy.list_family": best_implicit.family})
         mlflow.log_params({f"explicit_{k}": v for k, v in asdict(best_explicit).items()})

@@ -81,6 +81,19 @@ def test_the_coverage_floor_never_loses_the_lead_over_most_popular():
     assert pick_list_model(results, set(), popular=0.13) == narrow  # none covers enough
 
 
+def test_the_bpmf_cap_counts_all_ratings_not_the_evaluation_sample():
+    """At 25M the evaluation sample's 1.6M training ratings once let BPMF in under its
+    2M cap, and its final fit on all 25M ran for hours: the cap counts what the chosen
+    model will be fitted on. (No evaluator: choosing must not fit anything here.)"""
+    from spark_jobs.config import TrainConfig
+    from spark_jobs.tuning import choose_rating_model
+
+    config = TrainConfig(bpmf_max_ratings=2_000_000)
+    tuned = ModelParams(rank=20, reg_param=0.1, max_iter=10)
+    assert config.grid(implicit=False, family="bpmf")  # BPMF is in the default grid
+    assert choose_rating_model(None, config, tuned, None, n_ratings=25_000_095) == (tuned, [])
+
+
 def test_ease_refuses_more_than_its_size():
     with pytest.raises(ValueError, match="more than 10 of both"):
         families.fit_ease(random_ratings(), EASE, max_size=10)

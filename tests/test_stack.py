@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import urllib.error
 import urllib.request
 
@@ -55,7 +56,7 @@ def write_env(path, **extra) -> None:
         key, _, value = line.partition("=")
         if value == "CHANGE_ME":
             secret = Fernet.generate_key().decode() if key == "AIRFLOW_FERNET_KEY" \
-                else f"{key.lower()}-{Fernet.generate_key().hex()[:16]}"
+                else secrets.token_urlsafe(48)
             line = f"{key}={secret}"
         lines.append(line)
     lines += [f"{key}={value}" for key, value in extra.items()]
