@@ -110,7 +110,9 @@ def test_the_compose_services_run_a_scheduled_nightly(local_stack):
     # training logged to the MLflow server over HTTP; its registry lives in Postgres
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=local_stack.url("mlflow"))
+    # both URIs: an earlier test in this process may have set MLflow's global registry
+    client = MlflowClient(tracking_uri=local_stack.url("mlflow"),
+                          registry_uri=local_stack.url("mlflow"))
     name = Settings.from_env({}).training.model_name
     champion = client.get_model_version_by_alias(name, "champion")
     run_info = client.get_run(champion.run_id)
