@@ -62,7 +62,9 @@ def main() -> None:
             started = time.time()
             with mlflow.start_run():
                 explicit, _ = tune_explicit(spark, splits, config, mlflow)
-                implicit, _ = tune_implicit(evaluator, config, mlflow)
+                implicit, _ = tune_implicit(
+                    evaluator, config, mlflow,
+                    sizes=(ratings[USER].nunique(), ratings[ITEM].nunique()))
             tuning = time.time() - started
             rmse = evaluator.explicit(explicit).rmse
             ranking = evaluator.implicit(implicit).ranking

@@ -68,18 +68,17 @@ def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[M
 
 
 def choose_rating_model(evaluator: Evaluator, config: TrainConfig, tuned: ModelParams,
-                        mlflow, *, n_ratings: int | None = None) -> tuple[ModelParams, list]:
+                        mlflow, *, n_ratings: int) -> tuple[ModelParams, list]:
     """The tuned explicit ALS against the BPMF candidates, by RMSE on a seeded random
     20 % of the tuning sample (every model fit on the other 80 %); ALS alone when BPMF
     is not a candidate (no grid, or more than ``bpmf_max_ratings`` ratings).
 
     ``n_ratings`` is how many ratings the chosen model will be fitted on: all of
-    them, not the evaluation sample the splits may hold (``eval_max_ratings``); None
-    when the splits hold all. (At 25M the sample's 1.6M training ratings once let BPMF
-    in, and its final fit on all 25M ratings ran for hours.)"""
+    them, not the evaluation sample the splits may hold (``eval_max_ratings``). (At
+    25M the sample's 1.6M training ratings once let BPMF in, and its final fit on all
+    25M ratings ran for hours.)"""
     candidates = config.grid(implicit=False, family="bpmf")
-    total = len(evaluator.splits.rating[0][0]) if n_ratings is None else n_ratings
-    if not candidates or total > config.bpmf_max_ratings:
+    if not candidates or n_ratings > config.bpmf_max_ratings:
         return tuned, []
     sample = user_sample(evaluator.splits.rating[0][0], config.tune_max_ratings, config.seed)
     fit_part, validation = random_split(sample, 0.2, config.seed)
@@ -98,21 +97,18 @@ def choose_rating_model(evaluator: Evaluator, config: TrainConfig, tuned: ModelP
 
 
 def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow, *,
-                  sizes: tuple[int, int] | None = None) -> tuple[ModelParams, list]:
+                  sizes: tuple[int, int]) -> tuple[ModelParams, list]:
     """Grid over implicit ALS and the EASE candidates (within ``ease_max_size``), by
     NDCG@k on a chronological carve-out of the training part, among the candidates
     whose lists cover at least ``min_coverage`` of the catalogue there (all, if none do,
     or if the best of those ranks no better than most popular on the same carve-out).
 
     ``sizes`` is (users, movies) of all the ratings the chosen model will be fitted
-    on; None when the evaluator's splits hold all of them."""
+    on, not of the evaluation sample the splits may hold."""
     train = user_sample(evaluator.splits.ranking[0], config.tune_max_ratings, config.seed)
     fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
     inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,
                       evaluator.scale)
-    if sizes is None:
-        sizes = (evaluator.splits.ranking[0][USER].nunique(),
-                 evaluator.splits.ranking[0][ITEM].nunique())
     ease = config.grid(implicit=True, family="ease")
     if min(sizes) > config.ease_max_size:
         ease = []

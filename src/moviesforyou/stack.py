@@ -362,6 +362,7 @@ class LocalStack:
             runnable = {name: runnable[name] for name in services}
         self.services = runnable
         self.processes: dict[str, subprocess.Popen] = {}
+        self._healthy: set[str] = set()  # services whose healthcheck has passed
         self.warehouse: embedded.EmbeddedPostgres | None = None
         self.logs = self.state / "logs"
 
@@ -434,7 +435,7 @@ class LocalStack:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _healthy(self, service: Service) -> bool:
+    def _passes_healthcheck(self, service: Service) -> bool:
         if service.healthcheck is None:
             return True
         done = subprocess.run(service.healthcheck, env=service.env, cwd=self.plan.root,
@@ -458,7 +459,10 @@ class LocalStack:
             else:
                 if status is not None:
                     raise StackError(f"{name} stopped (status {status}):\n{self.log_tail(name)}")
-                if condition == "service_started" or self._healthy(service):
+                if condition == "service_started" or name in self._healthy:
+                    return
+                if self._passes_healthcheck(service):
+                    self._healthy.add(name)
                     return
             time.sleep(1)
         raise StackError(f"{name} was not {condition.removeprefix('service_')} within "
@@ -497,6 +501,7 @@ class LocalStack:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        self._healthy.clear()
         if self.warehouse is not None:
             self.warehouse.stop()
 
@@ -544,8 +549,11 @@ class LocalStack:
     def wait_for_dag_run(self, dag_id: str, *, run_type: str = "scheduled",
                          timeout: float = 1800, poll: float = 5) -> dict:
         """The first run of ``dag_id`` of ``run_type`` once it has finished."""
-        token, started = self.airflow_token(), time.time()
+        started = time.time()
+        token, token_at = self.airflow_token(), started
         while time.time() - started < timeout:
+            if time.time() - token_at > 600:  # tokens expire
+                token, token_at = self.airflow_token(), time.time()
             runs = self.airflow(f"/dags/{dag_id}/dagRuns?order_by=run_after", token)["dag_runs"]
             runs = [r for r in runs if r["run_type"] == run_type]
             if runs and runs[0]["state"] in ("success", "failed"):
@@ -555,6 +563,4 @@ class LocalStack:
                     raise StackError(f"{name} stopped while waiting for {dag_id}:\n"
                                      f"{self.log_tail(name)}")
             time.sleep(poll)
-            if time.time() - started > 600:
-                token = self.airflow_token()  # tokens expire
         raise StackError(f"no finished {run_type} run of {dag_id} within {timeout:.0f} s")
