@@ -65,6 +65,26 @@ def test_top_k_excludes_seen_and_unscorable_items():
     assert recs == {1: [20, 30], 2: [10, 20, 30]}
 
 
+def test_top_k_matches_a_sort_of_every_row_across_batches():
+    """The vectorised masking and partial sort against a full sort, user by user: batches
+    that do not divide the users, seen items outside the catalogue, users who saw
+    nothing, unscorable items and more candidates asked for than some users have."""
+    rng = np.random.default_rng(3)
+    items = rng.choice(np.arange(1000, 5000), size=300, replace=False)
+    users = np.arange(1, 58)
+    table = rng.normal(size=(len(users) + 1, len(items)))  # no ties
+    table[:, 7] = -np.inf
+    seen = {int(u): rng.choice(np.r_[items, [1, 2, 3]], size=rng.integers(0, 296),
+                               replace=False) for u in users if u % 5}
+
+    recs = top_k(lambda batch: table[batch], users, items, seen, k=10, batch=16)
+
+    for user in users:
+        left = [(-table[user, j], items[j]) for j in range(len(items))
+                if items[j] not in set(seen.get(int(user), ())) and np.isfinite(table[user, j])]
+        assert recs[int(user)] == [int(item) for _, item in sorted(left)[:10]], user
+
+
 def test_factor_scorer_follows_the_catalogue_order():
     factors = Factors(ModelParams(rank=1), np.array([1]), np.array([[1.0]]),
                       np.array([7, 8]), np.array([[2.0], [5.0]]))
