@@ -110,9 +110,8 @@ INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "
                 "SHELL"}
 
 
-@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/superset/Dockerfile"])
-def test_dockerfile_syntax(dockerfile):
-    """Every instruction is known, FROM comes first, COPY sources exist, exec forms are JSON."""
+def dockerfile_lines(dockerfile: str) -> list[str]:
+    """The instructions of a Dockerfile, continuation lines joined, comments dropped."""
     lines, current = [], ""
     for raw in (ROOT / dockerfile).read_text().splitlines():
         if not current and (not raw.strip() or raw.lstrip().startswith("#")):
@@ -122,6 +121,13 @@ def test_dockerfile_syntax(dockerfile):
             lines.append(current.strip())
             current = ""
     assert not current, "a line continues past the end of the file"
+    return lines
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/superset/Dockerfile"])
+def test_dockerfile_syntax(dockerfile):
+    """Every instruction is known, FROM comes first, COPY sources exist, exec forms are JSON."""
+    lines = dockerfile_lines(dockerfile)
     instructions = [line.split()[0].upper() for line in lines]
     assert set(instructions) <= INSTRUCTIONS, set(instructions) - INSTRUCTIONS
     assert instructions[[i for i in instructions if i != "ARG"].index("FROM")] == "FROM"
@@ -134,6 +140,104 @@ def test_dockerfile_syntax(dockerfile):
         if word.upper() == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
                 assert (ROOT / source).exists(), f"COPY source {source} is missing"
+
+
+@pytest.mark.slow
+def test_the_project_image_installs_as_its_dockerfile_says(tmp_path):
+    """docker/Dockerfile's own steps, where they can run without Docker: its ENV and
+    WORKDIR, its COPY lines (with .dockerignore), and the ``uv`` commands of its RUN
+    lines, into a fresh prefix standing for the image's root. Then the image's
+    environment has what its services run (Airflow with the FAB auth manager, MLflow's
+    auth app, Spark, dbt, Great Expectations, the project from the copied code) and
+    nothing of the dev group.
+
+    Not run here: ``apt-get`` (Java, curl, the Postgres client: Debian packages of the
+    base image), ``pip install uv`` (this checkout's uv runs the uv steps instead),
+    and ``useradd``/``mkdir``/``chown`` (the image's user). Bytecode is not compiled
+    (UV_COMPILE_BYTECODE only saves start-up time)."""
+    import fnmatch
+
+    uv = subprocess.run([str(ROOT / "scripts" / "uv-path")], capture_output=True, text=True,
+                        check=True).stdout.strip()
+    image = tmp_path / "image"
+
+    def local(path: str) -> Path:
+        return image / path.lstrip("/")
+
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        relative = Path(folder).resolve().relative_to(ROOT)
+        return {name for name in names for pattern in ignored
+                if fnmatch.fnmatch(str(relative / name), pattern.removeprefix("**/"))
+                or fnmatch.fnmatch(name, pattern.removeprefix("**/"))}
+
+    # uv's cache stands for the package index: nothing is downloaded
+    cache = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "UV_CACHE_DIR": cache,
+           "UV_OFFLINE": "1"}
+    args: dict[str, str] = {}
+    workdir = local("/")
+    ran, skipped = [], []
+    for line in dockerfile_lines("docker/Dockerfile"):
+        word, rest = line.split(None, 1)
+        word = word.upper()
+        if word == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif word == "ENV":
+            for name, value in re.findall(r"(\w+)=(\S+)", rest):
+                value = re.sub(r"\$(\w+)", lambda m: env.get(m[1], ""), value)
+                env[name] = str(local(value)) if value.startswith("/") else value
+        elif word == "WORKDIR":
+            workdir = local(rest)
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif word == "COPY":
+            *sources, target = rest.split()
+            for source in sources:
+                destination = workdir / target / Path(source).name if target.endswith("/") \
+                    else workdir / target
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, destination, ignore=ignore)
+                else:
+                    shutil.copy(ROOT / source, destination)
+        elif word == "RUN":
+            for command in rest.split("&&"):
+                command = command.strip()
+                if command.startswith("uv "):
+                    done = subprocess.run(
+                        [uv, *command.split()[1:]], cwd=workdir, capture_output=True, text=True,
+                        env={**env, "UV_COMPILE_BYTECODE": "0", "UV_PYTHON": "3.11"},
+                        timeout=900)
+                    assert done.returncode == 0, (command, done.stderr[-3000:])
+                    ran.append(command)
+                else:
+                    skipped.append(command.split()[0])
+    assert ran == ["uv sync --frozen --no-dev --no-install-project", "uv sync --frozen --no-dev"]
+    assert set(skipped) == {"apt-get", "rm", "pip", "useradd", "mkdir", "chown"}, skipped
+
+    python = local("/opt/venv/bin/python")
+    probe = subprocess.run([str(python), "-c", """
+import importlib.util, json
+import moviesforyou, airflow.providers.fab, mlflow.server.auth, pyspark, dbt.version
+import great_expectations, psycopg2
+print(json.dumps({"moviesforyou": moviesforyou.__file__,
+                  "dev": [m for m in ("pytest", "ruff", "selenium")
+                          if importlib.util.find_spec(m)]}))
+"""], capture_output=True, text=True, env={"PATH": env["PATH"], "HOME": env["HOME"]},
+        timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    # the code the image copied, not this checkout's
+    assert Path(found["moviesforyou"]).is_relative_to(local("/opt/moviesforyou")), found
+    assert found["dev"] == []
+    for command in (["airflow", "version"], ["mlflow", "--version"], ["moviesforyou", "--help"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**env, "AIRFLOW_HOME": str(tmp_path / "airflow")})
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert (local("/opt/venv/bin/airflow")).exists()
 
 
 # --------------------------------------------------------------------------- ops data

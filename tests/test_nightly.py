@@ -1,6 +1,7 @@
 """The nightly DAG end to end on the real ml-100k: ``dag.test()`` runs in order on one
-warehouse, a spark-submit run, a real backfill through the scheduler, and the
-console's account of a failed run."""
+warehouse, a spark-submit run, a backfill's plan, and the console's account of a
+failed run. A real backfill through the scheduler runs in test_stack.py, on the
+compose services."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,7 +19,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from conftest import QUICK_TRAIN, ROOT, execute, fresh_database, query, wait_for_http
+from conftest import QUICK_TRAIN, ROOT, execute, fresh_database, query
 from moviesforyou import embedded, warehouse
 from moviesforyou.transform import temporary_environment
 
@@ -323,156 +323,6 @@ def test_backfill_plans_one_run_per_night(airflow_db):
     planned = re.findall(r"\| (2026-11-\d\d 02:30:00\+00:00) \|", done.stdout)
     assert planned == ["2026-11-01 02:30:00+00:00", "2026-11-02 02:30:00+00:00",
                        "2026-11-03 02:30:00+00:00"]
-
-
-def ingest_during_a_dbt_build(settings, release: Path, env: dict, standalone, log: Path,
-                              timeout: float = 600) -> subprocess.CompletedProcess:
-    """Once an Airflow task's dbt build holds the warehouse's writer lock, a CLI ingest
-    that does not wait (MFY_WRITER_WAIT=0): what it said."""
-    import time
-
-    def held_by_a_dbt_build(connection) -> bool:
-        if query(connection, "select to_regclass('ops.writer')")[0][0] is None:
-            return False
-        return bool(query(connection, """
-            select 1 from ops.writer where holder like 'Airflow %%(dbt build)'
-            and exists (select 1 from pg_locks where locktype = 'advisory' and granted
-                        and objid = hashtext('moviesforyou.writer')::oid)"""))
-
-    connection = warehouse.connect(settings)
-    deadline = time.time() + timeout
-    try:
-        while not held_by_a_dbt_build(connection):
-            assert standalone.poll() is None, log.read_text()[-5000:]
-            assert time.time() < deadline, "no dbt build took the writer lock"
-            time.sleep(0.5)
-    finally:
-        connection.close()
-    cli_env = {k: v for k, v in env.items() if not k.startswith("AIRFLOW_")}
-    cli_env.update(MFY_WAREHOUSE_URL=settings.warehouse_url, MFY_WRITER_WAIT="0")
-    return subprocess.run([sys.executable, "-m", "moviesforyou", "ingest", "--dataset", "ml-100k",
-                           "--source", str(release)], env=cli_env, capture_output=True,
-                          text=True, timeout=300)
-
-
-@pytest.mark.integration
-@pytest.mark.spark
-@pytest.mark.slow
-def test_backfill_runs_two_nights_at_once_one_writer_at_a_time(embedded_settings, tmp_path):
-    """A real backfill: `airflow standalone` (api-server, scheduler, dag-processor,
-    triggerer, LocalExecutor) runs two past nights at once (a backfill does not honour
-    the DAG's max_active_runs), on one warehouse. Every writing step takes the
-    warehouse's writer lock, so the two runs write one after the other and both
-    succeed; the second goes on with the release the first staged. A CLI ingest
-    during a run's dbt build is refused with the holder's name.
-
-    Airflow 3.3 leaves a paused DAG's backfill runs queued, so the DAG is unpaused;
-    the scheduler's own nightly runs are turned off (use_job_schedule) so that only
-    the backfill runs. The release is a small synthetic one in the 100K layout (20,000
-    ratings): the two whole nightlies share the two cores, and the real ml-100k runs
-    end to end in the other tests."""
-    import time
-
-    import fixture_releases
-
-    airflow = str(Path(sys.executable).parent / "airflow")
-    home = Path(tempfile.mkdtemp(prefix="mfy-backfill-"))
-    home.chmod(0o755)
-    port = embedded.free_port(18900)
-    release = fixture_releases.synthetic_release(tmp_path, "ml-100k", ratings=20_000, seed=8,
-                                                 users=300, movies=600, as_zip=False)
-    with fresh_database(embedded_settings) as settings:
-        # not this process's MLflow store (mlflow.set_tracking_uri exports it): the
-        # tasks' own, under MFY_HOME
-        inherited = {k: v for k, v in os.environ.items()
-                     if k != "MLFLOW_TRACKING_URI" and not k.startswith("MFY_")}
-        env = {**inherited,
-               "AIRFLOW_HOME": str(tmp_path / "airflow"),
-               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-               "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-               "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "MFY_HOME": str(home),
-               "AIRFLOW_CONN_MFY_WAREHOUSE": settings.warehouse_url,
-               "AIRFLOW_VAR_MFY_DATASET": "ml-100k", "AIRFLOW_VAR_MFY_SOURCE": str(release)}
-
-        def cli(*args: str) -> str:
-            done = subprocess.run([airflow, *args], capture_output=True, text=True, env=env,
-                                  timeout=300)
-            assert done.returncode == 0, (args, done.stderr[-3000:])
-            return done.stdout
-
-        cli("db", "migrate")
-        cli("dags", "reserialize")
-        log = tmp_path / "standalone.log"
-        with open(log, "w") as out:
-            standalone = subprocess.Popen([airflow, "standalone"], env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_for_http(standalone, f"http://127.0.0.1:{port}/api/v2/monitor/health",
-                          "airflow standalone", timeout=180)
-            cli("backfill", "create", "--dag-id", "movielens_nightly",
-                "--from-date", "2026-11-01", "--to-date", "2026-11-03",
-                "--max-active-runs", "2",  # both at once
-                "--dag-run-conf", json.dumps({"train": QUICK_TRAIN}))
-            cli("dags", "unpause", "movielens_nightly")
-            refused = ingest_during_a_dbt_build(settings, release, env, standalone, log)
-            # polled in the metadata database: each `airflow dags list-runs` costs
-            # seconds of CPU that the two runs need
-            metadata = tmp_path / "airflow" / "airflow.db"
-            deadline = time.time() + 900
-            while True:
-                with contextlib.closing(sqlite3.connect(f"file:{metadata}?mode=ro",
-                                                        uri=True, timeout=30)) as db:
-                    states = [s for (s,) in db.execute(
-                        "select state from dag_run where dag_id = 'movielens_nightly'")]
-                if len(states) == 2 and all(s in ("success", "failed") for s in states):
-                    break
-                assert standalone.poll() is None, log.read_text()[-5000:]
-                assert time.time() < deadline, (states, log.read_text()[-5000:])
-                time.sleep(5)
-            out = cli("dags", "list-runs", "movielens_nightly", "-o", "json")
-            runs = json.loads(out.strip().splitlines()[-1])  # after any warnings
-        finally:
-            os.killpg(standalone.pid, 15)
-            standalone.wait(60)
-        runs = sorted(runs, key=lambda r: r["logical_date"])
-        assert [(r["logical_date"][:16], r["run_id"].split("__")[0], r["state"])
-                for r in runs] == [("2026-11-01T02:30", "backfill", "success"),
-                                   ("2026-11-02T02:30", "backfill", "success")], runs
-        # at once, not one after the other
-        assert max(r["start_date"] for r in runs) < min(r["end_date"] for r in runs), runs
-        # the CLI writer was told who holds the warehouse, and wrote nothing
-        said = " ".join((refused.stdout + refused.stderr).split())
-        assert refused.returncode == 1, said
-        assert re.search(r"ingest: the warehouse is being written by Airflow movielens_nightly "
-                         r"run backfill__2026-11-0[12]T02:30:00\+00:00 task build_marts "
-                         r"\(dbt build\) on \S+, pid \d+, since ", said), said
-        connection = warehouse.connect(settings)
-        try:
-            rows = {run_id: rest for run_id, *rest in query(connection, """
-                select run_id, source_status, trained, published, note
-                from ops.pipeline_runs where dag_id = 'movielens_nightly'""")}
-            live_version = query(connection, "select model_version from recs.publication")
-            loads = query(connection, "select status, loaded_by from ops.source_loads")
-            staging = query(connection, "select nspname from pg_namespace "
-                                        "where nspname like 'raw\\_%%'")
-            ratings = query(connection, "select count(*), count(distinct load_id) "
-                                        "from raw.ratings")
-        finally:
-            connection.close()
-        # one release load, staged by one run and published once; nothing left aside
-        assert [status for status, _ in loads] == ["loaded"], loads
-        assert staging == [] and ratings == [(20_000, 1)]
-        # both nights built, trained and published, one writing step at a time
-        for run in runs:
-            assert rows[run["run_id"]][:3] == ["loaded", True, True], rows
-        assert live_version and champion_version(dataclasses.replace(settings, home=home)) \
-            == live_version[0][0]
-    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.integration

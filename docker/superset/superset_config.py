@@ -3,10 +3,8 @@
 import os
 
 SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]
-SQLALCHEMY_DATABASE_URI = (
-    f"postgresql+psycopg2://superset:{os.environ['SUPERSET_DB_PASSWORD']}"
-    f"@{os.environ.get('SUPERSET_DB_HOST', 'warehouse')}:5432/superset"
-)
+# its own database on the warehouse's server (docker-compose.yml builds the URL)
+SQLALCHEMY_DATABASE_URI = os.environ["SUPERSET_DATABASE_URI"]
 # dashboards read the warehouse as the read-only role; no DML from SQL Lab
 PREVENT_UNSAFE_DB_CONNECTIONS = True
 FEATURE_FLAGS = {"DASHBOARD_RBAC": True}

@@ -4,7 +4,7 @@ No Docker engine runs on a developer's laptop or in CI here, yet what the compos
 file's services do can still run: this module reads the compose file itself and,
 for each service built from the project's image (``x-project``: airflow-init,
 the Airflow api-server, scheduler, dag-processor and triggerer, the MLflow
-server, the API), runs **the same command with the same environment** that
+server, the API) and Superset's, runs **the same command with the same environment** that
 compose would give it: the image's ``ENV`` lines (``docker/Dockerfile``), then
 ``env_file``, then ``environment``, interpolated from the ``.env`` file as compose
 interpolates them. Only what a container would see differently is mapped:
@@ -24,9 +24,14 @@ password, as on the server. Services start in ``depends_on`` order, each waiting
 for its dependencies' conditions (``service_healthy`` runs the compose
 healthcheck, ``service_completed_successfully`` waits for exit status 0).
 
-Superset and Metabase are other images (Superset runs from ``.venv-superset`` in
-the dashboard tests; Metabase is a Java application not installed here), so they
-are listed by :func:`LocalStack.skipped` and not started.
+Services built from another Dockerfile on a base image this machine has the
+programs of (:data:`BASE_IMAGES`: ``apache/superset``, whose Superset release is in
+``.venv-superset``) run too: the Dockerfile's ``CMD`` unless compose gives a command,
+the base image's ``ENV`` and then the Dockerfile's, its environment's ``bin`` first on
+``PATH``, and what its ``COPY`` lines put in the image copied from this checkout
+under the state folder (``images/<service>/...``) at each start. Metabase (a Java
+application from its own image, not installed here) and what depends on it are
+listed by :func:`LocalStack.skipped` and not started.
 
 Usage: ``make stack-local`` (``moviesforyou stack --env-file .env``), or
 :class:`LocalStack` as a context manager (``tests/test_stack.py``).
@@ -38,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -139,25 +145,74 @@ def load_compose(path: Path, env: Mapping[str, str]) -> dict:
     return _interpolate_tree(yaml.safe_load(Path(path).read_text()), env, Path(path).name)
 
 
-def image_config(dockerfile: Path) -> tuple[dict[str, str], str]:
-    """A Dockerfile's final ``ENV`` values (``$VAR`` resolved against earlier ones; the
-    base image's own, like ``$PATH``, kept as written) and its last ``WORKDIR``."""
+@dataclass
+class Image:
+    """What a Dockerfile gives its containers, as far as running them natively needs."""
+
+    base: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    #: (source in the build context, destination in the image), in order
+    copies: list[tuple[str, str]] = field(default_factory=list)
+    cmd: list[str] | None = None
+
+
+def read_dockerfile(dockerfile: Path, context: Path = ROOT) -> Image:
+    """A Dockerfile's base, final ``ENV`` values (``$VAR`` resolved against earlier ones;
+    the base image's own, like ``$PATH``, kept as written), last ``WORKDIR``, its
+    ``COPY`` lines from the build ``context`` (relative destinations against the
+    ``WORKDIR`` of the time) and its ``CMD``."""
     text = re.sub(r"\\\n", " ", Path(dockerfile).read_text())
-    env: dict[str, str] = {}
-    workdir = "/"
+    image = Image()
     for line in text.splitlines():
         words = line.strip().split(None, 1)
-        if len(words) < 2:
+        if len(words) < 2 or words[0].startswith("#"):
             continue
         instruction, rest = words[0].upper(), words[1]
-        if instruction == "WORKDIR":
-            workdir = rest.strip()
+        if instruction == "FROM":
+            image.base = rest.split()[0]
+        elif instruction == "WORKDIR":
+            image.workdir = rest.strip()
         elif instruction == "ENV":
             for pair in shlex.split(rest):
                 key, _, value = pair.partition("=")
-                env[key] = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
-                                  lambda m: env.get(m[1], m[0]), value)
-    return env, workdir
+                image.env[key] = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?",
+                                        lambda m: image.env.get(m[1], m[0]), value)
+        elif instruction == "COPY" and not rest.startswith("--from"):
+            # Docker's rules: a folder's contents go to the destination; a file goes
+            # into it when it ends with "/", else becomes it; relative to the WORKDIR
+            *sources, target = shlex.split(rest)
+            into = target.endswith("/") or target == "."
+            target = posixpath.normpath(posixpath.join(image.workdir, target))
+            for source in sources:
+                if into and not (Path(context) / source).is_dir():
+                    image.copies.append((source, posixpath.join(target, Path(source).name)))
+                else:
+                    image.copies.append((source, target))
+        elif instruction == "CMD":
+            image.cmd = json.loads(rest) if rest.startswith("[") else ["sh", "-c", rest]
+    return image
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image the project builds on and this machine has the programs of."""
+
+    #: the base image's own ``ENV`` that its programs rely on
+    env: dict[str, str]
+    #: its Python environment here, relative to the checkout (``scripts/setup`` makes it)
+    venv: str
+
+
+#: Base images whose derived services run here. ``apache/superset``: the ``ENV`` of
+#: its Dockerfile that Superset's CLI and web server read; the same Superset release
+#: (dashboards/superset-requirements.txt) is in ``.venv-superset``.
+BASE_IMAGES = {
+    "apache/superset": BaseImage(env={"SUPERSET_HOME": "/app/superset_home",
+                                      "PYTHONPATH": "/app/pythonpath",
+                                      "FLASK_APP": "superset.app:create_app()"},
+                                 venv=".venv-superset"),
+}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -177,6 +232,10 @@ class Service:
     #: the published container port and the local port it got
     ports: dict[int, int] = field(default_factory=dict)
     oneshot: bool = False
+    #: the service's ``working_dir`` mapped, else the project's root (the image's WORKDIR)
+    cwd: Path | None = None
+    #: what its image's ``COPY`` lines put in place: (local path, file or folder it is)
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def _seconds(text: str | None, default: float) -> float:
@@ -205,7 +264,29 @@ class Plan:
         self.compose, self.state, self.root = compose, Path(state), Path(project_root)
         self.services: dict = compose["services"]
         self.project_image = compose["x-project"]["image"]
-        self.image_env, workdir = image_config(dockerfile)
+        project = read_dockerfile(dockerfile)
+        self.image_env, workdir = project.env, project.workdir
+        #: services built from another Dockerfile on a base image this machine has
+        self.images: dict[str, tuple[Image, BaseImage]] = {}
+        for name, service in self.services.items():
+            build = service.get("build") or {}
+            path = (self.root / build.get("context", ".") / build["dockerfile"]).resolve() \
+                if isinstance(build, dict) and "dockerfile" in build else None
+            if path is None or path == Path(dockerfile).resolve():
+                continue
+            image = read_dockerfile(path, (self.root / build.get("context", ".")).resolve())
+            base = BASE_IMAGES.get(image.base.rpartition(":")[0] or image.base)
+            if base is not None:
+                self.images[name] = (image, base)
+        #: per service: container paths its image's COPY lines made -> local ones
+        self.service_paths: dict[str, dict[str, Path]] = {}
+        for name, (image, _) in self.images.items():
+            paths = self.service_paths[name] = {}
+            for _, destination in image.copies:
+                container = Path(destination)
+                for folder in [container, *container.parents][:-1]:  # not "/"
+                    paths.setdefault(str(folder), self.state / "images" / name
+                                     / str(folder).lstrip("/"))
         self.ports: dict[tuple[str, int], int] = {}
         port = first_port
         for name, service in self.services.items():
@@ -237,15 +318,18 @@ class Plan:
         return self.ports[(service, container_port)]
 
     def map_text(self, text: str, service: str | None = None) -> str:
-        """A string as a service would see it here: host names, ports and paths mapped."""
+        """A string as a service would see it here: host names, ports and paths mapped
+        (``0.0.0.0:P`` and ``localhost:P`` of the service's own published port too)."""
         for (name, container_port), port in self.ports.items():
             text = re.sub(rf"(?<![\w.-]){re.escape(name)}:{container_port}\b",
                           f"127.0.0.1:{port}", text)
             if name == service:
-                text = re.sub(rf"\blocalhost:{container_port}\b", f"127.0.0.1:{port}", text)
-        for target in sorted(self.paths, key=len, reverse=True):
-            text = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=/|$|[\s\"'])",
-                          str(self.paths[target]), text)
+                text = re.sub(rf"\b(localhost|0\.0\.0\.0):{container_port}\b",
+                              f"127.0.0.1:{port}", text)
+        paths = {**self.paths, **self.service_paths.get(service, {})}
+        for target in sorted(paths, key=len, reverse=True):
+            text = re.sub(rf"(?<![\w.-]){re.escape(target)}(?=/|$|[\s\"':])",
+                          str(paths[target]), text)
         return text
 
     def _command(self, name: str, raw) -> list[str]:
@@ -267,7 +351,12 @@ class Plan:
         return mapped
 
     def _environment(self, name: str, service: dict) -> dict[str, str]:
-        env = {"HOME": os.environ.get("HOME", "/root"), **self.image_env}  # Docker sets HOME
+        if name in self.images:
+            image, base = self.images[name]
+            image_env = {**base.env, **image.env}
+        else:
+            image_env = self.image_env
+        env = {"HOME": os.environ.get("HOME", "/root"), **image_env}  # Docker sets HOME
         for env_file in ([service["env_file"]] if isinstance(service.get("env_file"), str)
                          else service.get("env_file", [])):
             env.update(self.env_file_values if env_file == ".env"
@@ -282,6 +371,8 @@ class Plan:
                for key, value in env.items()}
         # the image's PATH extends its base image's: here, this machine's
         env["PATH"] = env.get("PATH", "$PATH").replace("$PATH", os.environ.get("PATH", ""))
+        if name in self.images:  # the base image's programs: its environment here
+            env["PATH"] = f"{self.root / self.images[name][1].venv / 'bin'}:{env['PATH']}"
         java = env.get("JAVA_HOME")
         if java and not Path(java).exists():
             env.pop("JAVA_HOME")  # the image's JDK path; Spark finds this machine's
@@ -295,7 +386,7 @@ class Plan:
         """The services of the project's image, as they run here."""
         out = {}
         for name, service in self.services.items():
-            if service.get("image") != self.project_image:
+            if service.get("image") != self.project_image and name not in self.images:
                 continue
             check = service.get("healthcheck") or {}
             test = check.get("test")
@@ -314,13 +405,22 @@ class Plan:
             timeout = (_seconds(check.get("start_period"), 0)
                        + _seconds(check.get("interval"), 30) * int(check.get("retries", 3))
                        + 60)
+            command = service.get("command") or (self.images[name][0].cmd
+                                                 if name in self.images else None)
+            if not command:
+                raise StackError(f"docker-compose.yml: {name} has no command (nor its image)")
+            copies = [(self.service_paths[name][destination], self.root / source)
+                      for source, destination in self.images[name][0].copies] \
+                if name in self.images else []
             out[name] = Service(
-                name=name, command=self._command(name, service["command"]),
+                name=name, command=self._command(name, command), copies=copies,
                 env=self._environment(name, service), depends_on=depends,
                 healthcheck=[self.map_text(word, name) for word in test] if test else None,
                 health_timeout=timeout,
                 ports={c: p for (s, c), p in self.ports.items() if s == name},
-                oneshot=str(service.get("restart", "")) == "no")
+                oneshot=str(service.get("restart", "")) == "no",
+                cwd=Path(self.map_text(service["working_dir"], name))
+                if service.get("working_dir") else self.root)
         return out
 
 
@@ -423,9 +523,18 @@ class LocalStack:
         for path in self.plan.paths.values():
             if self.state in path.parents:
                 path.mkdir(parents=True, exist_ok=True)
+        for local, source in service.copies:  # the image's files, copied as COPY does
+            if not source.exists():
+                raise StackError(f"{service.name}: its Dockerfile copies {source}, "
+                                 "which is missing")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, local, dirs_exist_ok=True)
+            else:
+                shutil.copy2(source, local)
         log.info("%s: %s", service.name, shlex.join(service.command))
         with open(self.logs / f"{service.name}.log", "ab") as log_file:  # the child keeps it
-            return subprocess.Popen(service.command, env=service.env, cwd=self.plan.root,
+            return subprocess.Popen(service.command, env=service.env, cwd=service.cwd,
                                     stdout=log_file, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
@@ -522,21 +631,23 @@ class LocalStack:
 
     # ---------------------------------------------------------------- Airflow's REST API
 
-    def airflow_token(self) -> str:
-        """A JWT from the api-server for the admin user of the ``.env`` file."""
-        user = self.env_values.get("AIRFLOW_ADMIN_USER", "admin")
-        body = json.dumps({"username": user,
-                           "password": self.env_values["AIRFLOW_ADMIN_PASSWORD"]}).encode()
+    def airflow_token(self, user: str | None = None, password: str | None = None) -> str:
+        """A JWT from the api-server for ``user`` (default: the ``.env`` file's admin)."""
+        if user is None:
+            user = self.env_values.get("AIRFLOW_ADMIN_USER", "admin")
+            password = self.env_values["AIRFLOW_ADMIN_PASSWORD"]
+        body = json.dumps({"username": user, "password": password}).encode()
         request = urllib.request.Request(self.url("airflow-apiserver", "/auth/token"), body,
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)["access_token"]
 
     def airflow(self, path: str, token: str, body: dict | None = None,
-                method: str | None = None) -> dict:
-        """One call to Airflow's REST API (``/api/v2``) with a token."""
+                method: str | None = None, *, api: str = "/api/v2") -> dict:
+        """One call to Airflow's REST API (``api``: its public one, or e.g. the FAB auth
+        manager's ``/auth/fab/v1``) with a token."""
         request = urllib.request.Request(
-            self.url("airflow-apiserver", f"/api/v2{path}"),
+            self.url("airflow-apiserver", f"{api}{path}"),
             json.dumps(body).encode() if body is not None else None,
             {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
             method=method)

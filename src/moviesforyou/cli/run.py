@@ -120,9 +120,9 @@ def stack_command(settings: Settings, env_file: Path, state: Path | None) -> Non
     """docker-compose.yml's services run natively, without Docker, until Ctrl-C.
 
     The project image's services (airflow-init, the Airflow api-server, scheduler,
-    dag-processor and triggerer, MLflow, the API) with compose's own commands and
-    environment, on one PostgreSQL made as the warehouse service makes it. Each
-    service's log is in STATE/logs.
+    dag-processor and triggerer, MLflow, the API) and Superset (from .venv-superset)
+    with compose's own commands and environment, on one PostgreSQL made as the
+    warehouse service makes it. Each service's log is in STATE/logs.
     """
     from moviesforyou import stack
 
