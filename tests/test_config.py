@@ -10,7 +10,8 @@ from conftest import ROOT
 from moviesforyou.config import VARIABLES, ConfigError, Settings
 
 #: Variables in .env.example that only docker compose reads (its services' passwords).
-COMPOSE_ONLY = {"MFY_OWNER_PASSWORD", "MLFLOW_DB_PASSWORD"}
+COMPOSE_ONLY = {"MFY_OWNER_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_USER",
+                "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY"}
 
 
 def test_env_example_lists_every_variable_and_no_other():
