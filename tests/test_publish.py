@@ -117,6 +117,27 @@ def test_recommend_tops_up_a_list_that_exclusions_leave_short(wh):
     assert all(a >= b - 1e-9 for a, b in zip(scores, scores[1:], strict=False))
     seen = {m for m, in query(wh, "select movie_id from marts.fct_ratings where user_id = 1")}
     assert not seen & {r[1] for r in rows}
+    # the same top-up as scoring every movie and skipping what the user rated or was given
+    (mine,), = query(wh, "select implicit_factors from recs.user_factors where user_id = 1")
+    given = {m for m, in query(wh, "select movie_id from recs.user_recommendations "
+                                   "where user_id = 1")}
+    everything = sorted(
+        ((-float(np.dot(mine, factors)), movie) for movie, factors, genres in query(wh, """
+            select f.movie_id, f.implicit_factors, m.genres from recs.movie_factors f
+            join recs.movie_catalogue m using (movie_id)
+            where f.implicit_factors is not null""")
+         if movie not in seen | given and not set(excluded.strip("{}").split(",")) & set(genres)))
+    assert [r[1] for r in rows[len(stored):]] == [m for _, m in everything[:40 - len(stored)]]
+
+
+def test_the_unrolled_dot_product_equals_the_sum_for_any_length(wh):
+    rank, = query(wh, "select cardinality(implicit_factors) from recs.movie_factors "
+                      "where implicit_factors is not null limit 1")[0]
+    for n in (rank, 3, rank + 1):
+        u, m = np.linspace(-1, 1, n), np.linspace(2, -0.5, n)
+        (got,), = query(wh, "select recs.implicit_dot(%s::float8[], %s::float8[])",
+                        (u.tolist(), m.tolist()))
+        assert got == pytest.approx(float(u @ m), rel=1e-12), n
 
 
 def test_predict_rating_function_tracks_real_ratings(wh):
