@@ -204,11 +204,18 @@ def dot_function_sql(rank: int | None) -> str:
     so the answer never depends on which publish the unrolling was made for. Ranks above
     :data:`UNROLL_MAX` (an EASE list model's thousand directions) are not unrolled."""
     rank = rank if rank and rank <= UNROLL_MAX else None
-    loop = "(select sum(a * b) from unnest(u, m) as t (a, b))"
     unrolled = " + ".join(f"u[{i}] * m[{i}]" for i in range(1, (rank or 0) + 1))
+    # no subquery in the body: Postgres inlines only bodies without one
     body = (f"case when cardinality(u) = {rank} and cardinality(m) = {rank} "
-            f"then {unrolled} else {loop} end") if rank else loop
+            f"then {unrolled} else recs.dot_sum(u, m) end") if rank else "recs.dot_sum(u, m)"
     return f"""
+create or replace function recs.dot_sum(u double precision[], m double precision[])
+returns double precision
+language sql immutable parallel safe as $$
+    select sum(a * b) from unnest(u, m) as t (a, b)
+$$;
+comment on function recs.dot_sum(double precision[], double precision[]) is
+    'Dot product of two factor vectors of any length (recs.implicit_dot''s general case).';
 create or replace function recs.implicit_dot(u double precision[], m double precision[])
 returns double precision
 language sql immutable parallel safe as $$ select {body} $$;
