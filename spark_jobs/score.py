@@ -66,12 +66,27 @@ class ScoreResult:
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and values of each row's ``k`` best finite scores, best first."""
+    """Column indices and values of each row's ``k`` best finite scores, best first.
+
+    ``scores`` is overwritten (negated in place rather than copied: at 25M one
+    batch's matrix is 512 x 59,047 doubles)."""
     k = min(k, scores.shape[1])
-    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    np.negative(scores, out=scores)
+    best = np.argpartition(scores, k - 1, axis=1)[:, :k]
     values = np.take_along_axis(scores, best, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(best, order, axis=1), np.take_along_axis(values, order, axis=1)
+    order = np.argsort(values, axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1), -np.take_along_axis(values, order, axis=1)
+
+
+def _mask_seen(scores: np.ndarray, seen, catalogue: pd.Index) -> None:
+    """Set each row's already-seen movies to -inf, in one write for the whole batch."""
+    seen = [np.asarray(s) for s in seen]
+    lengths = np.fromiter((len(s) for s in seen), dtype=np.int64, count=len(seen))
+    if not lengths.any():
+        return
+    cols = positions(catalogue, np.concatenate(seen))
+    rows = np.repeat(np.arange(len(seen)), lengths)
+    scores[rows[cols >= 0], cols[cols >= 0]] = -np.inf
 
 
 def user_scorer(implicit: Factors, explicit: Factors, popularity: pd.Series, cfg: ScoreConfig):
@@ -91,13 +106,14 @@ def user_scorer(implicit: Factors, explicit: Factors, popularity: pd.Series, cfg
                 users = chunk[USER].to_numpy()
                 rows = positions(user_rows, users)
                 known = rows >= 0
-                scores = np.tile(pop, (len(users), 1))
-                if known.any():
+                if known.all():  # the usual batch: the product is the score matrix
+                    scores = implicit.user_factors[rows] @ items.T
+                else:
+                    scores = np.empty((len(users), len(catalogue)))
+                    scores[~known] = pop
                     scores[known] = implicit.user_factors[rows[known]] @ items.T
-                    scores[np.ix_(known, unknown_item)] = -np.inf
-                for i, seen in enumerate(chunk["seen"]):
-                    seen_cols = positions(popularity.index, seen)
-                    scores[i, seen_cols[seen_cols >= 0]] = -np.inf
+                scores[np.ix_(known, unknown_item)] = -np.inf
+                _mask_seen(scores, chunk["seen"], popularity.index)
                 best, values = _top(scores, cfg.n)
                 finite = np.isfinite(values)
                 user_col = np.repeat(users, best.shape[1])[finite.ravel()]
@@ -298,6 +314,7 @@ def score(spark, factors: Path, ratings: Path, out: Path,
             ``+genres``; without them those use the factors alone.
         tags: each movie's tags (movie_id -> {tag: users}), for ``+tags``.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     cfg = cfg or ScoreConfig()
@@ -308,13 +325,16 @@ def score(spark, factors: Path, ratings: Path, out: Path,
     if rated_after is not None:  # their whole histories, and nobody else's
         touched = seen.where(F.col("rated_at") > rated_after).select(USER).distinct()
         seen = seen.join(touched, USER, "left_semi")
-    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen"))
+    # kept: counting them and scoring them would otherwise group the ratings twice
+    users = seen.groupBy(USER).agg(F.collect_list(ITEM).alias("seen")).persist(
+        StorageLevel.MEMORY_AND_DISK)
     n_users = users.count()
     parallelism = spark.sparkContext.defaultParallelism
     recs = users.repartition(parallelism, USER).mapInPandas(
         user_scorer(implicit, explicit, counts, cfg), RECS_SCHEMA)
     recs_path = out / "user_recommendations"
     recs.write.mode("overwrite").parquet(str(recs_path))
+    users.unpersist()
     if rated_after is not None:
         seconds = time.time() - started
         log.info("scored the %d users who rated since %d in %.1f s", n_users, rated_after,

@@ -85,6 +85,48 @@ def test_top_k_matches_a_sort_of_every_row_across_batches():
         assert recs[int(user)] == [int(item) for _, item in sorted(left)[:10]], user
 
 
+def test_the_nightly_scorer_matches_a_sort_of_every_user():
+    """spark_jobs.score's mapInPandas function against a full sort, user by user: users
+    the model knows (their implicit scores) and does not know (popularity), catalogue
+    movies without factors, seen movies outside the catalogue, batches that do not
+    divide the users, and users who saw nearly everything."""
+    from spark_jobs.score import ScoreConfig, user_scorer
+
+    rng = np.random.default_rng(5)
+    movies = np.sort(rng.choice(np.arange(1, 900), size=120, replace=False))
+    known_users = np.arange(1, 41)
+    implicit = Factors(ModelParams(rank=4, implicit=True), known_users,
+                       rng.normal(size=(40, 4)), movies[:-3], rng.normal(size=(117, 4)))
+    explicit = Factors(ModelParams(rank=2), known_users, rng.normal(size=(40, 2)),
+                       movies, rng.normal(size=(120, 2)))
+    popularity = pd.Series(rng.permutation(120) + 1.0, index=movies)  # no ties
+    users = np.r_[known_users, [500, 501]]  # two the model does not know
+    seen = [rng.choice(np.r_[movies, [5000]], size=rng.integers(0, 60), replace=False)
+            for _ in users]
+    seen[3] = movies[:-2]  # what is left has no factors: an empty list
+    frame = pd.DataFrame({"user_id": users, "seen": seen})
+
+    out = pd.concat(user_scorer(implicit, explicit, popularity,
+                                ScoreConfig(n=7, batch=9))(iter([frame])))
+
+    for row, user in enumerate(users):
+        given = out[out["user_id"] == user].sort_values("rank")
+        if user in known_users:
+            mine = implicit.user_factors[user - 1]
+            scores = {m: float(implicit.item_factors[j] @ mine)
+                      for j, m in enumerate(implicit.item_ids)}
+            source = "als"
+        else:
+            scores, source = popularity.to_dict(), "popular"
+        left = sorted((-v, m) for m, v in scores.items() if m not in set(seen[row]))
+        assert given["movie_id"].tolist() == [m for _, m in left[:7]], user
+        assert given["rank"].tolist() == list(range(1, len(given) + 1))
+        assert given["score"].to_numpy() == pytest.approx([-v for v, _ in left[:7]])
+        assert set(given["source"]) <= {source}
+        assert given["predicted_rating"].to_numpy() == pytest.approx(
+            explicit.predict(np.full(len(given), user), given["movie_id"].to_numpy()))
+
+
 def test_factor_scorer_follows_the_catalogue_order():
     factors = Factors(ModelParams(rank=1), np.array([1]), np.array([[1.0]]),
                       np.array([7, 8]), np.array([[2.0], [5.0]]))
