@@ -30,7 +30,7 @@ async def http_worker(args, state, rng: random.Random) -> None:
         while state["sent"] < args.requests and time.perf_counter() < state["deadline"]:
             state["sent"] += 1
             user = rng.randint(1, args.users)
-            writer.write(f"GET /api/users/{user}/recommendations?k=10 HTTP/1.1\r\n"
+            writer.write(f"GET /api/users/{user}/recommendations?{args.query} HTTP/1.1\r\n"
                          f"Host: {args.host}\r\n\r\n".encode())
             started = time.perf_counter()
             head = await reader.readuntil(b"\r\n\r\n")
@@ -42,7 +42,7 @@ async def http_worker(args, state, rng: random.Random) -> None:
             state["latencies"].append(time.perf_counter() - started)
             if status != 200:
                 state["errors"] += 1
-            elif body.count(b'"movie_id"') != 10:
+            elif body.count(b'"movie_id"') != args.k:
                 state["empty"] += 1
     finally:
         writer.close()
@@ -111,10 +111,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--users", type=int, default=943, help="user ids drawn from 1..USERS")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--k", type=int, default=10, help="recommendations per lookup (sql mode)")
-    parser.add_argument("--exclude", default="", help="genres to exclude, comma-separated "
-                        "(sql mode): long lists make recs.recommend score extra movies live")
+    parser.add_argument("--k", type=int, default=10, help="recommendations per lookup")
+    parser.add_argument("--exclude", default="", help="genres to exclude, comma-separated: "
+                        "long lists make the lookup score extra movies live")
     args = parser.parse_args()
+    args.query = f"k={args.k}" + (f"&exclude_genres={args.exclude}" if args.exclude else "")
     args.exclude = [g for g in args.exclude.split(",") if g]
     try:
         import uvloop

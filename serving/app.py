@@ -449,6 +449,10 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
             if folded:  # rated since the publish: folded in now, kept until they rate again
                 cache.put(key, *folded)
                 return Response(content=folded[1], media_type="application/json")
+            if row["known"] and row["n"] < k:  # the stored list ran short
+                topped = await _top_up(request, conn, user_id, k, excluded, row)
+                cache.put(key, *topped)
+                return Response(content=topped[1], media_type="application/json")
             if not row["personal"]:
                 await _require_user(conn, user_id, await _dataset(conn, request))
                 if not row["n"]:
@@ -457,6 +461,22 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
         if row["personal"]:  # newcomers' lists change with every rating they post
             cache.put(key, row["publish_id"], body)
     return Response(content=body, media_type="application/json")
+
+
+async def _top_up(request: Request, conn, user_id: int, k: int, excluded: list[str],
+                  row) -> tuple[int, bytes]:
+    """(publish id, JSON answer) of a known user's list that the stored rows ``row``
+    (``db.RECOMMEND_JSON``) leave short of ``k``: the rest scored in NumPy from the live
+    model (serving/live.py), or by recs.recommend in SQL when the publish has none."""
+    topped = await live.top_up(request.app.state.live, conn, user_id,
+                               await _dataset(conn, request), k, excluded,
+                               json.loads(row["body"]))
+    if topped:
+        return topped
+    async with conn.transaction():
+        await conn.execute(db.SQL_TOP_UP)
+        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
+    return row["publish_id"], row["body"].encode()
 
 
 class LookupFastPath:
@@ -501,7 +521,7 @@ class LookupFastPath:
                 row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, [])
         except Exception:  # recommend() answers it, with its own error handling
             return None
-        if not row["personal"] or row["pending"]:
+        if not row["personal"] or row["pending"] or row["n"] < k:  # short: recommend() tops up
             return None
         body = row["body"].encode()
         state.cache.put(key, row["publish_id"], body)
@@ -551,13 +571,15 @@ async def _sections_and_list(request: Request, user_id: int, k: int,
         if await conn.fetchval(db.HAS_TOKEN, user_id):
             await auth.require_owner(conn, request, user_id)
         row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, max(k, n), [])
-        if not row["n"]:
+        if not row["n"] and not row["known"]:
             await _version_of(conn, [])  # 503 when nothing is published yet
         body = row["body"]
-        if row["pending"]:
-            folded = await live.recommend(request.app.state.live, conn, user_id, dataset,
-                                          max(k, n), [])
-            body = folded[1] if folded else body
+        folded = row["pending"] and await live.recommend(
+            request.app.state.live, conn, user_id, dataset, max(k, n), [])
+        if folded:
+            body = folded[1]
+        elif row["known"] and row["n"] < max(k, n):
+            body = (await _top_up(request, conn, user_id, max(k, n), [], row))[1]
         top = json.loads(body)
         rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
         seen = [r["movie_id"] for r in rated]
@@ -568,7 +590,8 @@ async def _sections_and_list(request: Request, user_id: int, k: int,
         season = _SEASON[dt.date.today().month]
         sections = [_section(
             "for_you", "Top picks for you",
-            "what the model expects you to like most, from your ratings" if row["personal"]
+            "what the model expects you to like most, from your ratings"
+            if row["personal"] or row["known"]
             or top.get("folded_in_ratings") else "the most rated films for people who "
             "chose what you chose at sign-up, until your ratings reach the model",
             top["recommendations"], k)]

@@ -38,6 +38,9 @@ async def create_pool(settings: Settings):
             # "gmae the" finds "The Game"; the ranking puts the closest first
             "pg_trgm.word_similarity_threshold": "0.3",
             "pg_trgm.similarity_threshold": "0.2",
+            # recs.recommend leaves short lists to the API (serving/live.py), which
+            # scores the rest in NumPy instead of SQL
+            "mfy.recommend_top_up": "off",
         })
 
 
@@ -100,6 +103,10 @@ order by s.rank
 limit $2
 """
 
+#: In a transaction: recs.recommend tops short lists up itself (the pool's sessions
+#: leave that to the API, which falls back on this when it has no model to score with).
+SQL_TOP_UP = "set local mfy.recommend_top_up = 'on'"
+
 USER_EXISTS = """
 select exists (select 1 from marts.dim_users where user_id = $1)
     or exists (select 1 from app.users where user_id = $1 and dataset = $2)
@@ -135,6 +142,8 @@ _PENDING = """exists (
                                      '-infinity'))"""
 
 #: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
+#: A known user's short list comes back short (the pool's mfy.recommend_top_up is
+#: off): the API tops it up from the movie factors it keeps (serving/live.py).
 RECOMMEND_JSON = f"""
 select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as publish_id,
        json_build_object(
@@ -148,7 +157,10 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
                'predicted_rating', round(predicted_rating::numeric, 2),
                'source', source) order by rank), '[]'::json))::text as body,
        -- rated through the API since the publish: their list is folded in live
-       ({_PENDING}) as pending
+       ({_PENDING}) as pending,
+       -- the model has factors for them: a short list is theirs to top up
+       exists (select 1 from recs.user_factors as u
+               where u.user_id = $1 and u.implicit_factors is not null) as known
 from recs.recommend($1, $2, $3::text[])
 """
 
@@ -188,7 +200,9 @@ from (
 order by movie_id, rated_at desc
 """
 
-USER_FACTORS = "select bias, explicit_factors from recs.user_factors where user_id = $1"
+USER_FACTORS = """
+select bias, explicit_factors, implicit_factors from recs.user_factors where user_id = $1
+"""
 
 PENDING = f"select {_PENDING}"
 

@@ -103,19 +103,57 @@ async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int
         return None
     catalogue = {r["movie_id"]: r for r in await conn.fetch(
         db.CATALOGUE_ROWS, [int(model.movie_ids[i]) for i in top])}
-    listed = []
-    for i in top:
-        movie = catalogue.get(int(model.movie_ids[i]))
-        if movie is not None:
-            listed.append({
-                "rank": len(listed) + 1, "movie_id": movie["movie_id"], "title": movie["title"],
-                "year": movie["release_year"], "genres": list(movie["genres"]),
-                "score": float(viewer.scores[i]),
-                "predicted_rating": round(float(viewer.predicted[i]), 2), "source": SOURCE})
+    listed = [_listed(catalogue[int(model.movie_ids[i])], viewer.scores[i],
+                      viewer.predicted[i], SOURCE)
+              for i in top if int(model.movie_ids[i]) in catalogue]
+    for rank, movie in enumerate(listed, start=1):
+        movie["rank"] = rank
     body = {"user_id": user_id, "model_version": live["model_version"],
             "publish_id": live["publish_id"], "exclude_genres": excluded,
             "folded_in_ratings": len(rated), "recommendations": listed}
     return live["publish_id"], json.dumps(body).encode()
+
+
+async def top_up(models: LiveModels, conn, user_id: int, dataset: str, k: int,
+                 excluded: list[str], stored: dict) -> tuple[int, bytes] | None:
+    """(publish id, JSON answer) of a known user's stored list ``stored`` (the answer of
+    ``recs.recommend`` without its top-up) filled to ``k`` from their published implicit
+    factors: the rest of the catalogue scored in NumPy (one product with the movie
+    matrix, a millisecond at ml-25m's 59,047 movies, where the same in SQL takes tens),
+    without the excluded genres, the movies they rated and those already listed; ranked
+    as ``recs.recommend``'s own top-up ranks them (score, then movie id). None without a
+    fold-in model or published factors: then Postgres tops it up."""
+    model, genres, live = await models.model(conn)
+    row = await conn.fetchrow(db.USER_FACTORS, user_id)
+    if model is None or row is None or row["implicit_factors"] is None:
+        return None
+    listed = stored["recommendations"]
+    scores = model.scores_of(row["implicit_factors"])
+    skip = np.zeros(len(model.movie_ids), dtype=bool)
+    for genre in excluded:
+        skip[genres.get(genre, [])] = True
+    rated, _ = await _history(conn, user_id, dataset)
+    top = model.best(scores, [*rated, *(m["movie_id"] for m in listed)], k - len(listed), skip)
+    predicted = model.predict(row["bias"], row["explicit_factors"], rows=top)
+    catalogue = {r["movie_id"]: r for r in await conn.fetch(
+        db.CATALOGUE_ROWS, [int(model.movie_ids[i]) for i in top])}
+    added = [_listed(catalogue[int(model.movie_ids[i])], scores[i], stars, "als")
+             for i, stars in zip(top, predicted, strict=True)
+             if int(model.movie_ids[i]) in catalogue]
+    for rank, movie in enumerate(added, start=len(listed) + 1):
+        movie["rank"] = rank
+    body = {"user_id": user_id, "model_version": live["model_version"],
+            "publish_id": live["publish_id"], "exclude_genres": excluded,
+            "recommendations": listed + added}
+    return live["publish_id"], json.dumps(body).encode()
+
+
+def _listed(movie, score: float, predicted: float, source: str) -> dict:
+    """One recommendation as the API lists it (``rank`` set by the caller)."""
+    return {"rank": 0, "movie_id": movie["movie_id"], "title": movie["title"],
+            "year": movie["release_year"], "genres": list(movie["genres"]),
+            "score": float(score), "predicted_rating": round(float(predicted), 2),
+            "source": source}
 
 
 async def viewer_predictions(models: LiveModels, conn, user_id: int, dataset: str,

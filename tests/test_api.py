@@ -105,6 +105,66 @@ def test_recommendations_for_a_user(api_server, wh):
     assert all(0.5 <= r["predicted_rating"] <= 5 for r in recs)
 
 
+@pytest.mark.parametrize("query_string", [
+    "k=40&exclude_genres=Drama,Comedy,Action,Thriller,Romance",  # the full handler
+    "k=80"])  # the fast path hands a short list to it
+def test_a_short_list_is_topped_up_in_the_api_as_postgres_would(api_server, wh, query_string):
+    """When the stored top 50 cannot fill k, the API scores the rest from the movie
+    factors it keeps in memory: the same films, ranks, scores and predictions as
+    recs.recommend's own top-up in SQL."""
+    params = dict(pair.split("=") for pair in query_string.split("&"))
+    excluded = sorted(params.get("exclude_genres", "").split(",")) if "exclude_genres" \
+        in params else []
+    k = int(params["k"])
+    status, answer = call(api_server, f"/api/users/1/recommendations?{query_string}")
+    assert status == 200
+    rows = query(wh, "select rank, movie_id, score, predicted_rating, source, model_version, "
+                     "publish_id from recs.recommend(1, %s, %s)", (k, excluded))
+    with wh.cursor() as cur:  # as the API's sessions call it: the stored rows only
+        cur.execute("set mfy.recommend_top_up = off")
+        cur.execute("select count(*) from recs.recommend(1, %s, %s)", (k, excluded))
+        stored = cur.fetchone()[0]
+        cur.execute("reset mfy.recommend_top_up")
+    assert stored < k == len(rows)  # the stored list alone is short
+    got = answer["recommendations"]
+    assert [(r["rank"], r["movie_id"], r["source"]) for r in got] == \
+        [(rank, movie, source) for rank, movie, _, _, source, _, _ in rows]
+    assert [r["score"] for r in got] == pytest.approx([row[2] for row in rows], rel=1e-9)
+    assert [r["predicted_rating"] for r in got] == pytest.approx(
+        [round(row[3], 2) for row in rows], abs=0.011)
+    assert (answer["model_version"], answer["publish_id"]) == rows[0][5:]
+    assert answer["exclude_genres"] == excluded
+
+
+def test_the_api_top_up_scores_in_numpy_not_in_postgres(published, wh):
+    """serving.live.top_up itself (not the SQL fallback the handler has when it cannot):
+    it fills user 1's short list to 40 with the films recs.recommend's SQL top-up picks."""
+    import asyncio
+
+    import asyncpg
+
+    from serving import db, live
+
+    excluded = ["Action", "Comedy", "Drama", "Romance", "Thriller"]
+
+    async def top_up():
+        conn = await asyncpg.connect(warehouse.url(published),
+                                     server_settings={"mfy.recommend_top_up": "off"})
+        try:
+            row = await conn.fetchrow(db.RECOMMEND_JSON, 1, 40, excluded)
+            assert row["known"] and row["n"] < 40
+            return await live.top_up(live.LiveModels(), conn, 1, published.dataset, 40,
+                                     excluded, json.loads(row["body"]))
+        finally:
+            await conn.close()
+
+    topped = asyncio.run(top_up())
+    assert topped is not None
+    answer = json.loads(topped[1])
+    sql = [m for m, in query(wh, "select movie_id from recs.recommend(1, 40, %s)", (excluded,))]
+    assert [r["movie_id"] for r in answer["recommendations"]] == sql
+
+
 def test_the_lookups_fast_path_answers_as_the_full_handler(api_server):
     """``/recommendations?k=`` skips FastAPI (serving.app.LookupFastPath); any other
     query (an unknown parameter here) goes through the full handler: the same bytes.

@@ -75,3 +75,24 @@ def test_the_user_step_solves_the_implicit_normal_equations():
     gradient = np.array([(loss(x + e) - loss(x - e)) / 2e-6 for e in np.eye(5) * 1e-6])
     assert np.abs(gradient).max() < 1e-4
     assert all(loss(x) < loss(x + rng.normal(scale=0.01, size=5)) for _ in range(20))
+
+
+def test_best_keeps_a_full_sort_s_order_with_ties_and_unscorable_rows():
+    """Model.best sorts only the candidates at or above the k-th score: the same rows, in
+    the same order (ties by movie id), as a stable sort of every row."""
+    rng = np.random.default_rng(11)
+    movies = np.arange(10, 410)
+    model = foldin.Model(movie_ids=movies, movie_bias=np.zeros(400),
+                         explicit=np.zeros((400, 2)), implicit=rng.normal(size=(400, 3)),
+                         global_mean=3.5, scale=(0.5, 5.0), explicit_reg=0.1,
+                         implicit_reg=0.1, alpha=1.0)
+    scores = rng.integers(0, 30, size=400).astype(float)  # many ties
+    scores[rng.choice(400, 50, replace=False)] = -np.inf
+    seen = rng.choice(np.r_[movies, [5, 6]], 40, replace=False)
+    skip = rng.random(400) < 0.2
+    for k in (0, 1, 7, 100, 400, 1000):
+        masked = scores.copy()
+        masked[np.isin(movies, seen) | skip] = -np.inf
+        full = np.argsort(-masked, kind="stable")[:k]
+        assert model.best(scores, seen, k, skip).tolist() == \
+            full[np.isfinite(masked[full])].tolist(), k

@@ -76,6 +76,12 @@ begin
     -- answer is the same as checking every movie, at the cost of a few index probes.
     if exists (select 1 from recs.user_factors as u
                where u.user_id = p_user_id and u.implicit_factors is not null) then
+        -- a session that tops lists up itself says so (the API, in NumPy, from the
+        -- movie factors it keeps in memory): a setting rather than an argument, so
+        -- that any API version works with any version of this function
+        if current_setting('mfy.recommend_top_up', true) = 'off' then
+            return;
+        end if;
         select (select count(*) from marts.fct_ratings as f
                 where f.user_id = p_user_id)
              + (select count(*) from app.ratings as a where a.user_id = p_user_id)
@@ -162,6 +168,7 @@ $$;
 comment on function recs.recommend(integer, integer, text[]) is
     'Top-k recommendations for a user, without movies of the excluded genres. Users the '
     'model knows get their ALS list, topped up by scoring the rest of the catalogue with '
-    'their published factors when exclusions leave it short of k; others (newcomers signed '
-    'up through the API, unknown ids) get cold-start lists: preferred genres, age band and '
-    'gender, occupation, overall.';
+    'their published factors when exclusions leave it short of k (not in sessions that '
+    'set mfy.recommend_top_up to off: they get the stored rows only); others (newcomers '
+    'signed up through the API, unknown ids) get cold-start lists: preferred genres, age '
+    'band and gender, occupation, overall.';
