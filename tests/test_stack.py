@@ -63,8 +63,10 @@ def write_env(path, **extra) -> None:
     for line in (ROOT / ".env.example").read_text().splitlines():
         key, _, value = line.partition("=")
         if value == "CHANGE_ME":
+            # every secret begins with "-" on purpose: token_urlsafe gives one that does
+            # now and then, and the CLIs that take them must not read it as an option
             secret = Fernet.generate_key().decode() if key == "AIRFLOW_FERNET_KEY" \
-                else secrets.token_urlsafe(48)
+                else "-" + secrets.token_urlsafe(48)
             line = f"{key}={secret}"
         lines.append(line)
     lines += [f"{key}={value}" for key, value in extra.items()]
@@ -140,7 +142,7 @@ def local_stack(tmp_path_factory, release):
     folder = tmp_path_factory.mktemp("stack")
     folder.chmod(0o755)  # the embedded server's OS user walks into it when we are root
     write_env(folder / ".env", MFY_SOURCE=str(release), MFY_TRAIN_CONF=json.dumps(QUICK_TRAIN),
-              AIRFLOW_VIEWER_PASSWORD=secrets.token_urlsafe(24))
+              AIRFLOW_VIEWER_PASSWORD="-" + secrets.token_urlsafe(24))
     running = stack.LocalStack(folder / "state", folder / ".env")
     with running:
         token = running.airflow_token()

@@ -10,9 +10,10 @@
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
 superset db upgrade
-superset fab create-admin --username "${SUPERSET_ADMIN_USER:-admin}" \
-    --firstname Admin --lastname MoviesForYou --email "${SUPERSET_ADMIN_EMAIL:-admin@example.com}" \
-    --password "${SUPERSET_ADMIN_PASSWORD}" || true
+# --option=value: a password may begin with "-"
+superset fab create-admin --username="${SUPERSET_ADMIN_USER:-admin}" \
+    --firstname=Admin --lastname=MoviesForYou --email="${SUPERSET_ADMIN_EMAIL:-admin@example.com}" \
+    --password="${SUPERSET_ADMIN_PASSWORD}" || true
 superset init
 python "$APP/mfy-dashboards/superset_bundle.py" import "$APP/mfy-dashboards" \
     --warehouse-url "${MFY_SUPERSET_WAREHOUSE_URL:?is set in docker-compose.yml}" \
