@@ -1,17 +1,18 @@
 """The Superset dashboards as code: import the bundle, check its charts, export it back.
 
 ``dashboards/superset/`` is a Superset export bundle (YAML: database, datasets,
-charts, dashboards), kept in version control. Its database entry carries no
-password; the URL of the warehouse (as the read-only role) is given at import.
+charts, dashboards), kept in version control. Its database entry carries no user
+or password; the URL of the warehouse (as the read-only role, from the environment:
+``MFY_SUPERSET_WAREHOUSE_URL`` in compose) is given at import.
 
 Commands (``import``, ``check`` and ``screenshot`` run with Superset's own
 Python, e.g. ``.venv-superset/bin/python``, because Superset cannot share the
 project's environment; ``export`` needs only the standard library)::
 
-    python dashboards/superset_bundle.py import dashboards/superset --warehouse-url URL
+    MFY_SUPERSET_WAREHOUSE_URL=... python dashboards/superset_bundle.py import dashboards/superset
     python dashboards/superset_bundle.py check
-    python dashboards/superset_bundle.py export --url http://127.0.0.1:8088 \\
-        --user admin --password ... --out dashboards/superset
+    SUPERSET_ADMIN_PASSWORD=... python dashboards/superset_bundle.py export \\
+        --url http://127.0.0.1:8088 --user admin --out dashboards/superset
     python dashboards/superset_bundle.py screenshot --url ... --out docs/screenshots
 
 ``import`` loads the bundle (overwriting), then stores each chart's query
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import sys
 import urllib.request
@@ -35,7 +37,6 @@ from pathlib import Path
 
 import yaml
 
-PLACEHOLDER_PASSWORD = "XXXXXXXXXX"
 ROOT_NAME = "moviesforyou_dashboards"
 
 
@@ -57,9 +58,10 @@ def build_zip(folder: Path, warehouse_url: str) -> bytes:
 
 
 def strip_credentials(content: dict) -> dict:
-    """A database entry without its password (and without any secret extras)."""
+    """A database entry without its user and password (and without any secret extras):
+    only the host and database stay, as a reminder; import puts in the URL it is given."""
     uri = content.get("sqlalchemy_uri", "")
-    content["sqlalchemy_uri"] = re.sub(r"(://[^:/@]+):[^@]*@", rf"\1:{PLACEHOLDER_PASSWORD}@", uri)
+    content["sqlalchemy_uri"] = re.sub(r"://[^/@]*@", "://", uri)
     content.pop("password", None)
     extra = content.get("extra") or {}
     for key in ("encrypted_extra", "masked_encrypted_extra", "ssh_tunnel"):
@@ -309,8 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     imp = commands.add_parser("import", help="import the bundle into this Superset")
     imp.add_argument("folder", type=Path)
-    imp.add_argument("--warehouse-url", required=True,
-                     help="postgresql://mfy_reader:PASSWORD@host:port/moviesforyou")
+    imp.add_argument("--warehouse-url", default=os.environ.get("MFY_SUPERSET_WAREHOUSE_URL"),
+                     help="postgresql://mfy_reader:PASSWORD@host:port/moviesforyou "
+                          "[default: $MFY_SUPERSET_WAREHOUSE_URL, which keeps the password "
+                          "off the command line]")
     imp.add_argument("--username", default="admin")
     chk = commands.add_parser("check", help="run every chart's query")
     chk.add_argument("--username", default="admin")
@@ -318,10 +322,15 @@ def main(argv: list[str] | None = None) -> None:
         sub = commands.add_parser(name)
         sub.add_argument("--url", default="http://127.0.0.1:8088")
         sub.add_argument("--user", default="admin")
-        sub.add_argument("--password", required=True)
+        sub.add_argument("--password", default=os.environ.get("SUPERSET_ADMIN_PASSWORD"),
+                         help="[default: $SUPERSET_ADMIN_PASSWORD]")
         sub.add_argument("--out", type=Path, required=True)
         sub.add_argument("--prefix", default="MoviesForYou")
     args = parser.parse_args(argv)
+    if args.command == "import" and not args.warehouse_url:
+        parser.error("import: set MFY_SUPERSET_WAREHOUSE_URL (or give --warehouse-url)")
+    if args.command in ("export", "screenshot") and not args.password:
+        parser.error(f"{args.command}: set SUPERSET_ADMIN_PASSWORD (or give --password)")
 
     if args.command == "import":
         print(f"imported; {import_bundle(args.folder, args.warehouse_url, args.username)} charts")

@@ -298,8 +298,9 @@ def superset(health_data, tmp_path_factory):
         assert done.returncode == 0, done.stderr[-3000:]
     reader_url = warehouse.reader_url(health_data)
     done = subprocess.run([str(python), str(ROOT / "dashboards" / "superset_bundle.py"),
-                           "import", str(BUNDLE), "--warehouse-url", reader_url],
-                          env=env, capture_output=True, text=True, cwd=home)
+                           "import", str(BUNDLE)],  # the URL from the environment, as compose
+                          env={**env, "MFY_SUPERSET_WAREHOUSE_URL": reader_url},
+                          capture_output=True, text=True, cwd=home)
     assert done.returncode == 0, done.stderr[-3000:]
     port = _free_port()
     server = subprocess.Popen([superset_cli, "run", "-h", "127.0.0.1", "-p", str(port),
@@ -345,6 +346,7 @@ def test_superset_export_strips_credentials(superset, tmp_path):
     (database,) = tmp_path.glob("databases/*.yaml")
     uri = yaml.safe_load(database.read_text())["sqlalchemy_uri"]
     assert not re.search(r"://[^:/@]+:(?!XXXXXXXXXX@)[^@/]+@", uri), uri
+    assert "@" not in uri, uri  # no user, no password, not even a placeholder
 
     def uuids(folder: Path, kind: str) -> set[str]:
         return {yaml.safe_load(p.read_text())["uuid"] for p in folder.glob(f"{kind}/*.yaml")}
@@ -361,9 +363,11 @@ def test_bundle_zip_fills_in_the_url_and_strip_removes_it():
     assert content["sqlalchemy_uri"] == "postgresql+psycopg2://mfy_reader:s3cret@db:5432/mfy"
     stripped = superset_bundle.strip_credentials(content)
     assert "s3cret" not in json.dumps(stripped)
+    assert stripped["sqlalchemy_uri"] == "postgresql+psycopg2://db:5432/mfy"
     for path in BUNDLE.rglob("*.yaml"):
         assert "s3cret" not in path.read_text()
         assert not re.search(r"://[^:/@]+:(?!XXXXXXXXXX@)[^@/]+@", path.read_text()), path
+        assert not re.search(r"://[^/\s]*@", path.read_text()), path  # no user:password@
 
 
 # --------------------------------------------------------------------------- Metabase

@@ -15,7 +15,8 @@ superset fab create-admin --username="${SUPERSET_ADMIN_USER:-admin}" \
     --firstname=Admin --lastname=MoviesForYou --email="${SUPERSET_ADMIN_EMAIL:-admin@example.com}" \
     --password="${SUPERSET_ADMIN_PASSWORD}" || true
 superset init
+# the warehouse URL (it holds the reader's password) stays in the environment
+: "${MFY_SUPERSET_WAREHOUSE_URL:?is set in docker-compose.yml}"
 python "$APP/mfy-dashboards/superset_bundle.py" import "$APP/mfy-dashboards" \
-    --warehouse-url "${MFY_SUPERSET_WAREHOUSE_URL:?is set in docker-compose.yml}" \
     --username "${SUPERSET_ADMIN_USER:-admin}"
 exec gunicorn "$@" --workers 2 --timeout 120 "superset.app:create_app()"
