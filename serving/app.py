@@ -443,16 +443,10 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
         async with _pool(request).acquire() as conn:
             await _check_genres(conn, "exclude_genres", excluded)
             row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
-            folded = row["pending"] and await live.recommend(
-                request.app.state.live, conn, user_id, await _dataset(conn, request), k,
-                excluded)
-            if folded:  # rated since the publish: folded in now, kept until they rate again
-                cache.put(key, *folded)
-                return Response(content=folded[1], media_type="application/json")
-            if row["known"] and row["n"] < k:  # the stored list ran short
-                topped = await _top_up(request, conn, user_id, k, excluded, row)
-                cache.put(key, *topped)
-                return Response(content=topped[1], media_type="application/json")
+            made = await _made_now(request, conn, user_id, k, excluded, row)
+            if made:  # kept until they rate again, or the next publish
+                cache.put(key, *made)
+                return Response(content=made[1], media_type="application/json")
             if not row["personal"]:
                 await _require_user(conn, user_id, await _dataset(conn, request))
                 if not row["n"]:
@@ -463,14 +457,25 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     return Response(content=body, media_type="application/json")
 
 
-async def _top_up(request: Request, conn, user_id: int, k: int, excluded: list[str],
-                  row) -> tuple[int, bytes]:
-    """(publish id, JSON answer) of a known user's list that the stored rows ``row``
-    (``db.RECOMMEND_JSON``) leave short of ``k``: the rest scored in NumPy from the live
-    model (serving/live.py), or by recs.recommend in SQL when the publish has none."""
-    topped = await live.top_up(request.app.state.live, conn, user_id,
-                               await _dataset(conn, request), k, excluded,
-                               json.loads(row["body"]))
+async def _made_now(request: Request, conn, user_id: int, k: int, excluded: list[str],
+                    row) -> tuple[int, bytes] | None:
+    """(publish id, JSON answer) of a list the stored rows ``row`` (``db.RECOMMEND_JSON``)
+    cannot give as they are, made now; None when they can:
+
+    * the viewer rated films since the publish: folded in against the live model;
+    * a user the model knows, whose stored list ran short of ``k`` (excluded genres,
+      ``k`` above the stored length): the rest scored in NumPy from the live model
+      (serving/live.py), or by recs.recommend in SQL when the publish has none."""
+    state = request.app.state
+    if row["pending"]:
+        folded = await live.recommend(state.live, conn, user_id,
+                                      await _dataset(conn, request), k, excluded)
+        if folded:
+            return folded
+    if not (row["known"] and row["n"] < k):
+        return None
+    topped = await live.top_up(state.live, conn, user_id, await _dataset(conn, request), k,
+                               excluded, json.loads(row["body"]))
     if topped:
         return topped
     async with conn.transaction():
@@ -573,14 +578,8 @@ async def _sections_and_list(request: Request, user_id: int, k: int,
         row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, max(k, n), [])
         if not row["n"] and not row["known"]:
             await _version_of(conn, [])  # 503 when nothing is published yet
-        body = row["body"]
-        folded = row["pending"] and await live.recommend(
-            request.app.state.live, conn, user_id, dataset, max(k, n), [])
-        if folded:
-            body = folded[1]
-        elif row["known"] and row["n"] < max(k, n):
-            body = (await _top_up(request, conn, user_id, max(k, n), [], row))[1]
-        top = json.loads(body)
+        made = await _made_now(request, conn, user_id, max(k, n), [], row)
+        top = json.loads(made[1] if made else row["body"])
         rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
         seen = [r["movie_id"] for r in rated]
         profile = await conn.fetchrow(db.SECTION_PROFILE, user_id)

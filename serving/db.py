@@ -158,9 +158,11 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
                'source', source) order by rank), '[]'::json))::text as body,
        -- rated through the API since the publish: their list is folded in live
        ({_PENDING}) as pending,
-       -- the model has factors for them: a short list is theirs to top up
-       exists (select 1 from recs.user_factors as u
-               where u.user_id = $1 and u.implicit_factors is not null) as known
+       -- the model has factors for them: a short list is theirs to top up (asked only
+       -- when the list is short, so the usual lookup skips the probe; else null)
+       case when count(*) < $2 then exists (
+           select 1 from recs.user_factors as u
+           where u.user_id = $1 and u.implicit_factors is not null) end as known
 from recs.recommend($1, $2, $3::text[])
 """
 

@@ -103,11 +103,7 @@ async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int
         return None
     catalogue = {r["movie_id"]: r for r in await conn.fetch(
         db.CATALOGUE_ROWS, [int(model.movie_ids[i]) for i in top])}
-    listed = [_listed(catalogue[int(model.movie_ids[i])], viewer.scores[i],
-                      viewer.predicted[i], SOURCE)
-              for i in top if int(model.movie_ids[i]) in catalogue]
-    for rank, movie in enumerate(listed, start=1):
-        movie["rank"] = rank
+    listed = _listed(catalogue, model, top, viewer.scores, viewer.predicted[top], SOURCE)
     body = {"user_id": user_id, "model_version": live["model_version"],
             "publish_id": live["publish_id"], "exclude_genres": excluded,
             "folded_in_ratings": len(rated), "recommendations": listed}
@@ -124,8 +120,10 @@ async def top_up(models: LiveModels, conn, user_id: int, dataset: str, k: int,
     as ``recs.recommend``'s own top-up ranks them (score, then movie id). None without a
     fold-in model or published factors: then Postgres tops it up."""
     model, genres, live = await models.model(conn)
+    if model is None:
+        return None
     row = await conn.fetchrow(db.USER_FACTORS, user_id)
-    if model is None or row is None or row["implicit_factors"] is None:
+    if row is None or row["implicit_factors"] is None:
         return None
     listed = stored["recommendations"]
     scores = model.scores_of(row["implicit_factors"])
@@ -137,23 +135,28 @@ async def top_up(models: LiveModels, conn, user_id: int, dataset: str, k: int,
     predicted = model.predict(row["bias"], row["explicit_factors"], rows=top)
     catalogue = {r["movie_id"]: r for r in await conn.fetch(
         db.CATALOGUE_ROWS, [int(model.movie_ids[i]) for i in top])}
-    added = [_listed(catalogue[int(model.movie_ids[i])], scores[i], stars, "als")
-             for i, stars in zip(top, predicted, strict=True)
-             if int(model.movie_ids[i]) in catalogue]
-    for rank, movie in enumerate(added, start=len(listed) + 1):
-        movie["rank"] = rank
+    added = _listed(catalogue, model, top, scores, predicted, "als", after=len(listed))
     body = {"user_id": user_id, "model_version": live["model_version"],
             "publish_id": live["publish_id"], "exclude_genres": excluded,
             "recommendations": listed + added}
     return live["publish_id"], json.dumps(body).encode()
 
 
-def _listed(movie, score: float, predicted: float, source: str) -> dict:
-    """One recommendation as the API lists it (``rank`` set by the caller)."""
-    return {"rank": 0, "movie_id": movie["movie_id"], "title": movie["title"],
-            "year": movie["release_year"], "genres": list(movie["genres"]),
-            "score": float(score), "predicted_rating": round(float(predicted), 2),
-            "source": source}
+def _listed(catalogue: dict, model: foldin.Model, top: np.ndarray, scores: np.ndarray,
+            predicted: np.ndarray, source: str, after: int = 0) -> list[dict]:
+    """The model rows ``top`` as the API lists recommendations, ranked from ``after`` + 1
+    (``scores`` per model row, ``predicted`` per row of ``top``); movies missing from
+    ``catalogue`` (movie id -> its catalogue row) are left out."""
+    listed = []
+    for i, stars in zip(top, predicted, strict=True):
+        movie = catalogue.get(int(model.movie_ids[i]))
+        if movie is not None:
+            listed.append({
+                "rank": after + len(listed) + 1, "movie_id": movie["movie_id"],
+                "title": movie["title"], "year": movie["release_year"],
+                "genres": list(movie["genres"]), "score": float(scores[i]),
+                "predicted_rating": round(float(stars), 2), "source": source})
+    return listed
 
 
 async def viewer_predictions(models: LiveModels, conn, user_id: int, dataset: str,
