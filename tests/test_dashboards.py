@@ -142,6 +142,102 @@ def test_dockerfile_syntax(dockerfile):
                 assert (ROOT / source).exists(), f"COPY source {source} is missing"
 
 
+def dockerfile_copy(rest: str, root: Path, workdir: Path, ignore=None) -> list[Path]:
+    """A ``COPY`` line's sources from this checkout to their places in an image whose
+    root is the folder ``root`` (a relative target is under ``workdir``; a target ending
+    in ``/`` is a folder)."""
+    *sources, target = rest.split()
+    base = root / target.lstrip("/") if target.startswith("/") else workdir / target
+    placed = []
+    for source in sources:
+        destination = base / Path(source).name if target.endswith("/") else base
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, destination, ignore=ignore)
+        else:
+            shutil.copy(ROOT / source, destination)
+        placed.append(destination)
+    return placed
+
+
+def uv_offline(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """This checkout's uv and an environment in which uv's cache stands for the package
+    index: nothing is downloaded."""
+    uv = subprocess.run([str(ROOT / "scripts" / "uv-path")], capture_output=True, text=True,
+                        check=True).stdout.strip()
+    cache = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    return uv, {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"),
+                "UV_CACHE_DIR": cache, "UV_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+def test_the_superset_image_installs_as_its_dockerfile_says(tmp_path):
+    """docker/superset/Dockerfile's own steps on a stand-in for its base image: the
+    base's Superset release in ``/app/.venv`` (installed from uv's cache, as the image
+    has it), the RUN line's ``uv pip install`` run from the base's WORKDIR (``/app``,
+    where uv finds that environment), then the COPY lines. The image's environment then
+    has the Postgres driver, imports Superset's app and the copied
+    ``superset_config.py``, and makes a psycopg2 engine of its metadata URL (the
+    compose stack's Superset runs on the real warehouse in tests/test_stack.py).
+
+    ``--no-cache`` is dropped from the RUN line: offline, uv's cache stands for the
+    index. The ``|| pip install`` fallback is not run (uv succeeds)."""
+    uv, env = uv_offline(tmp_path)
+    image = tmp_path / "image"
+    app = image / "app"  # the base image's WORKDIR
+    pinned = dict(re.findall(r"^([\w-]+)([=<>]=?[\d.]+)", (
+        ROOT / "dashboards" / "superset-requirements.txt").read_text(), flags=re.M))
+    lines = dockerfile_lines("docker/superset/Dockerfile")
+    assert lines[0] == f"FROM apache/superset{pinned['apache-superset'].replace('==', ':')}"
+    base = [f"{name}{spec}" for name, spec in pinned.items()
+            if name not in ("psycopg2-binary", "selenium", "pyyaml")]
+    app.mkdir(parents=True)
+    for command in ([uv, "venv", "--quiet", "--python", "3.11", str(app / ".venv")],
+                    [uv, "pip", "install", "--quiet", "--python", str(app / ".venv"), *base]):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+    python = app / ".venv" / "bin" / "python"
+
+    def image_python(code: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                              cwd=app, timeout=300, env={
+                                  "PATH": f"{app / '.venv' / 'bin'}:{env['PATH']}",
+                                  "HOME": env["HOME"], **extra})
+
+    # the base image alone lacks the driver the compose stack needs
+    assert image_python("import psycopg2").returncode != 0
+    ran = []
+    for line in lines[1:]:
+        word, rest = line.split(None, 1)
+        if word.upper() == "RUN":
+            command = rest.split("||")[0].split()
+            assert command[:3] == ["uv", "pip", "install"], rest
+            command = [uv, *[part for part in command[1:] if part != "--no-cache"]]
+            done = subprocess.run(command, cwd=app, capture_output=True, text=True, env=env,
+                                  timeout=600)
+            assert done.returncode == 0, (command, done.stderr[-3000:])
+            ran.append(rest)
+        elif word.upper() == "COPY":
+            dockerfile_copy(rest, image, app)
+    assert len(ran) == 1
+    assert (app / "pythonpath" / "superset_config.py").is_file()
+    assert (app / "docker" / "mfy-start.sh").is_file()
+    assert (app / "mfy-dashboards" / "superset_bundle.py").is_file()
+    probe = image_python("""
+import psycopg2, sqlalchemy, superset_config
+from superset.app import create_app  # noqa: F401 (the image's CMD builds it)
+uri = superset_config.SQLALCHEMY_DATABASE_URI
+print(psycopg2.__version__.split()[0], uri, sqlalchemy.create_engine(uri).dialect.driver)
+""", PYTHONPATH=str(app / "pythonpath"), SUPERSET_HOME=str(app / "superset_home"),
+        SUPERSET_SECRET_KEY="x" * 32,
+        SUPERSET_DATABASE_URI="postgresql+psycopg2://superset@127.0.0.1:1/superset")
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    version, uri, driver = probe.stdout.strip().splitlines()[-1].split()
+    assert f"=={version}" == pinned["psycopg2-binary"]
+    assert uri.startswith("postgresql+psycopg2://") and driver == "psycopg2"
+
+
 @pytest.mark.slow
 def test_the_project_image_installs_as_its_dockerfile_says(tmp_path):
     """docker/Dockerfile's own steps, where they can run without Docker: its ENV and
@@ -157,8 +253,7 @@ def test_the_project_image_installs_as_its_dockerfile_says(tmp_path):
     (UV_COMPILE_BYTECODE only saves start-up time)."""
     import fnmatch
 
-    uv = subprocess.run([str(ROOT / "scripts" / "uv-path")], capture_output=True, text=True,
-                        check=True).stdout.strip()
+    uv, env = uv_offline(tmp_path)
     image = tmp_path / "image"
 
     def local(path: str) -> Path:
@@ -173,11 +268,6 @@ def test_the_project_image_installs_as_its_dockerfile_says(tmp_path):
                 if fnmatch.fnmatch(str(relative / name), pattern.removeprefix("**/"))
                 or fnmatch.fnmatch(name, pattern.removeprefix("**/"))}
 
-    # uv's cache stands for the package index: nothing is downloaded
-    cache = subprocess.run([uv, "cache", "dir"], capture_output=True, text=True,
-                           check=True).stdout.strip()
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "UV_CACHE_DIR": cache,
-           "UV_OFFLINE": "1"}
     args: dict[str, str] = {}
     workdir = local("/")
     ran, skipped = [], []
@@ -195,14 +285,7 @@ def test_the_project_image_installs_as_its_dockerfile_says(tmp_path):
             workdir = local(rest)
             workdir.mkdir(parents=True, exist_ok=True)
         elif word == "COPY":
-            *sources, target = rest.split()
-            for source in sources:
-                destination = workdir / target / Path(source).name if target.endswith("/") \
-                    else workdir / target
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, destination, ignore=ignore)
-                else:
-                    shutil.copy(ROOT / source, destination)
+            dockerfile_copy(rest, image, workdir, ignore)
         elif word == "RUN":
             for command in rest.split("&&"):
                 command = command.strip()
