@@ -170,29 +170,47 @@ def owner_url(local_stack) -> str:
 def ingest_during_a_dbt_build(local_stack, release: Path, home: Path,
                               timeout: float = 600) -> subprocess.CompletedProcess:
     """Once an Airflow task's dbt build holds the warehouse's writer lock, a CLI ingest
-    that does not wait (MFY_WRITER_WAIT=0): what it said."""
+    that does not wait (MFY_WRITER_WAIT=0): what it said.
+
+    The CLI is started first and told to go on (a line on its standard input) when the
+    lock is seen held: a dbt build of this small release lasts seconds, and a CLI started
+    only then, spending them on its imports, once came too late and found the release
+    unchanged."""
     held = """select 1 from ops.writer where holder like 'Airflow %%(dbt build)'
               and exists (select 1 from pg_locks where locktype = 'advisory' and granted
                           and objid = hashtext('moviesforyou.writer')::oid)"""
-    deadline = time.time() + timeout
-    with contextlib.closing(psycopg2.connect(owner_url(local_stack))) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            while True:
-                cur.execute("select to_regclass('ops.writer')")
-                if cur.fetchone()[0] is not None:
-                    cur.execute(held)
-                    if cur.fetchall():
-                        break
-                assert time.time() < deadline, local_stack.log_tail("airflow-scheduler")
-                time.sleep(0.5)
     # this process's MLflow store and settings are not the CLI's
     env = {k: v for k, v in os.environ.items()
            if k != "MLFLOW_TRACKING_URI" and not k.startswith(("MFY_", "AIRFLOW"))}
     env.update(MFY_HOME=str(home), MFY_WAREHOUSE_URL=owner_url(local_stack), MFY_WRITER_WAIT="0")
-    return subprocess.run([sys.executable, "-m", "moviesforyou", "ingest", "--dataset", "ml-100k",
-                           "--source", str(release)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    cli = subprocess.Popen(
+        [sys.executable, "-c", "import sys\n"
+         "from moviesforyou import cli, formats, ingest, sources, warehouse  # noqa\n"
+         "sys.stdin.readline()\n"
+         "sys.argv[0] = 'moviesforyou'\n"
+         "cli.main()\n",
+         "ingest", "--dataset", "ml-100k", "--source", str(release)],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.time() + timeout
+    try:
+        with contextlib.closing(psycopg2.connect(owner_url(local_stack))) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while True:
+                    cur.execute("select to_regclass('ops.writer')")
+                    if cur.fetchone()[0] is not None:
+                        cur.execute(held)
+                        if cur.fetchall():
+                            break
+                    assert time.time() < deadline, local_stack.log_tail("airflow-scheduler")
+                    time.sleep(0.2)
+        stdout, stderr = cli.communicate("go\n", timeout=300)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    return subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr)
 
 
 def test_the_compose_services_run_a_scheduled_nightly_and_a_backfill_at_once(

@@ -81,10 +81,20 @@ def find_pg_bin(preferred: Path | None = None) -> Path:
 
 
 def free_port(start: int) -> int:
+    """The first port from ``start`` that nothing listens on and that can be bound on
+    127.0.0.1. Binding is the test that counts: a port in the kernel's ephemeral range
+    may be the local end of some client's connection, which answers no connect but
+    makes a server's bind fail (a Spark master then moved its UI to the next port)."""
     for port in range(start, start + 200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise WarehouseError(f"no free TCP port in {start}..{start + 199}")
 
 
