@@ -47,7 +47,9 @@ def dbt_env(settings: Settings) -> dict[str, str]:
         "PGHOST": query.get("host") or parts.hostname or "127.0.0.1",
         "PGPORT": str(query.get("port") or parts.port or 5432),
         "PGUSER": unquote(parts.username or query.get("user") or settings.owner_role),
-        "PGPASSWORD": unquote(parts.password or query.get("password") or ""),
+        # a URL without a password leaves it to libpq's own PGPASSWORD, as psycopg2 does
+        "PGPASSWORD": unquote(parts.password or query.get("password")
+                              or os.environ.get("PGPASSWORD", "")),
         "PGDATABASE": unquote(parts.path.lstrip("/") or query.get("dbname") or "moviesforyou"),
         **settings.to_env(),  # env_var('MFY_DATASET'), env_var('MFY_POPULAR_N')
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
