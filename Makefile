@@ -26,7 +26,7 @@ screenshots: setup  ## refresh docs/screenshots from the page and dashboard test
 		tests/test_api.py tests/test_dashboards.py
 
 lint: setup
-	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests scripts benchmarks
+	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests tools scripts benchmarks dashboards
 	$(IN_VENV) $(VENV)/sqlfluff lint dbt_project/models
 	$(IN_VENV) $(VENV)/hadolint docker/Dockerfile docker/superset/Dockerfile
 
@@ -59,7 +59,7 @@ down:
 	docker compose down
 
 stack-local: setup  ## docker-compose.yml's services natively, no Docker (needs .env; README)
-	$(MFY) stack --env-file .env
+	$(IN_VENV) $(VENV)/python tools/stack.py --env-file .env
 
 compose-config:     ## validate docker-compose.yml without a Docker engine
 	docker-compose config --quiet

@@ -43,8 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from moviesforyou import embedded, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

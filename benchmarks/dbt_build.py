@@ -29,8 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from moviesforyou import embedded, ingest, sources, synth, transform, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.ingestion import ingest, sources, synth
+from moviesforyou.transformation import transform
 
 
 def timed_build(settings: Settings) -> dict:

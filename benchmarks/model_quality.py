@@ -101,8 +101,10 @@ def surprise_rmse(algo_name: str, train: pd.DataFrame, test: pd.DataFrame) -> np
 
 
 def build_snapshot(work: Path, source: Path = ML100K, dataset: str = "ml-100k"):
-    from moviesforyou import ingest, sources, transform, warehouse
-    from moviesforyou.config import Settings
+    from moviesforyou.foundation import warehouse
+    from moviesforyou.foundation.config import Settings
+    from moviesforyou.ingestion import ingest, sources
+    from moviesforyou.transformation import transform
     from spark_jobs.snapshot import export_snapshot
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MFY_")}
@@ -248,7 +250,7 @@ def ml1m_shaped(work: Path, ratings: int) -> None:
     """The comparison on a synthetic release in ml-1m's ``::`` layout: the product's
     own splits (a seeded random 80/20 for rating error, each user's latest 10 ratings
     for lists), its champion against biases, most popular and the ``implicit`` library."""
-    from moviesforyou import synth
+    from moviesforyou.ingestion import synth
     from spark_jobs.config import TrainConfig
     from spark_jobs.evaluation import Evaluator
     from spark_jobs.session import get_spark
@@ -342,8 +344,8 @@ def spark_iteration_seconds(spark, fit) -> float:
 
 def speed(sizes: list[int], work: Path, rank: int, iterations: int,
           block_counts: list[int]) -> None:
-    from moviesforyou import synth
-    from moviesforyou.config import Settings
+    from moviesforyou.foundation.config import Settings
+    from moviesforyou.ingestion import synth
     from spark_jobs.models import ModelParams, als_estimator
     from spark_jobs.session import get_spark
 

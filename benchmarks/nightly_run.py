@@ -49,8 +49,9 @@ from pathlib import Path
 
 import psutil
 
-from moviesforyou import embedded, orchestration, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.orchestration import airflow_local
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
@@ -130,7 +131,7 @@ def run(env: dict, home: Path, label: str, *args: str) -> RunFigures:
     if process.returncode:
         raise RunFailed(f"{label} failed after {seconds:.0f} s:\n{output[-3000:]}")
     settings = Settings.from_env(env)
-    summary = orchestration.last_run_summary(settings)
+    summary = airflow_local.last_run_summary(settings)
     tasks = {task: (end - start, memory.peak(start, end))
              for task, (start, end) in task_times(home / "airflow" / "airflow.db").items()}
     figures = RunFigures(label, seconds, summary["state"], tasks,

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_load import start_api  # noqa: E402
 from loadgen import percentile  # noqa: E402
 
-from moviesforyou import embedded, warehouse  # noqa: E402
-from moviesforyou.config import Settings  # noqa: E402
+from moviesforyou.foundation import embedded, warehouse  # noqa: E402
+from moviesforyou.foundation.config import Settings  # noqa: E402
 
 
 def ask(conn: http.client.HTTPConnection, method: str, path: str, body=None,

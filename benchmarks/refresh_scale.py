@@ -40,7 +40,7 @@ def made_up(n: int, folder: Path, seed: int = 7) -> tuple[Snapshot, Factors, Fac
     and a champion of random factors for its users and movies."""
     import pyarrow.csv as pacsv
 
-    from moviesforyou import synth
+    from moviesforyou.ingestion import synth
 
     synth.generate(folder / "release", synth.SynthSpec(n_ratings=n, seed=seed), layout="csv")
     frame = pacsv.read_csv(folder / "release" / "ratings.csv").to_pandas().rename(columns={

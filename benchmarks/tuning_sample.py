@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moviesforyou import synth
+from moviesforyou.ingestion import synth
 from spark_jobs.config import TrainConfig
 from spark_jobs.evaluation import Evaluator
 from spark_jobs.models import ITEM, RATING, TIME, USER

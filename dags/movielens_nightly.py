@@ -66,8 +66,8 @@ import pendulum
 from airflow.sdk import Asset, dag, get_current_context, task
 from airflow.sdk.bases.operator import TriggerRule
 
-from moviesforyou import names
-from moviesforyou.config import Settings
+from moviesforyou.foundation import names
+from moviesforyou.foundation.config import Settings
 
 RAW, MARTS, MODEL, RECS = (Asset(**asset) for asset in (
     names.RAW_ASSET, names.MARTS_ASSET, names.MODEL_ASSET, names.RECS_ASSET))
@@ -83,7 +83,7 @@ def _conf() -> dict:
 
 
 def _settings():
-    from moviesforyou.pipeline import settings_from_airflow
+    from moviesforyou.orchestration.pipeline import settings_from_airflow
 
     return settings_from_airflow()
 
@@ -108,12 +108,12 @@ def _step(*args, **kwargs):
     import importlib
 
     task_id = get_current_context()["ti"].task_id
-    module = importlib.import_module(_STEPS.get(task_id, "moviesforyou.pipeline"))
+    module = importlib.import_module(_STEPS.get(task_id, "moviesforyou.orchestration.pipeline"))
     step = getattr(module, task_id)
     try:
         return step(_settings(), *args, **kwargs)
     except Exception as exc:
-        from moviesforyou import pipeline
+        from moviesforyou.orchestration import pipeline
 
         pipeline.record_error(get_current_context()["ti"], exc)
         if _conf().get("fail_fast"):
@@ -188,7 +188,7 @@ def movielens_nightly():
     def write_summary() -> dict:
         from airflow.sdk.exceptions import AirflowException
 
-        from moviesforyou import pipeline
+        from moviesforyou.orchestration import pipeline
 
         context = get_current_context()
         ti, run = context["ti"], context["dag_run"]
@@ -221,7 +221,7 @@ def movielens_nightly():
     changed >> marts >> validate_marts() >> (snapshot := export_snapshot())
 
     if SPARK_CONN_ID:
-        from moviesforyou.spark_submit import TrainOnSpark
+        from moviesforyou.orchestration.spark_submit import TrainOnSpark
 
         train = TrainOnSpark(task_id=names.TRAIN_ALS, conn_id=SPARK_CONN_ID, project=PROJECT,
                              name="moviesforyou-train", outlets=[MODEL])

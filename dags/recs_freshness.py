@@ -19,13 +19,13 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from moviesforyou import names
+from moviesforyou.foundation import names
 
 RECS = Asset(**names.RECS_ASSET)
 
 
 def _settings():
-    from moviesforyou.pipeline import settings_from_airflow
+    from moviesforyou.orchestration.pipeline import settings_from_airflow
 
     return settings_from_airflow()
 
@@ -45,13 +45,13 @@ def _settings():
 def recs_freshness():
     @task
     def measure_recs() -> dict:
-        from moviesforyou import pipeline
+        from moviesforyou.orchestration import pipeline
 
         return pipeline.measure_recs(_settings())
 
     @task(retries=0)
     def check_freshness() -> dict:
-        from moviesforyou import pipeline
+        from moviesforyou.orchestration import pipeline
 
         return pipeline.check_freshness(_settings())
 

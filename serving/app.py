@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from moviesforyou.config import Settings
+from moviesforyou.foundation.config import Settings
 from serving import auth, db, live
 from serving.cache import AnswerCache, following
 from serving.schemas import NewRatings, NewUser

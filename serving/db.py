@@ -1,6 +1,6 @@
 """Warehouse access for the API: one asyncpg pool, as the read-only role.
 
-Configuration: ``settings.api`` (:mod:`moviesforyou.config`), from the environment:
+Configuration: ``settings.api`` (:mod:`moviesforyou.foundation.config`), from the environment:
 
 | variable | default | meaning |
 |---|---|---|
@@ -15,14 +15,14 @@ built from client input.
 
 from __future__ import annotations
 
-from moviesforyou.config import Settings
+from moviesforyou.foundation.config import Settings
 
 
 def database_url(settings: Settings) -> str:
     """The URL the API reads with: ``MFY_API_DATABASE_URL``, else the warehouse's reader."""
     if settings.api.database_url:
         return settings.api.database_url
-    from moviesforyou import warehouse
+    from moviesforyou.foundation import warehouse
 
     return warehouse.reader_url(settings)
 

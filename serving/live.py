@@ -3,7 +3,7 @@ folded in against the live movie factors on their next request.
 
 The nightly run stays the authority: once it has trained on those ratings and
 published, the viewer is no longer "pending" and gets the stored list again.
-The fold-in itself is :mod:`moviesforyou.foldin` (the ALS user step in NumPy);
+The fold-in itself is :mod:`moviesforyou.foundation.foldin` (the ALS user step in NumPy);
 this module keeps the live publish's movie side in memory, loaded on the first
 fold-in after each publish (at ml-25m's 59,047 movies and rank 50, about 50 MB
 per worker process), and turns a folded-in viewer into the API's answer.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moviesforyou import foldin
+from moviesforyou.foundation import foldin
 from serving import db
 
 log = logging.getLogger(__name__)

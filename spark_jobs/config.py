@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation.errors import MoviesForYouError
 from spark_jobs.models import ModelParams
 
 

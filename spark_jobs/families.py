@@ -4,7 +4,7 @@ Both come out in the shape Spark ALS leaves (:class:`~spark_jobs.models.Factors`
 user and movie vectors whose dot product is the score, plus the bias baseline for
 ratings), so the gate, scoring, publishing, the SQL functions and the API treat
 every family alike; only how a new viewer is folded in differs
-(:mod:`moviesforyou.foldin`).
+(:mod:`moviesforyou.foundation.foldin`).
 
 **BPMF** (Salakhutdinov and Mnih, "Bayesian probabilistic matrix factorization
 using MCMC", 2008), with biases. Each user is ``[p_u, b_u]`` and each movie
@@ -63,8 +63,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from moviesforyou.foldin import BIAS_REG_USER, explicit_user
-from spark_jobs.models import ITEM, RATING, USER, Biases, Factors, ModelParams
+from moviesforyou.foundation.factors import ITEM, RATING, USER, Biases, Factors, ModelParams
+from moviesforyou.foundation.foldin import BIAS_REG_USER, explicit_user
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,10 @@ def _mean_product(left: np.ndarray, right: np.ndarray, rank: int) -> tuple:
 
 def calibrate_fold_in(factors: Factors, ratings: pd.DataFrame, *, users: int = 300,
                       seed: int = 42) -> float:
-    """The ALS-WR regularisation with which the explicit fold-in (:mod:`moviesforyou.foldin`)
-    best reproduces the model's own predictions for a sample of its users, over every
-    movie (mean squared difference): what a viewer folded in between two nights gets."""
+    """The ALS-WR regularisation with which the explicit fold-in
+    (:mod:`moviesforyou.foundation.foldin`) best reproduces the model's own predictions
+    for a sample of its users, over every movie (mean squared difference): what a viewer
+    folded in between two nights gets."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(factors.user_ids, size=min(users, len(factors.user_ids)), replace=False)
     sample = ratings[ratings[USER].isin(chosen)]

@@ -11,7 +11,7 @@
   step (:func:`gate_model`) on the very same splits, so a failed gate can be retried
   without retraining.
 * **The same on a cluster.** ``spark-submit spark_jobs/nightly.py --snapshot …
-  --date …`` (what :class:`moviesforyou.spark_submit.TrainOnSpark` runs) trains
+  --date …`` (what :class:`moviesforyou.orchestration.spark_submit.TrainOnSpark` runs) trains
   exactly as the in-process task does; the task then reads the result back from
   MLflow (:func:`trained_on_snapshot`).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from moviesforyou.config import Settings, on_weekday
+from moviesforyou.foundation.config import Settings, on_weekday
 from spark_jobs import registry, session
 from spark_jobs.config import train_config
 

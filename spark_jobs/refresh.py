@@ -6,7 +6,7 @@ scratch for both models (about 28 minutes at 25M ratings on two cores). A
 refresh does what one more ALS user step would: it keeps the champion's movie
 factors and biases and re-solves, in NumPy, only the users who rated since the
 champion was trained, with the same solves the API uses for a viewer who rated
-since the publish (:mod:`moviesforyou.foldin`, Spark's ``computeFactors`` with its
+since the publish (:mod:`moviesforyou.foundation.foldin`, Spark's ``computeFactors`` with its
 ALS-WR regularisation). Spark's ALS ends every iteration with the user step, so
 re-solving a user whose ratings did not change gives back the factors they have:
 only the touched users move, and they move exactly as a user step would.
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moviesforyou import foldin
-from moviesforyou.config import Settings
+from moviesforyou.foundation import foldin
+from moviesforyou.foundation.config import Settings
 from spark_jobs import metrics, registry
 from spark_jobs.models import (
     ITEM,
@@ -99,7 +99,8 @@ def resolve_users(explicit: Factors, implicit: Factors,
                   history: pd.DataFrame) -> tuple[Factors, Factors]:
     """Both models with the users of ``history`` (their every rating) re-solved against
     the models' movie factors, biases and regularisation (or, for a family other than
-    ALS, folded in as the API does, :mod:`moviesforyou.foldin`); other users untouched."""
+    ALS, folded in as the API does, :mod:`moviesforyou.foundation.foldin`); other users
+    untouched."""
     history = history.sort_values(USER, kind="stable")
     users, starts = np.unique(history[USER].to_numpy(), return_index=True)
     bounds = np.append(starts, len(history))
@@ -114,7 +115,7 @@ def resolve_users(explicit: Factors, implicit: Factors,
     for j in range(len(users)):
         span = slice(bounds[j], bounds[j + 1])
         r, offset = stars[span], base[span]
-        # the last step of Biases.fit, then the ALS user steps (moviesforyou.foldin)
+        # the last step of Biases.fit, then the ALS user steps (moviesforyou.foundation.foldin)
         user_bias[j] = (r - offset).sum() / (len(r) + foldin.BIAS_REG_USER)
         rows = e_rows[span]
         if (rows >= 0).any():

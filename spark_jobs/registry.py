@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from moviesforyou import warehouse
-from moviesforyou.config import EXPORTED_TRACKING_URIS, Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import EXPORTED_TRACKING_URIS, Settings
+from moviesforyou.foundation.errors import MoviesForYouError
 from spark_jobs.models import ITEM, USER, Factors, ModelParams, save_factors
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moviesforyou.config import similarity_parts
+from moviesforyou.foundation.config import similarity_parts
 from spark_jobs.models import ITEM, USER, Factors, load_factors, positions
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from moviesforyou.config import SparkSettings
+from moviesforyou.foundation.config import SparkSettings
 
 log = logging.getLogger(__name__)
 # py4j logs each connection it closes at INFO, also from __del__ at interpreter exit
@@ -80,7 +80,7 @@ def executor_code(spark) -> str:
     """Where an executor's Python worker imports ``spark_jobs`` from (one small task).
 
     On a cluster the code comes with the job (``--py-files``, see
-    :class:`moviesforyou.spark_submit.TrainOnSpark`), not from the driver's folder;
+    :class:`moviesforyou.orchestration.spark_submit.TrainOnSpark`), not from the driver's folder;
     a job checks this first, so a missing archive fails in seconds with this
     message, not deep inside a Python UDF an hour later.
     """

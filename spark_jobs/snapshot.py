@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from moviesforyou import warehouse
-from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import MoviesForYouError
 from spark_jobs.models import ITEM, RATING, TIME, USER
 
 COLUMNS = ("user_id", "movie_id", "rating", "rated_at")

@@ -50,8 +50,8 @@ from pathlib import Path
 
 import click
 
-from moviesforyou import warehouse
-from moviesforyou.config import Settings, find_project_root
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings, find_project_root
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError, train_config
 from spark_jobs.evaluation import Evaluator

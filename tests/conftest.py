@@ -21,8 +21,8 @@ import pytest
 from psycopg2 import sql
 
 import fixture_releases
-from moviesforyou import embedded, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,8 @@ def spark(state_dir: Path):
 @contextlib.contextmanager
 def modelled_warehouse(embedded_settings: Settings, release: Path, home: Path):
     """A fresh database with an ml-100k-layout ``release`` ingested and dbt-built."""
-    from moviesforyou import ingest, sources, transform
+    from moviesforyou.ingestion import ingest, sources
+    from moviesforyou.transformation import transform
 
     with fresh_database(embedded_settings) as settings:
         settings = dataclasses.replace(settings, home=home)
@@ -202,13 +203,13 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
 
     Tests may publish again or roll back, but must leave a live version behind.
     """
-    from moviesforyou import publish
+    from moviesforyou.orchestration import recs_publish
     from spark_jobs.config import TrainConfig
     from spark_jobs.train import train
 
     with modelled_warehouse(embedded_settings, ml100k, state_dir / "published-home") as settings:
         train(settings, TrainConfig(**QUICK_MODELS), spark=spark)
-        publish.publish(settings, spark=spark)
+        recs_publish.publish(settings, spark=spark)
         yield settings
 
 

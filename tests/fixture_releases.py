@@ -115,7 +115,7 @@ def synthetic_release(folder: Path, name: str, *, ratings: int, seed: int, users
     import shutil
     import zipfile
 
-    from moviesforyou import synth
+    from moviesforyou.ingestion import synth
 
     release = folder / name
     synth.generate(release, synth.SynthSpec(n_ratings=ratings, n_users=users, n_movies=movies,

@@ -18,7 +18,8 @@ import psycopg2.errors
 import pytest
 
 from conftest import call, query, running_api, wait_for
-from moviesforyou import publish, warehouse
+from moviesforyou.foundation import warehouse
+from moviesforyou.orchestration import recs_publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -491,7 +492,7 @@ def test_readers_never_fail_during_back_to_back_publishes(api_server, published,
         t.start()
     try:
         time.sleep(1)
-        results = [publish.publish(published, spark=spark) for _ in range(2)]
+        results = [recs_publish.publish(published, spark=spark) for _ in range(2)]
         time.sleep(3)  # the API's cache follows the live publish once a second
     finally:
         stop.set()

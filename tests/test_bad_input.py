@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, query
-from moviesforyou import ingest, sources
-from moviesforyou.errors import SourceError
+from moviesforyou.foundation.errors import SourceError
+from moviesforyou.ingestion import ingest, sources
 
 pytestmark = pytest.mark.integration
 
@@ -251,7 +251,7 @@ def test_cli_ingest_runs_the_raw_suite_before_the_load_goes_live(db_settings, ml
     import subprocess
     import sys
 
-    from moviesforyou import warehouse
+    from moviesforyou.foundation import warehouse
 
     release = tmp_path / "ml-100k"
     release.mkdir()

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import ROOT
-from moviesforyou.config import VARIABLES, ConfigError, Settings
+from moviesforyou.foundation.config import VARIABLES, ConfigError, Settings
 
 #: Variables in .env.example that only docker compose reads (its services' passwords).
 COMPOSE_ONLY = {"MFY_OWNER_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_USER",

@@ -29,7 +29,8 @@ import yaml
 
 from conftest import ROOT, query, wait_for_http
 from metabase_stub import MetabaseStub
-from moviesforyou import embedded, pipeline, warehouse
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.orchestration import pipeline
 
 SUPERSET_VENV = ROOT / ".venv-superset"
 BUNDLE = ROOT / "dashboards" / "superset"

@@ -13,8 +13,11 @@ import shutil
 import pytest
 
 from conftest import FIXTURES, ROOT, fresh_database, query
-from moviesforyou import ingest, recs_build, sources, transform, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.ingestion import ingest, sources
+from moviesforyou.publishing import recs_build
+from moviesforyou.transformation import transform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

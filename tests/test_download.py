@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import query
-from moviesforyou import ingest, sources
-from moviesforyou.errors import SourceError
+from moviesforyou.foundation.errors import SourceError
+from moviesforyou.ingestion import ingest, sources
 
 pytestmark = pytest.mark.integration
 

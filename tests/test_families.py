@@ -16,7 +16,7 @@ import psycopg2.extras
 import pytest
 
 from conftest import QUICK_MODELS, modelled_warehouse, query
-from moviesforyou import foldin, warehouse
+from moviesforyou.foundation import foldin, warehouse
 from serving import db
 from spark_jobs import families, metrics, registry
 from spark_jobs.models import ITEM, RATING, USER, Biases, ModelParams, factor_scorer
@@ -143,7 +143,7 @@ def test_bpmf_beats_its_biases_on_the_real_ml100k(ml100k):
 def families_published(embedded_settings, ml100k, spark, tmp_path_factory):
     """The real ml-100k with a champion of the NumPy families (BPMF ratings, EASE lists),
     trained on a seeded split and published."""
-    from moviesforyou import publish
+    from moviesforyou.orchestration import recs_publish
     from spark_jobs.config import TrainConfig
     from spark_jobs.train import train
 
@@ -151,7 +151,7 @@ def families_published(embedded_settings, ml100k, spark, tmp_path_factory):
     with modelled_warehouse(embedded_settings, ml100k, home) as settings:
         config = TrainConfig(**{**QUICK_MODELS, "explicit": BPMF, "implicit": EASE})
         result = train(settings, config, spark=spark)
-        publish.publish(settings, spark=spark)
+        recs_publish.publish(settings, spark=spark)
         yield settings, result
 
 

@@ -27,9 +27,10 @@ import psycopg2
 import pytest
 
 from conftest import ROOT, query, wait_for_http
-from moviesforyou import embedded, ingest, sources, synth, warehouse
-from moviesforyou.config import Settings
-from moviesforyou.errors import WarehouseError
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import WarehouseError
+from moviesforyou.ingestion import ingest, sources, synth
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +164,7 @@ def live_recs(conn) -> tuple:
 
 def test_a_crash_during_a_publish_leaves_the_previous_recommendations_live(
         fragile, fragile_published, spark):
-    from moviesforyou import publish
+    from moviesforyou.orchestration import recs_publish
 
     settings = fragile_published
     with contextlib.closing(fragile.connect()) as conn:
@@ -173,7 +174,7 @@ def test_a_crash_during_a_publish_leaves_the_previous_recommendations_live(
 
     def run() -> None:
         try:
-            publish.publish(settings, spark=spark)
+            recs_publish.publish(settings, spark=spark)
         except BaseException as exc:  # noqa: BLE001 - the test inspects it
             failures.append(exc)
 
@@ -196,7 +197,7 @@ def test_a_crash_during_a_publish_leaves_the_previous_recommendations_live(
         crashed = last + 1
         assert query(conn, "select count(*) from recs.recommend(1, 10)")[0][0] == 10
     # the next publish waits MFY_WRITER_WAIT (5 s) for it, marks it failed and goes live
-    result = publish.publish(settings, spark=spark)
+    result = recs_publish.publish(settings, spark=spark)
     with contextlib.closing(fragile.connect()) as conn:
         status, error = query(conn, "select status, error from ops.publish_log "
                                     "where publish_id = %s", (crashed,))[0]
@@ -232,7 +233,7 @@ def immutable(folder: Path) -> contextlib.AbstractContextManager:
 def test_an_unwritable_snapshot_folder_fails_clearly(fragile, fragile_published, tmp_path):
     """The nightly's export_snapshot task (before training and publishing) with its kept
     snapshots' folder read-only: a SnapshotError naming the folder, nothing left behind."""
-    from moviesforyou import pipeline
+    from moviesforyou.orchestration import pipeline
     from spark_jobs.snapshot import SnapshotError
 
     home = tmp_path / "home"

@@ -1,4 +1,4 @@
-"""Folding viewers in against the published movie factors (moviesforyou.foldin)."""
+"""Folding viewers in against the published movie factors (moviesforyou.foundation.foldin)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import psycopg2.extras
 import pytest
 
 from conftest import query
-from moviesforyou import foldin, warehouse
+from moviesforyou.foundation import foldin, warehouse
 from serving import db
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

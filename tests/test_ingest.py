@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, query
-from moviesforyou import ingest, sources
+from moviesforyou.ingestion import ingest, sources
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ def test_zip_with_top_folder(conn, tmp_path):
 def test_reader_role_cannot_read_raw_or_write(conn, db_settings, ml100k, tmp_path):
     import psycopg2
 
-    from moviesforyou import warehouse
+    from moviesforyou.foundation import warehouse
 
     load(conn, ml100k, "ml-100k", tmp_path)
     reader = psycopg2.connect(warehouse.reader_url(db_settings))

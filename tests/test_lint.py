@@ -1,5 +1,6 @@
-"""Style gates: sqlfluff on the dbt models (postgres dialect), ruff on the Python,
-hadolint on the Dockerfiles (its rules and the one ignored, with why: .hadolint.yaml)."""
+"""Style and structure gates: sqlfluff on the dbt models (postgres dialect), ruff on the
+Python, hadolint on the Dockerfiles (its rules and the one ignored, with why:
+.hadolint.yaml), the import-linter layers contract (pyproject.toml), and file sizes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_dbt_models_pass_sqlfluff():
 def test_python_passes_ruff():
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "dags",
-         "spark_jobs", "serving"],
+         "spark_jobs", "serving", "tools", "dashboards", "scripts"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout[-4000:]
@@ -36,3 +37,75 @@ def test_dockerfiles_pass_hadolint():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- structure
+
+#: Where the product's Python is, and the longest file each may hold.
+PRODUCT = ("src", "spark_jobs", "serving", "dags")
+LIMITS = {"product": 400, "tests": 600}
+
+
+def _lint_imports(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache",
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_imports_keep_the_layers_contract():
+    """orchestration -> stages -> foundation, stages independent, no cycles
+    ([tool.importlinter] in pyproject.toml); function-level imports count."""
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "2 kept, 0 broken" in result.stdout, result.stdout[-2000:]
+
+
+def test_every_package_of_moviesforyou_is_in_a_layer():
+    """A new subpackage (or a module at the package's top) would be outside the
+    contract, free to import anything: each must be named as a layer."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layered = {name.strip() for contract in config["contracts"] if contract["type"] == "layers"
+               for layer in contract["layers"] for name in layer.split("|")}
+    package = ROOT / "src" / "moviesforyou"
+    found = {f"moviesforyou.{p.name}" for p in package.iterdir()
+             if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.name for p in package.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert found <= layered, found - layered
+    assert not modules, f"modules outside every layer: {sorted(modules)}"
+
+
+def test_the_contract_catches_a_function_level_import_up_the_layers(tmp_path):
+    """The same contract on a copy of the code in which the foundation imports the
+    orchestration inside a function: lint-imports fails and names the import."""
+    import shutil
+
+    for folder in ("src/moviesforyou", "spark_jobs", "serving"):
+        shutil.copytree(ROOT / folder, tmp_path / Path(folder).name,
+                        ignore=shutil.ignore_patterns("__pycache__", "static"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    errors = tmp_path / "moviesforyou" / "foundation" / "errors.py"
+    errors.write_text(errors.read_text() + "\n\ndef _up():\n"
+                      "    from moviesforyou.orchestration import pipeline  # noqa: F401\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "moviesforyou.foundation.errors -> moviesforyou.orchestration.pipeline" in \
+        result.stdout, result.stdout[-3000:]
+
+
+def _python_files(*folders: str) -> list[Path]:
+    return [p for folder in folders for p in (ROOT / folder).rglob("*.py")
+            if "__pycache__" not in p.parts]
+
+
+def test_no_file_outgrows_its_limit():
+    """No product file over 400 lines, no test file over 600: a file that grows is
+    split along what it does."""
+    over = [f"{p.relative_to(ROOT)}: {n} lines (limit {LIMITS[kind]})"
+            for kind, folders in (("product", PRODUCT), ("tests", ("tests",)))
+            for p in _python_files(*folders)
+            if (n := len(p.read_text().splitlines())) > LIMITS[kind]]
+    assert not over, "\n".join(over)

@@ -14,7 +14,9 @@ import pytest
 from psycopg2 import sql
 
 from conftest import execute, fresh_database, query
-from moviesforyou import ingest, sources, transform, warehouse
+from moviesforyou.foundation import warehouse
+from moviesforyou.ingestion import ingest, sources
+from moviesforyou.transformation import transform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -132,7 +134,7 @@ def test_a_rating_before_its_users_first_rebuilds_in_full(warehouse_100k, caplog
     add_ratings(settings, [(3, 1, 4.0, "1997-10-01T10:00:00Z"),
                            (5, 2, 3.0, "2026-11-03T10:00:00Z")])
 
-    with caplog.at_level(logging.INFO, logger="moviesforyou.transform"):
+    with caplog.at_level(logging.INFO, logger="moviesforyou.transformation.transform"):
         night = transform.transform(settings, docs=False)
 
     assert "predates its user's first counted rating" in caplog.text

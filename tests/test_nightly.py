@@ -20,8 +20,8 @@ import pendulum
 import pytest
 
 from conftest import QUICK_TRAIN, ROOT, execute, fresh_database, query
-from moviesforyou import embedded, warehouse
-from moviesforyou.transform import temporary_environment
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.transformation.transform import temporary_environment
 
 #: The logical date of the first run and of its re-run.
 LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, 30, tz="UTC")
@@ -291,7 +291,7 @@ class TestNightlyRuns:
 
 def test_run_summary_is_one_row_per_run(published):
     """Re-running a run (same run id, e.g. cleared in the UI) replaces its summary row."""
-    from moviesforyou import pipeline
+    from moviesforyou.orchestration import pipeline
 
     tasks = {"extract_source": {"state": "success", "seconds": 1.0}}
     for state in ("failed", "success"):
@@ -337,7 +337,7 @@ def test_console_run_of_an_unreachable_source_fails_at_once_and_says_why(embedde
                "MFY_HOME": str(tmp_path / "home"), "MFY_WAREHOUSE_URL": settings.warehouse_url,
                "MFY_DOWNLOAD_RETRIES": "2", "COLUMNS": "400"}
         done = subprocess.run(
-            [sys.executable, "-m", "moviesforyou.cli", "run",
+            [sys.executable, "-m", "moviesforyou.orchestration.cli", "run",
              "--source", f"http://127.0.0.1:{closed}/ml-100k.zip"],
             env=env, capture_output=True, text=True, timeout=600)
         out = done.stdout + done.stderr

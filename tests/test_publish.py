@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import execute, query
-from moviesforyou import publish, quality, warehouse
+from moviesforyou.foundation import warehouse
+from moviesforyou.orchestration import recs_publish
+from moviesforyou.publishing import publish
+from moviesforyou.quality import checks
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -157,7 +160,7 @@ def _published_similarity(wh, method: str | None):
     import numpy as np
     import pandas as pd
 
-    from moviesforyou.recs_build import movie_genres, movie_tags
+    from moviesforyou.publishing.recs_build import movie_genres, movie_tags
     from spark_jobs.models import Factors, ModelParams
     from spark_jobs.score import ScoreConfig, similarity_model
 
@@ -275,8 +278,8 @@ def test_failed_validation_publishes_nothing(published, wh, spark):
                 "where movie_id = %s", (movie,))
     execute(wh, "delete from marts.dim_movies where movie_id = %s", (movie,))
     try:
-        with pytest.raises(quality.ValidationFailed, match="every movie id exists in dim_movies"):
-            publish.publish(published, spark=spark)
+        with pytest.raises(checks.ValidationFailed, match="every movie id exists in dim_movies"):
+            recs_publish.publish(published, spark=spark)
     finally:
         execute(wh, "insert into marts.dim_movies select * from ops.saved_movie")
         execute(wh, "drop table ops.saved_movie")
@@ -293,7 +296,7 @@ def test_failed_validation_publishes_nothing(published, wh, spark):
 
 def test_versions_are_kept_and_rollback_is_instant(published, wh, spark):
     first = live_id(wh)
-    second = publish.publish(published, spark=spark).publish_id
+    second = recs_publish.publish(published, spark=spark).publish_id
     assert live_id(wh) == second > first
     listed = {pid: where for pid, where, *_ in publish.versions(published)}
     assert listed[second] == "live" and listed[first] == "kept"
@@ -315,7 +318,7 @@ def test_versions_are_kept_and_rollback_is_instant(published, wh, spark):
 def test_only_the_last_versions_are_kept(published, wh, spark):
     keep_one = dataclasses.replace(published,
                                    publish=dataclasses.replace(published.publish, keep=1))
-    publish.publish(keep_one, spark=spark)
+    recs_publish.publish(keep_one, spark=spark)
     kept = [pid for pid, where, *_ in publish.versions(published) if where == "kept"]
     assert len(kept) == 1
     dropped = query(wh, "select count(*) from ops.publish_log where status = 'dropped'")[0][0]
@@ -323,7 +326,7 @@ def test_only_the_last_versions_are_kept(published, wh, spark):
 
 
 def test_config_from_environment_rejects_bad_values():
-    from moviesforyou.config import ConfigError, Settings
+    from moviesforyou.foundation.config import ConfigError, Settings
 
     assert Settings.from_env({"MFY_RECS_N": "20"}).publish.n == 20
     with pytest.raises(ConfigError, match="MFY_RECS_N='ten'"):
@@ -333,6 +336,6 @@ def test_config_from_environment_rejects_bad_values():
 
 
 def test_validation_report_is_json(published):
-    report = quality.validate(published, "recs")
+    report = checks.validate(published, "recs")
     assert report.success
     assert json.loads(json.dumps(report.as_json()))["layer"] == "recs"

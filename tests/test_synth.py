@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import query
-from moviesforyou import ingest, sources, synth
+from moviesforyou.ingestion import ingest, sources, synth
 
 
 def read_ratings(path, sep, skip):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import modelled_warehouse, query
-from moviesforyou import warehouse
+from moviesforyou.foundation import warehouse
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError
 from spark_jobs.models import ModelParams
@@ -232,7 +232,7 @@ def test_snapshots_are_kept_by_digest_and_pruned(tmp_path):
 
 
 def test_each_home_has_its_own_tracking_store(tmp_path, monkeypatch):
-    from moviesforyou.config import Settings
+    from moviesforyou.foundation.config import Settings
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MFY_HOME", str(tmp_path / "a"))

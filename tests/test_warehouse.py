@@ -13,12 +13,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from moviesforyou import embedded, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "moviesforyou.cli"]
+CLI = [sys.executable, "-m", "moviesforyou.orchestration.cli"]
 
 
 def cli(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -166,7 +166,7 @@ def test_settings_survive_the_trip_through_a_child_environment(tmp_path):
 
 def test_raw_tables_have_the_parsers_columns(embedded_settings):
     """sql/raw.sql (the DDL) and formats.RAW_TABLES (what the parsers write) agree."""
-    from moviesforyou.formats import RAW_TABLES
+    from moviesforyou.ingestion.formats import RAW_TABLES
 
     conn = warehouse.connect(embedded_settings)
     try:
@@ -184,8 +184,8 @@ def test_raw_tables_have_the_parsers_columns(embedded_settings):
 
 HOLD_WRITER = """
 import sys, time
-from moviesforyou import warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings
 with warehouse.writer_lock(Settings.from_env(), sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -204,8 +204,8 @@ def hold_writer(settings: Settings, action: str) -> subprocess.Popen:
 
 
 def test_one_writer_at_a_time_and_the_second_names_the_first(db_settings):
-    from moviesforyou import transform
-    from moviesforyou.errors import WarehouseBusy
+    from moviesforyou.foundation.errors import WarehouseBusy
+    from moviesforyou.transformation import transform
 
     holder = hold_writer(db_settings, "ingest")
     try:

@@ -1,3 +1,3 @@
-from moviesforyou.cli import main
+from moviesforyou.orchestration.cli import main
 
 main()

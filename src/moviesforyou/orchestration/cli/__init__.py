@@ -1,7 +1,7 @@
 """The ``moviesforyou`` command line.
 
 Run ``moviesforyou --help`` for the commands. Configuration comes from the
-environment (see :mod:`moviesforyou.config`), built once here into the settings
+environment (see :mod:`moviesforyou.foundation.config`), built once here into the settings
 every command receives; options override it per call.
 
 The commands live by stage: :mod:`.data` (warehouse, ingest, dbt, quality,
@@ -28,8 +28,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import MoviesForYouError
 
 console = Console(stderr=True)
 
@@ -100,6 +100,6 @@ def counts_table(title: str, schema: str, counts: dict[str, int]) -> Table:
 
 
 # the commands register themselves on `main`
-from moviesforyou.cli import data, models, run  # noqa: E402
+from moviesforyou.orchestration.cli import data, models, run  # noqa: E402
 
 __all__ = ["console", "data", "main", "models", "run"]

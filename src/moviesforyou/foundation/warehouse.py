@@ -1,5 +1,5 @@
 """The warehouse: a PostgreSQL database, embedded by default (the server itself:
-:mod:`moviesforyou.embedded`).
+:mod:`moviesforyou.foundation.embedded`).
 
 ``MFY_WAREHOUSE_URL`` set
     that server is used as it is; the user in the URL is the pipeline's owner.
@@ -36,9 +36,9 @@ import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
-from moviesforyou.config import Settings
-from moviesforyou.embedded import DATABASE, EmbeddedPostgres
-from moviesforyou.errors import WarehouseBusy, WarehouseError
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.embedded import DATABASE, EmbeddedPostgres
+from moviesforyou.foundation.errors import WarehouseBusy, WarehouseError
 
 log = logging.getLogger(__name__)
 

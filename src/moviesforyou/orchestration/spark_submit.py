@@ -64,7 +64,7 @@ class TrainOnSpark(SparkSubmitOperator):
     def execute(self, context) -> dict:
         from airflow.sdk import Connection
 
-        from moviesforyou import pipeline
+        from moviesforyou.orchestration import pipeline
         from spark_jobs import nightly, registry
 
         settings = pipeline.settings_from_airflow()

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from moviesforyou.cli import console, counts_table, main
-from moviesforyou.config import Settings
+from moviesforyou.foundation.config import Settings
+from moviesforyou.orchestration.cli import console, counts_table, main
 
 # --------------------------------------------------------------------------- train
 
@@ -127,10 +127,10 @@ def publish_command(settings: Settings) -> None:
 
 
 def _publish(settings: Settings):
-    from moviesforyou import publish
+    from moviesforyou.orchestration import recs_publish
 
     with console.status("scoring the champion and publishing the recs tables"):
-        return publish.publish(settings)
+        return recs_publish.publish(settings)
 
 
 def _print_publish(result) -> None:
@@ -150,7 +150,7 @@ def recs_group() -> None:
 @click.pass_obj
 def recs_versions(settings: Settings) -> None:
     """The live version and the ones kept for rollback."""
-    from moviesforyou import publish
+    from moviesforyou.publishing import publish
 
     table = Table(title="recs versions")
     for column in ("publish", "", "model version", "went live (UTC)", "user recommendations"):
@@ -166,7 +166,7 @@ def recs_versions(settings: Settings) -> None:
 @click.pass_obj
 def recs_rollback(settings: Settings, publish_id: int | None) -> None:
     """Make a kept version live again (default: the newest kept one)."""
-    from moviesforyou import publish
+    from moviesforyou.publishing import publish
 
     target, lock_ms = publish.rollback(settings, publish_id)
     console.print(f"publish {target} is live again (swap held its locks {lock_ms:.1f} ms)")

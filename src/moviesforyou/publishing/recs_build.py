@@ -4,7 +4,7 @@
 ``sql/recs_factors.sql``, COPYs Spark's scored lists and the champion's factors
 into them, copies the catalogue and the cold-start lists from their dbt marts
 (:data:`COPY_FROM_MARTS`), indexes, analyses and grants, all in one
-transaction. :mod:`moviesforyou.publish` validates the result and swaps it in.
+transaction. :mod:`moviesforyou.publishing.publish` validates the result and swaps it in.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from moviesforyou import foldin, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import foldin, warehouse
+from moviesforyou.foundation.config import Settings
 
 LIVE, BUILD, HISTORY = "recs", "recs_build", "recs_history"
 #: The published tables, in the order the swap moves them.
@@ -173,9 +173,9 @@ def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias
     Args:
         key: ``user`` or ``item``, which side of the factor sets to write.
     """
-    import numpy as np
+    import numpy as np  # NumPy and pandas only when building: the DAG file imports this
 
-    from spark_jobs.models import lookup, positions
+    from moviesforyou.foundation.factors import lookup, positions
 
     ids = np.union1d(getattr(explicit, f"{key}_ids"), getattr(implicit, f"{key}_ids"))
     columns = [lookup(bias, ids, 0.0).astype(str)]
@@ -205,7 +205,7 @@ def _has_extension(cur, name: str) -> bool:
 def build(conn, settings: Settings, *, publish_id: int, champion: dict,
           factors: Path, scored) -> dict[str, int]:
     """Create and fill every recs table in the build schema (one transaction)."""
-    from spark_jobs.models import load_factors
+    from moviesforyou.foundation.factors import load_factors
 
     explicit, implicit = load_factors(factors)
     config = settings.publish

@@ -3,7 +3,7 @@
 The training steps (``train_als``, ``gate_model``) and their rules are the
 training stage's own: :mod:`spark_jobs.nightly`.
 
-Each step takes :class:`~moviesforyou.config.Settings`, does one thing, logs its
+Each step takes :class:`~moviesforyou.foundation.config.Settings`, does one thing, logs its
 progress as plain lines (Airflow's task log) and returns a small JSON-able dict
 for XCom and the run summary. The DAG file only wires them together; tests can
 call them directly.
@@ -30,8 +30,12 @@ import logging
 import os
 import time
 
-from moviesforyou import ingest, names, publish, quality, sources, transform, warehouse
-from moviesforyou.config import Settings
+from moviesforyou.foundation import names, warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.ingestion import ingest, sources
+from moviesforyou.orchestration import recs_publish
+from moviesforyou.quality import checks
+from moviesforyou.transformation import transform
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +112,8 @@ def extract_source(settings: Settings, *, force: bool = False) -> dict:
 def validate(settings: Settings, layer: str, *, subject: str | None = None) -> dict:
     """A layer's Great Expectations suites; a failure raises with every failing expectation."""
     try:
-        report = quality.validate(settings, layer, subject=subject)
-    except quality.ValidationFailed as exc:
+        report = checks.validate(settings, layer, subject=subject)
+    except checks.ValidationFailed as exc:
         log.error("%s", exc)
         raise
     return report.as_json()
@@ -136,7 +140,7 @@ def validate_raw(settings: Settings, load: dict) -> dict:
             report = {}
 
             def audit(staged_load) -> None:
-                report.update(quality.audit_load(settings)(staged_load).as_json())
+                report.update(checks.audit_load(settings)(staged_load).as_json())
 
             try:
                 loaded = ingest.publish_staged(conn, staged, audit)
@@ -150,7 +154,7 @@ def validate_raw(settings: Settings, load: dict) -> dict:
                     "where dataset = %s and status = 'loaded'", (settings.dataset,))
         data_load = cur.fetchone()[0]
     subject = f"load:{data_load}"
-    if quality.passed_before(settings, "raw", subject):
+    if checks.passed_before(settings, "raw", subject):
         log.info("raw: load %s is unchanged and passed validation before: not re-validated",
                  data_load)
         return {"layer": "raw", "success": True, "skipped": True, "subject": subject,
@@ -159,8 +163,9 @@ def validate_raw(settings: Settings, load: dict) -> dict:
 
 
 def _published_by_another_run(conn, load_id: int) -> dict | None:
-    """When two runs went on with one staged load (:func:`moviesforyou.ingest.stage_release`)
-    and the other run already attached it: its result, as this run's."""
+    """When two runs went on with one staged load
+    (:func:`moviesforyou.ingestion.ingest.stage_release`) and the other run already
+    attached it: its result, as this run's."""
     with conn, conn.cursor() as cur:
         cur.execute("""select status, row_counts, error from ops.source_loads
                        where load_id = %s""", (load_id,))
@@ -213,7 +218,7 @@ def build_marts(settings: Settings, *, logical_date=None) -> dict:
     """dbt build (models, unit and data tests) and source freshness.
 
     Incremental, except on the weekly rebuild day for ``logical_date`` and the
-    other cases :func:`moviesforyou.transform.transform` names.
+    other cases :func:`moviesforyou.transformation.transform.transform` names.
     """
     started = time.time()
     summary = transform.transform(settings, docs=True, logical_date=logical_date)
@@ -237,16 +242,16 @@ def export_snapshot(settings: Settings) -> dict:
 
 def score_recs(settings: Settings) -> dict:
     """Score the champion and build the recs tables beside the live ones."""
-    publish_id = publish.prepare(settings)
+    publish_id = recs_publish.prepare(settings)
     return {"publish_id": publish_id}
 
 
 def validate_recs(settings: Settings, scored: dict) -> dict:
-    return publish.validate_build(settings, scored["publish_id"]).as_json()
+    return recs_publish.validate_build(settings, scored["publish_id"]).as_json()
 
 
 def publish_recs(settings: Settings, scored: dict) -> dict:
-    result = publish.go_live(settings, scored["publish_id"])
+    result = recs_publish.go_live(settings, scored["publish_id"])
     return {"publish_id": result.publish_id, "model_version": result.model_version,
             "row_counts": result.row_counts, "swap_lock_ms": round(result.swap_lock_ms, 2)}
 

@@ -19,7 +19,7 @@ A load goes through three steps, each recorded in the ledger
    the next load marks it ``failed`` (interrupted). A parse error rolls the
    copy back and records ``failed``.
 2. **audit**: the caller's check of the staged tables, normally the raw Great
-   Expectations suite (:func:`moviesforyou.quality.validate` with the staging
+   Expectations suite (:func:`moviesforyou.quality.checks.validate` with the staging
    schema). A load that fails it is **rejected**: its tables move to
    ``raw_rejected__ml_100k`` for inspection (the previous rejected load of the
    dataset is dropped), the ledger names that schema, and the error says so.
@@ -52,9 +52,9 @@ from typing import IO
 import psycopg2
 from psycopg2 import sql
 
-from moviesforyou import sources
-from moviesforyou.errors import MoviesForYouError, SourceError
-from moviesforyou.formats import LAYOUTS, RAW_TABLES, Context, Row
+from moviesforyou.foundation.errors import MoviesForYouError, SourceError
+from moviesforyou.ingestion import sources
+from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES, Context, Row
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +181,6 @@ def last_good_load(cur, dataset: str) -> dict | None:
     return {"load_id": row[0], "files": row[1], "archive_sha256": row[2], "loaded_at": row[3]}
 
 
-def release_features(cur, dataset: str) -> sources.Features:
-    """What ``dataset``'s release has: the layout its newest load recorded, else the
-    layout of the GroupLens release of that name."""
-    cur.execute("""select layout from ops.source_loads
-                   where dataset = %s and status = 'loaded' and layout is not null
-                   order by load_id desc limit 1""", (dataset,))
-    row = cur.fetchone()
-    if row:
-        return sources.FEATURES[row[0]]
-    if dataset in sources.RELEASES:
-        return sources.FEATURES[sources.RELEASES[dataset].layout]
-    raise SourceError(f"no load of {dataset!r} records its layout: ingest the release first")
-
-
 def load_release(
     conn,
     files: sources.ReleaseFiles,
@@ -209,7 +195,7 @@ def load_release(
 
     Args:
         conn: a psycopg2 connection as the warehouse owner; not in a transaction.
-        files: the release's files (see :func:`moviesforyou.sources.open_source`).
+        files: the release's files (see :func:`moviesforyou.ingestion.sources.open_source`).
         dataset: the release name; the value of ``dataset`` in every raw table.
         layout: ``100k``, ``1m`` or ``csv``; detected from the files when None.
         force: reload even when the files match the last good load.

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from moviesforyou import warehouse
-from moviesforyou.config import Settings, find_project_root, on_weekday
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings, find_project_root, on_weekday
+from moviesforyou.foundation.errors import MoviesForYouError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ checks every line: field count, types, the rating scale, that ratings, tags
 and links refer to known users and movies, that a rating's time is possible
 (not before MovieLens began in 1995, not in the future) and that no user rates
 a movie twice. The first problem raises
-:class:`~moviesforyou.errors.SourceError` naming the file, line and field.
+:class:`~moviesforyou.foundation.errors.SourceError` naming the file, line and field.
 
 Layouts, from the READMEs GroupLens ships with each release:
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import IO
 
-from moviesforyou.errors import SourceError
+from moviesforyou.foundation.errors import SourceError
 
 #: The raw tables and their data columns (``dataset``, ``load_id`` and
 #: ``loaded_at`` are added to every one).

@@ -18,91 +18,28 @@ Opening
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from moviesforyou.download import Downloader, Progress, fetch_zip, file_digest
-from moviesforyou.errors import SourceError
+from moviesforyou.foundation.errors import SourceError
+from moviesforyou.foundation.releases import (  # noqa: F401 (sources' own names)
+    FEATURES,
+    GROUPLENS,
+    RELEASES,
+    REQUIRED_FILES,
+    Features,
+    Release,
+)
+from moviesforyou.ingestion.download import Downloader, Progress, fetch_zip, file_digest
 
 log = logging.getLogger(__name__)
 
-GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 CHUNK = 1 << 20
 
-
-@dataclass(frozen=True)
-class Release:
-    """A MovieLens release and the layout of its files.
-
-    Attributes:
-        name: the release's name, also the ``dataset`` value in the warehouse.
-        layout: ``100k`` (``|``/tab, latin-1), ``1m`` (``::``, latin-1) or ``csv`` (UTF-8).
-        url: the GroupLens download URL.
-    """
-
-    name: str
-    layout: str
-
-    @property
-    def url(self) -> str:
-        return f"{GROUPLENS}/{self.name}.zip"
-
-
-RELEASES: dict[str, Release] = {
-    r.name: r
-    for r in (
-        Release("ml-100k", "100k"),
-        Release("ml-1m", "1m"),
-        Release("ml-latest-small", "csv"),
-        Release("ml-25m", "csv"),
-        Release("ml-32m", "csv"),
-    )
-}
-
-#: Files each layout must have; the ingester reads these and nothing else.
-REQUIRED_FILES: dict[str, tuple[str, ...]] = {
-    "100k": ("u.data", "u.item", "u.user", "u.genre", "u.occupation"),
-    "1m": ("ratings.dat", "movies.dat", "users.dat"),
-    "csv": ("ratings.csv", "movies.csv", "tags.csv", "links.csv"),
-}
-
-
-@dataclass(frozen=True)
-class Features:
-    """What a release of a layout has, as its README describes it.
-
-    The quality suites (``when:``), the cold-start lists and the API adapt to these:
-    a CSV release has no user file, so it gets no age/gender, occupation or region lists.
-
-    Attributes:
-        layout: ``100k``, ``1m`` or ``csv``.
-        demographics: a user file with gender, age and occupation.
-        half_stars: ratings 0.5-5 in half steps (else whole stars 1-5).
-        tags: free-text tags (``tags.csv``).
-        links: IMDb and TMDb ids (``links.csv``); 100K has IMDb URLs instead.
-    """
-
-    layout: str
-    demographics: bool
-    half_stars: bool
-    tags: bool
-    links: bool
-
-    def as_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-
-FEATURES: dict[str, Features] = {
-    "100k": Features("100k", demographics=True, half_stars=False, tags=False, links=False),
-    "1m": Features("1m", demographics=True, half_stars=False, tags=False, links=False),
-    "csv": Features("csv", demographics=False, half_stars=True, tags=True, links=True),
-}
 
 _DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 

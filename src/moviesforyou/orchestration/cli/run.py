@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import click
 from rich.table import Table
 
-from moviesforyou import warehouse
-from moviesforyou.cli import console, main
-from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import MoviesForYouError
+from moviesforyou.orchestration.cli import console, main
 
 # --------------------------------------------------------------------------- run
 
@@ -32,7 +31,7 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
     Ingest, validate, dbt build, validate, train, gate, score, validate and publish,
     with a project-local Airflow home; then where to look next.
     """
-    from moviesforyou import orchestration
+    from moviesforyou.orchestration import airflow_local
 
     settings = dataclasses.replace(settings, dataset=dataset or settings.dataset,
                                    source=source or settings.source)
@@ -41,7 +40,7 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
     run_conf = {"fail_fast": True, **(json.loads(conf) if conf else {})}
     if force:
         run_conf["force"] = True
-    watch = orchestration.TaskWatch()
+    watch = airflow_local.TaskWatch()
 
     def on_line(line: str) -> None:
         event = watch.feed(line)
@@ -56,13 +55,13 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
         else:
             console.print(f"{stamp} {task} done ({seconds:.1f} s)")
 
-    console.print(f"running the {orchestration.DAG_ID} DAG once through Airflow "
+    console.print(f"running the {airflow_local.DAG_ID} DAG once through Airflow "
                   f"(log: {settings.home / 'airflow' / 'last_run.log'})")
-    status, log_path, seconds = orchestration.run_dag(settings, conf=run_conf or None,
+    status, log_path, seconds = airflow_local.run_dag(settings, conf=run_conf or None,
                                                       on_line=on_line)
-    summary = orchestration.last_run_summary(settings)
+    summary = airflow_local.last_run_summary(settings)
     if summary:
-        table = Table(title=f"{orchestration.DAG_ID}: {summary['state']} in {seconds:.0f} s")
+        table = Table(title=f"{airflow_local.DAG_ID}: {summary['state']} in {seconds:.0f} s")
         for column in ("task", "state", "seconds"):
             table.add_column(column)
         for name, info in sorted(summary["tasks"].items(),
@@ -85,13 +84,13 @@ def run_command(settings: Settings, dataset: str | None, source: str | None, for
 
 def _order(task: str) -> int:
     """A task's place in the DAG, for the summary table."""
-    from moviesforyou import names
+    from moviesforyou.foundation import names
 
     return names.NIGHTLY_TASKS.index(task) if task in names.NIGHTLY_TASKS else 99
 
 
 def _print_next_steps(settings: Settings) -> None:
-    from moviesforyou import quality
+    from moviesforyou.quality import checks
 
     console.print(
         "\n[bold]Where to look next[/]\n"
@@ -102,47 +101,5 @@ def _print_next_steps(settings: Settings) -> None:
         "  recommendations in SQL:           make psql, then: "
         "select * from recs.recommend(1, 10);\n"
         "  dbt docs:                         make dbt-docs     -> http://127.0.0.1:8081\n"
-        f"  Great Expectations Data Docs:     {quality.data_docs_index(settings)}\n"
+        f"  Great Expectations Data Docs:     {checks.data_docs_index(settings)}\n"
         f"  warehouse: {warehouse.redact(warehouse.url(settings, start=False))}")
-
-
-# --------------------------------------------------------------------------- stack
-
-
-@main.command("stack")
-@click.option("--env-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=".env", show_default=True,
-              help="The .env docker compose would read (.env.example, filled in).")
-@click.option("--state", type=click.Path(file_okay=False, path_type=Path),
-              help="The stack's volumes, PostgreSQL and logs [default: MFY_HOME/stack].")
-@click.pass_obj
-def stack_command(settings: Settings, env_file: Path, state: Path | None) -> None:
-    """docker-compose.yml's services run natively, without Docker, until Ctrl-C.
-
-    The project image's services (airflow-init, the Airflow api-server, scheduler,
-    dag-processor and triggerer, MLflow, the API) and Superset (from .venv-superset)
-    with compose's own commands and environment, on one PostgreSQL made as the
-    warehouse service makes it. Each service's log is in STATE/logs.
-    """
-    from moviesforyou import stack
-
-    running = stack.LocalStack(state or settings.home / "stack", env_file)
-    console.print(f"starting {', '.join(running.services)}; not here: "
-                  f"{', '.join(running.skipped())} (other images)")
-    with running:
-        table = Table(title="the stack, on 127.0.0.1")
-        table.add_column("service")
-        table.add_column("compose port")
-        table.add_column("here")
-        for (service, container), port in running.plan.ports.items():
-            if service == "warehouse" or service in running.services:
-                table.add_row(service, str(container), f"127.0.0.1:{port}")
-        console.print(table)
-        console.print(f"logs: {running.logs}; Ctrl-C stops every service")
-        try:
-            while all(p.poll() is None for n, p in running.processes.items()
-                      if not running.services[n].oneshot):
-                time.sleep(2)
-            raise MoviesForYouError(f"a service stopped; see {running.logs}")
-        except KeyboardInterrupt:
-            console.print("stopping")

@@ -30,7 +30,7 @@ def find_project_root(start: Path | None = None) -> Path:
     for candidate in (here, *here.parents):
         if (candidate / "pyproject.toml").is_file() and (candidate / "dbt_project").is_dir():
             return candidate
-    package_checkout = Path(__file__).resolve().parents[2]
+    package_checkout = Path(__file__).resolve().parents[3]
     if (package_checkout / "dbt_project").is_dir():
         return package_checkout
     return here
@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PublishSettings:
-    """How the recommendations are published (``moviesforyou.publish``)."""
+    """How the recommendations are published (``moviesforyou.publishing.publish``)."""
 
     n: int = 50
     similar_n: int = 20

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moviesforyou.errors import SourceError
+from moviesforyou.foundation.errors import SourceError
 
 log = logging.getLogger(__name__)
 

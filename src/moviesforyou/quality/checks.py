@@ -10,7 +10,7 @@ sees the query, so a suite can check the build schema of the recs tables
 before they go live.
 
 Expectations that hold only for some releases say so with ``when:``, a mapping
-of release features (:class:`moviesforyou.sources.Features`: ``layout``,
+of release features (:class:`moviesforyou.foundation.releases.Features`: ``layout``,
 ``demographics``, ``half_stars``, ``tags``, ``links``) to the values they need;
 a table may have a ``when:`` too. The features are those of the dataset under
 validation (the layout its load recorded), so a CSV release, which has no user
@@ -34,16 +34,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from moviesforyou import sources, warehouse
-from moviesforyou.config import Settings
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import releases, warehouse
+from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import MoviesForYouError
 
 log = logging.getLogger(__name__)
 # GX logs every metric at INFO; its progress bars are off via the context's config
@@ -102,8 +101,10 @@ def context(settings: Settings):
 
     root = settings.home / "gx"
     root.mkdir(parents=True, exist_ok=True)
-    os.environ[_URL_VARIABLE] = _sqlalchemy_url(warehouse.url(settings))
-    ctx = gx.get_context(mode="file", project_root_dir=str(root))
+    # the data source's ${MFY_GX_WAREHOUSE_URL}, given to this context alone (not the
+    # process's environment, and never written to the context's files)
+    ctx = gx.get_context(mode="file", project_root_dir=str(root), runtime_environment={
+        _URL_VARIABLE: _sqlalchemy_url(warehouse.url(settings))})
     bars = ctx.variables.progress_bars
     globally = bars.get("globally") if isinstance(bars, dict) else getattr(bars, "globally", None)
     if globally is not False:
@@ -159,18 +160,16 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     """
     import great_expectations as gx
 
-    from moviesforyou.ingest import release_features
-
     started = time.time()
     spec = load_suite_spec(settings, layer)
     schema = schema or spec.get("schema", layer)
     variables = {"schema": schema, "dataset": settings.dataset,
                  **spec.get("params", {}), **(params or {})}
     if layout:
-        features = sources.FEATURES[layout].as_dict()
+        features = releases.FEATURES[layout].as_dict()
     else:
         with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
-            features = release_features(cur, settings.dataset).as_dict()
+            features = releases.release_features(cur, settings.dataset).as_dict()
     ctx = context(settings)
     source = ctx.data_sources.add_or_update_postgres(
         name="warehouse", connection_string="${" + _URL_VARIABLE + "}")
@@ -230,7 +229,7 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
 
 
 def audit_load(settings: Settings):
-    """The audit of write-audit-publish for :func:`moviesforyou.ingest.load_release`:
+    """The audit of write-audit-publish for :func:`moviesforyou.ingestion.ingest.load_release`:
     the raw suite on a staged load's schema, recorded against ``load:<id>``."""
     import dataclasses
 

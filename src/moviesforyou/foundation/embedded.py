@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from moviesforyou.config import DEFAULT_PORT
-from moviesforyou.errors import WarehouseError
+from moviesforyou.foundation.config import DEFAULT_PORT
+from moviesforyou.foundation.errors import WarehouseError
 
 log = logging.getLogger(__name__)
 

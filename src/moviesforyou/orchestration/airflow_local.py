@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from moviesforyou import names
-from moviesforyou.config import Settings, find_project_root
-from moviesforyou.errors import MoviesForYouError
+from moviesforyou.foundation import names
+from moviesforyou.foundation.config import Settings, find_project_root
+from moviesforyou.foundation.errors import MoviesForYouError
 
 DAG_ID = names.NIGHTLY_DAG
 
@@ -129,7 +129,7 @@ def run_dag(settings: Settings, *, conf: dict | None = None, logical_date: str |
 
 def last_run_summary(settings: Settings) -> dict | None:
     """The newest row of ``ops.pipeline_runs``."""
-    from moviesforyou import warehouse
+    from moviesforyou.foundation import warehouse
 
     conn = warehouse.connect(settings)
     try:

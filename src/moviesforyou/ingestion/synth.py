@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from moviesforyou.formats import AGE_BANDS_1M, GENRES_1M, GENRES_CSV, OCCUPATIONS_1M
+from moviesforyou.ingestion.formats import AGE_BANDS_1M, GENRES_1M, GENRES_CSV, OCCUPATIONS_1M
 
 #: ml-100k's genre list (u.genre) and occupations (u.occupation).
 GENRES_100K = (

@@ -1,3 +1,0 @@
-from moviesforyou.cli import main
-
-main()

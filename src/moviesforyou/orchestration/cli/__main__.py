@@ -1,0 +1,3 @@
+from moviesforyou.orchestration.cli import main
+
+main()

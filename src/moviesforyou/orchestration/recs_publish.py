@@ -1,0 +1,84 @@
+"""Score the champion in Spark and publish it: the publishing stage's three steps,
+wired to the training stage's scoring and the quality stage's recs suite.
+
+The nightly DAG's ``score_recs``, ``validate_recs`` and ``publish_recs`` call
+:func:`prepare`, :func:`validate_build` and :func:`go_live`;
+``moviesforyou publish`` calls :func:`publish` (all three).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from moviesforyou.foundation.config import Settings
+from moviesforyou.publishing import publish as stage
+from moviesforyou.quality import checks
+
+
+@dataclass
+class SparkScorer:
+    """The publishing stage's :class:`~moviesforyou.publishing.publish.Scorer`, in Spark.
+
+    The session starts only when something is scored (a test hands in its own).
+    Spark and MLflow are imported when used: the DAG file imports this module.
+    """
+
+    settings: Settings
+    spark: object | None = None
+
+    def seen(self, work: Path) -> Path:
+        from spark_jobs.snapshot import export_snapshot
+
+        return export_snapshot(self.settings, work).path
+
+    def score(self, factors: Path, seen: Path, out: Path, *, rated_after: int | None,
+              genres, tags):
+        from spark_jobs.score import ScoreConfig, score
+        from spark_jobs.session import get_spark
+
+        if self.spark is None:
+            self.spark = get_spark(self.settings.home, app_name="moviesforyou-score",
+                                   spark=self.settings.spark)
+        config = self.settings.publish
+        return score(self.spark, factors, seen, out,
+                     ScoreConfig(n=config.n, similar_n=config.similar_n,
+                                 min_ratings=config.similar_min_ratings,
+                                 similarity=config.similarity),
+                     rated_after=rated_after, genres=genres, tags=tags)
+
+
+def prepare(settings: Settings, *, spark=None, factors: Path | None = None) -> int:
+    """Step 1: the champion from the registry (or ``factors``), scored and built."""
+    from spark_jobs import registry
+
+    started = time.perf_counter()
+    factors = factors or registry.export_champion(settings)
+    return stage.prepare(settings, factors=factors, scorer=SparkScorer(settings, spark),
+                         export_seconds=time.perf_counter() - started)
+
+
+def validate_build(settings: Settings, publish_id: int) -> checks.Report:
+    """Step 2: the ``recs`` suite on the build; a failure drops it and raises
+    :class:`~moviesforyou.quality.checks.ValidationFailed`."""
+
+    def audit(schema: str) -> checks.Report:
+        return checks.validate(settings, "recs", schema=schema,
+                               params={"n": settings.publish.n},
+                               subject=f"publish:{publish_id}")
+
+    return stage.validate_build(settings, publish_id, audit)
+
+
+def go_live(settings: Settings, publish_id: int) -> stage.PublishResult:
+    """Step 3: the atomic swap."""
+    return stage.go_live(settings, publish_id)
+
+
+def publish(settings: Settings, *, spark=None,
+            factors: Path | None = None) -> stage.PublishResult:
+    """All three steps. Raises, and changes nothing live, on any failure."""
+    publish_id = prepare(settings, spark=spark, factors=factors)
+    validate_build(settings, publish_id)
+    return go_live(settings, publish_id)
