@@ -19,6 +19,11 @@ models, and publishes fresh recommendations, every night at 02:30 UTC.
 | 11 | `publish_recs` | swaps the build in, atomically | - |
 | 12 | `write_summary` | one row in `ops.pipeline_runs`, whatever happened | an earlier task failed |
 
+Each task calls one named function: `moviesforyou.orchestration.pipeline.<task id>`,
+or `moviesforyou.orchestration.training.train_als` / `gate_model`, through
+`moviesforyou.orchestration.tasks.run` (settings from the Airflow connections and
+variables; a failure's message kept for the summary).
+
 The live recommendations change only in step 11, so any failure leaves them as
 they were. A worse challenger stays a challenger: the champion's recommendations
 are re-scored and published.
@@ -68,6 +73,8 @@ from airflow.sdk.bases.operator import TriggerRule
 
 from moviesforyou.foundation import names
 from moviesforyou.foundation.config import Settings
+from moviesforyou.orchestration import pipeline, summary, training
+from moviesforyou.orchestration.tasks import run
 
 RAW, MARTS, MODEL, RECS = (Asset(**asset) for asset in (
     names.RAW_ASSET, names.MARTS_ASSET, names.MODEL_ASSET, names.RECS_ASSET))
@@ -82,45 +89,10 @@ def _conf() -> dict:
     return (get_current_context()["dag_run"].conf or {})
 
 
-def _settings():
-    from moviesforyou.orchestration.pipeline import settings_from_airflow
-
-    return settings_from_airflow()
-
-
-#: Where each task's step is: the training stage owns its own (spark_jobs.nightly).
-_STEPS = {names.TRAIN_ALS: "spark_jobs.nightly", names.GATE_MODEL: "spark_jobs.nightly"}
-
-
 def _run_date():
     """The run's logical date; a manual run may have none, then its own time decides."""
     context = get_current_context()
     return context.get("logical_date") or context["dag_run"].run_after
-
-
-def _step(*args, **kwargs):
-    """Run this task's step, the function named like the task (``pipeline.<task id>``,
-    or the training stage's), with this run's settings.
-
-    A failure's message is pushed to XCom (key ``error``) for the run summary; on a
-    run whose conf says ``fail_fast`` it fails the task without retries.
-    """
-    import importlib
-
-    task_id = get_current_context()["ti"].task_id
-    module = importlib.import_module(_STEPS.get(task_id, "moviesforyou.orchestration.pipeline"))
-    step = getattr(module, task_id)
-    try:
-        return step(_settings(), *args, **kwargs)
-    except Exception as exc:
-        from moviesforyou.orchestration import pipeline
-
-        pipeline.record_error(get_current_context()["ti"], exc)
-        if _conf().get("fail_fast"):
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(str(exc)) from exc
-        raise
 
 
 @dag(
@@ -144,74 +116,72 @@ def _step(*args, **kwargs):
 def movielens_nightly():
     @task
     def extract_source() -> dict:
-        return _step(force=bool(_conf().get("force_ingest")))
+        return run(pipeline.extract_source, force=bool(_conf().get("force_ingest")))
 
     @task(retries=0, outlets=[RAW])
     def validate_raw(load: dict) -> dict:
-        return _step(load)
+        return run(pipeline.validate_raw, load)
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def check_changes(load: dict) -> bool:
-        changes = _step(load, force=bool(_conf().get("force")))
+        changes = run(pipeline.check_changes, load, force=bool(_conf().get("force")))
         get_current_context()["ti"].xcom_push(key="changes", value=changes)
         return changes["changed"]
 
     @task(outlets=[MARTS])
     def build_marts() -> dict:
-        return _step(logical_date=_run_date())
+        return run(pipeline.build_marts, logical_date=_run_date())
 
     @task(retries=0)
     def validate_marts() -> dict:
-        return _step()
+        return run(pipeline.validate_marts)
 
     @task
     def export_snapshot() -> dict:
-        return _step()
+        return run(pipeline.export_snapshot)
 
     @task(outlets=[MODEL])
     def gate_model(trained: dict | None, snapshot: dict) -> dict:
-        return _step(trained, snapshot, _conf().get("train"))
+        return run(training.gate_model, trained, snapshot, _conf().get("train"))
 
     @task
     def score_recs() -> dict:
-        return _step()
+        return run(pipeline.score_recs)
 
     @task(retries=0)
     def validate_recs(scored: dict) -> dict:
-        return _step(scored)
+        return run(pipeline.validate_recs, scored)
 
     @task(outlets=[RECS])
     def publish_recs(scored: dict) -> dict:
-        return _step(scored)
+        return run(pipeline.publish_recs, scored)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def write_summary() -> dict:
         from airflow.sdk.exceptions import AirflowException
 
-        from moviesforyou.orchestration import pipeline
-
         context = get_current_context()
-        ti, run = context["ti"], context["dag_run"]
+        ti, dag_run = context["ti"], context["dag_run"]
         tasks = {b["task_id"]: {"state": b["state"], "seconds": b["duration"]}
-                 for b in ti.get_task_breadcrumbs(run.dag_id, run.run_id)}
+                 for b in ti.get_task_breadcrumbs(dag_run.dag_id, dag_run.run_id)}
         results = {name: ti.xcom_pull(task_ids=name) for name in (
             names.EXTRACT_SOURCE, names.VALIDATE_RAW, names.BUILD_MARTS, names.EXPORT_SNAPSHOT, names.TRAIN_ALS,
             names.GATE_MODEL, names.PUBLISH_RECS)}
         results[names.CHECK_CHANGES] = ti.xcom_pull(task_ids=names.CHECK_CHANGES, key="changes")
         failed = sorted(t for t, v in tasks.items()
                         if v["state"] in ("failed", "upstream_failed"))
-        errors = {t: ti.xcom_pull(task_ids=t, key=pipeline.ERROR_KEY) for t, v in tasks.items()
+        errors = {t: ti.xcom_pull(task_ids=t, key=summary.ERROR_KEY) for t, v in tasks.items()
                   if v["state"] == "failed"}
         state = "failed" if failed else (
             "success" if tasks.get(names.PUBLISH_RECS, {}).get("state") == "success"
             else "skipped")
-        summary = pipeline.write_summary(
-            _settings(), dag_id=run.dag_id, run_id=run.run_id,
-            logical_date=run.logical_date, started_at=run.start_date, tasks=tasks,
+        ended = run(
+            summary.write_summary, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+            logical_date=dag_run.logical_date, started_at=dag_run.start_date, tasks=tasks,
             results=results, state=state, errors=errors)
         if failed:
-            raise AirflowException(summary["note"])
-        return summary
+            raise AirflowException(ended["note"])
+        return ended
 
     load = extract_source()
     raw_ok = validate_raw(load)
@@ -230,7 +200,8 @@ def movielens_nightly():
     else:
         @task(outlets=[MODEL])
         def train_als(snapshot: dict) -> dict:
-            return _step(snapshot, _conf().get("train"), logical_date=_run_date())
+            return run(training.train_als, snapshot, _conf().get("train"),
+                       logical_date=_run_date())
 
         train = trained = train_als(snapshot)
     gated = gate_model(trained, snapshot)

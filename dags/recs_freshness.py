@@ -20,14 +20,10 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from moviesforyou.foundation import names
+from moviesforyou.orchestration import freshness
+from moviesforyou.orchestration.tasks import run
 
 RECS = Asset(**names.RECS_ASSET)
-
-
-def _settings():
-    from moviesforyou.orchestration.pipeline import settings_from_airflow
-
-    return settings_from_airflow()
 
 
 @dag(
@@ -45,15 +41,11 @@ def _settings():
 def recs_freshness():
     @task
     def measure_recs() -> dict:
-        from moviesforyou.orchestration import pipeline
-
-        return pipeline.measure_recs(_settings())
+        return run(freshness.measure_recs)
 
     @task(retries=0)
     def check_freshness() -> dict:
-        from moviesforyou.orchestration import pipeline
-
-        return pipeline.check_freshness(_settings())
+        return run(freshness.check_freshness)
 
     measure_recs() >> check_freshness()
 

@@ -8,10 +8,12 @@ removed from the candidates (:mod:`spark_jobs.metrics`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from moviesforyou.foundation.config import Settings
 from spark_jobs import metrics
 from spark_jobs.config import TrainConfig
 from spark_jobs.models import (
@@ -27,7 +29,8 @@ from spark_jobs.models import (
     seen_items,
     top_k,
 )
-from spark_jobs.splitters import Splits
+from spark_jobs.snapshot import Snapshot, load_snapshot
+from spark_jobs.splitters import Splits, make_splits
 
 
 @dataclass
@@ -102,3 +105,24 @@ class Evaluator:
             "user and item biases": biases,
             "most popular": Evaluation(ranking=self.rank(popularity_scorer(train, self.catalogue))),
         }
+
+
+def prepare_evaluation(settings: Settings, snapshot: Snapshot, config: TrainConfig, spark,
+                       step: str):
+    """Ratings, the config with its block count, the rating scale, splits and evaluator.
+
+    The same snapshot and config always give the same splits, so training and a
+    later gate evaluate on the same holdout.
+    """
+    from spark_jobs.session import get_spark
+
+    ratings = load_snapshot(snapshot)
+    spark = spark or get_spark(settings.home, app_name=f"moviesforyou-{step}",
+                               spark=settings.spark)
+    if config.blocks is None:
+        # one ALS block per core Spark has: at 20M ratings on 2 cores, 2 blocks ran
+        # 2.5x faster per iteration than 4 or 8 (benchmarks/model_quality.py --speed)
+        config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
+    scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
+    splits = make_splits(ratings, config)
+    return ratings, config, scale, splits, Evaluator(spark, splits, config, scale)

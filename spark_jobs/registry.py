@@ -1,4 +1,4 @@
-"""The MLflow model registry: registration, the champion gate, history and rollback.
+"""The MLflow model registry: registration, tags, the champion alias, export and rollback.
 
 Tracking store
     ``MLFLOW_TRACKING_URI`` when set (an MLflow server); otherwise a local,
@@ -8,17 +8,10 @@ Tracking store
 Registered model
     ``moviesforyou-als`` (``MFY_MODEL_NAME``). Every run adds a version with the
     alias ``challenger``. Consumers load ``models:/moviesforyou-als@champion``.
-The gate
-    The challenger becomes ``champion`` only when, on the same holdout, its
-    implicit model's NDCG@k is higher than the champion's and its explicit
-    model's RMSE is no worse than the champion's plus a tolerance. A nightly
-    retrain with the champion's own configuration on newer data is promoted
-    (it would score the same, being the same configuration). "Same
-    holdout": when the champion was evaluated on the same snapshot and split,
-    its recorded figures are used; otherwise the champion's configuration is
-    re-fit on the challenger's training part and scored on its test part, so
-    neither model has seen the test ratings. Every decision is tagged on the
-    version and appended to ``ops.model_promotions``.
+
+This module only talks to MLflow. Whether a challenger becomes champion is
+:mod:`spark_jobs.gate`'s decision; the ledger of decisions
+(``ops.model_promotions``) is written by the orchestration.
 """
 
 from __future__ import annotations
@@ -26,13 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from moviesforyou.foundation import warehouse
 from moviesforyou.foundation.config import EXPORTED_TRACKING_URIS, Settings
 from moviesforyou.foundation.errors import MoviesForYouError
 from spark_jobs.models import ITEM, USER, Factors, ModelParams, save_factors
@@ -137,15 +128,6 @@ def log_and_register(settings: Settings, explicit: Factors, implicit: Factors, f
     return version
 
 
-@dataclass
-class Decision:
-    promoted: bool
-    reason: str
-    champion_before: str | None
-    challenger_metrics: dict[str, float]
-    champion_metrics: dict[str, float] | None
-
-
 def champion_params(settings: Settings) -> tuple[ModelParams, ModelParams] | None:
     """The champion's (explicit, implicit) configuration, or None without a champion
     of ``settings.dataset`` (a champion of another release is tuned away from)."""
@@ -185,141 +167,32 @@ def dataset_of(client, version) -> str | None:
     return client.get_run(version.run_id).data.tags.get("mfy.dataset")
 
 
-def gate(settings: Settings, *, version: str, challenger_metrics: dict[str, float],
-         challenger: tuple[ModelParams, ModelParams], split_id: str,
-         evaluate: Callable[[ModelParams, ModelParams], dict[str, float]], k: int,
-         rmse_tolerance: float, snapshot, run_id: str) -> Decision:
-    """Decide whether ``version`` replaces the champion, record why, and move the alias."""
+def tag_figures(settings: Settings, version: str, metrics: dict[str, float] | None, *,
+                split_id: str | None = None, dataset: str) -> None:
+    """The figures and holdout a version is gated on, as its tags (a later gate on the
+    same split compares with them)."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    name, ndcg = model_name(settings), f"ndcg_at_{k}"
-    champion = current_champion(settings, client)
-    for key, value in challenger_metrics.items():
+    client, name = mlflow.MlflowClient(), model_name(settings)
+    for key, value in (metrics or {}).items():
         client.set_model_version_tag(name, version, f"mfy.metric.{key}", f"{value:.6f}")
-    client.set_model_version_tag(name, version, "mfy.split_id", split_id)
-
-    client.set_model_version_tag(name, version, "mfy.dataset", snapshot.dataset)
-    champion_metrics = None
-    champion_dataset = dataset_of(client, champion) if champion is not None else None
-    same_config = champion is not None and champion.tags.get("mfy.explicit_params") and (
-        ModelParams(**json.loads(champion.tags["mfy.explicit_params"])),
-        ModelParams(**json.loads(champion.tags["mfy.implicit_params"]))) == tuple(challenger)
-    if champion is None:
-        promoted, reason = True, "no champion yet"
-    elif champion_dataset != snapshot.dataset:
-        # another release's users and movies: nothing to compare, nothing it could serve
-        promoted = True
-        reason = (f"champion v{champion.version} was trained on {champion_dataset}, not "
-                  f"{snapshot.dataset}: the first model of this release replaces it")
-    elif same_config and champion.tags.get("mfy.split_id") != split_id:
-        # the nightly retrain: the champion's configuration on newer data. Scored on
-        # this split it would be the same model, so "better" cannot be measured; the
-        # fresher fit wins.
-        promoted = True
-        reason = (f"same configuration as champion v{champion.version}, trained on newer "
-                  f"data (snapshot {snapshot.digest})")
-    else:
-        if champion.tags.get("mfy.split_id") == split_id:
-            champion_metrics = {k_[len("mfy.metric."):]: float(v)
-                                for k_, v in champion.tags.items() if k_.startswith("mfy.metric.")}
-            how = "its recorded figures on the same split"
-        else:
-            params = (ModelParams(**json.loads(champion.tags["mfy.explicit_params"])),
-                      ModelParams(**json.loads(champion.tags["mfy.implicit_params"])))
-            champion_metrics = evaluate(*params)
-            how = "its configuration re-fit on this split"
-        better_ranking = challenger_metrics[ndcg] > champion_metrics[ndcg]
-        rmse_ok = challenger_metrics["rmse"] <= champion_metrics["rmse"] + rmse_tolerance
-        promoted = better_ranking and rmse_ok
-        figures = (f"NDCG@{k} {challenger_metrics[ndcg]:.4f} vs {champion_metrics[ndcg]:.4f}, "
-                   f"RMSE {challenger_metrics['rmse']:.4f} vs {champion_metrics['rmse']:.4f} "
-                   f"(tolerance {rmse_tolerance:g}); champion v{champion.version} by {how}")
-        if promoted:
-            reason = f"challenger better: {figures}"
-        elif not better_ranking:
-            reason = f"challenger ranks no better: {figures}"
-        else:
-            reason = f"challenger RMSE too high: {figures}"
-
-    return _decide(settings, client, version, champion, promoted, reason,
-                   challenger_metrics, champion_metrics, snapshot, run_id)
+    if split_id is not None:
+        client.set_model_version_tag(name, version, "mfy.split_id", split_id)
+    client.set_model_version_tag(name, version, "mfy.dataset", dataset)
 
 
-def gate_refresh(settings: Settings, *, version: str, refresh_of: str,
-                 challenger_metrics: dict[str, float], snapshot, run_id: str) -> Decision:
-    """The gate for a refresh (:mod:`spark_jobs.refresh`): the champion's own movie side
-    with the new ratings' users re-solved is promoted while that version is still the
-    champion; a champion that changed meanwhile (a rollback, a better model) stays."""
+def record_decision(settings: Settings, version: str, promoted: bool, reason: str, *,
+                    run_id: str | None) -> None:
+    """Tag the version with the gate's decision and, when promoted, move ``champion``."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    name = model_name(settings)
-    client.set_model_version_tag(name, version, "mfy.dataset", snapshot.dataset)
-    champion = current_champion(settings, client)
-    promoted = champion is not None and str(champion.version) == str(refresh_of)
-    forward = ", ".join(f"{key} {value:.4f}" for key, value in challenger_metrics.items()
-                        if key.startswith("forward_") and key != "forward_ratings")
-    if promoted:
-        reason = (f"refresh of champion v{refresh_of}: its movie factors with the users of "
-                  f"{challenger_metrics.get('forward_ratings', 0):.0f} new rating(s) re-solved"
-                  + (f"; v{refresh_of} on those ratings before: {forward}" if forward else ""))
-    else:
-        current = f"v{champion.version}" if champion is not None else "none"
-        reason = f"refresh of v{refresh_of}, but the champion is now {current}"
-    return _decide(settings, client, version, champion, promoted, reason,
-                   challenger_metrics, None, snapshot, run_id)
-
-
-def _decide(settings: Settings, client, version: str, champion, promoted: bool, reason: str,
-            challenger_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
-            snapshot, run_id: str) -> Decision:
-    """Tag the version with the decision, move the alias, record it in ops.model_promotions."""
-    name = model_name(settings)
+    client, name = mlflow.MlflowClient(), model_name(settings)
     client.set_model_version_tag(name, version, "mfy.gate", "promoted" if promoted else "rejected")
     client.set_model_version_tag(name, version, "mfy.gate_reason", reason)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
-    before = str(champion.version) if champion else None
-    _record(settings, challenger=version, before=before,
-            after=version if promoted else before, promoted=promoted, action="gate",
-            reason=reason, dataset=snapshot.dataset, snapshot_digest=snapshot.digest,
-            metrics={"challenger": challenger_metrics, "champion": champion_metrics},
-            run_id=run_id)
-    log.info("gate: version %s %s (%s)", version, "promoted" if promoted else "rejected", reason)
-    return Decision(promoted, reason, before, challenger_metrics, champion_metrics)
-
-
-def _record(settings: Settings, *, challenger, before, after, promoted, action, reason,
-            dataset=None, snapshot_digest=None, metrics=None, run_id=None) -> None:
-    conn = warehouse.connect(settings)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                """insert into ops.model_promotions (model_name, challenger_version,
-                       champion_version_before, champion_version_after, promoted, action, reason,
-                       dataset, snapshot_digest, metrics, mlflow_run_id)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                (model_name(settings), challenger, before, after, promoted, action, reason, dataset,
-                 snapshot_digest, json.dumps(metrics or {}), run_id),
-            )
-    finally:
-        conn.close()
-
-
-def history(settings: Settings, limit: int = 50) -> list[tuple]:
-    """Champion decisions, newest first, from ops.model_promotions."""
-    conn = warehouse.connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """select promotion_id, decided_at, action, challenger_version,
-                          champion_version_before, champion_version_after, promoted, reason
-                   from ops.model_promotions where model_name = %s
-                   order by promotion_id desc limit %s""", (model_name(settings), limit))
-            return cur.fetchall()
-    finally:
-        conn.close()
+    if run_id:
+        client.set_tag(run_id, "mfy.promoted", str(promoted))
 
 
 def families(settings: Settings, versions) -> dict[str, str]:
@@ -337,7 +210,8 @@ def families(settings: Settings, versions) -> dict[str, str]:
 
 
 def rollback(settings: Settings, version: str, reason: str = "manual rollback") -> str | None:
-    """Point ``champion`` at an earlier version. Returns the version it replaced."""
+    """Point ``champion`` at an earlier version. Returns the version it replaced (the
+    orchestration records the rollback in the promotion ledger)."""
     configure(settings)
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -351,10 +225,7 @@ def rollback(settings: Settings, version: str, reason: str = "manual rollback") 
     version = str(target.version)
     client.set_registered_model_alias(model_name(settings), "champion", version)
     client.set_model_version_tag(model_name(settings), version, "mfy.gate", "rolled back to")
-    before = str(current.version) if current else None
-    _record(settings, challenger=None, before=before, after=version, promoted=True,
-            action="rollback", reason=reason)
-    return before
+    return str(current.version) if current else None
 
 
 def export_champion(settings: Settings, out: Path | None = None) -> Path:

@@ -24,21 +24,19 @@ Steps:
 4. evaluate the chosen configurations and the baselines on the same splits;
 5. fit both models on everything, log them as one pyfunc, register it;
 6. gate: the challenger becomes ``champion`` only if it beats the champion on
-   the same holdout (see :mod:`spark_jobs.registry`).
+   the same holdout (see :mod:`spark_jobs.gate`).
 
 The pieces live beside it, as in microsoft/recommenders: :mod:`~spark_jobs.config`
 (what a run depends on), :mod:`~spark_jobs.splitters`, :mod:`~spark_jobs.evaluation`,
 :mod:`~spark_jobs.tuning`, :mod:`~spark_jobs.plots` and snapshot keeping in
-:mod:`~spark_jobs.snapshot`. The nightly rules (tune or re-fit, gate later) are
-:mod:`spark_jobs.nightly`'s.
+:mod:`~spark_jobs.snapshot`; the gate is :mod:`~spark_jobs.gate`. The nightly rules
+(tune, refresh or re-fit; gate later) are :mod:`moviesforyou.orchestration.training`'s.
 
-Run it as ``moviesforyou train`` or ``spark-submit spark_jobs/train.py``.
+Run it as ``moviesforyou train``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import shutil
 import subprocess
@@ -48,26 +46,23 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import click
-
 from moviesforyou.foundation import warehouse
 from moviesforyou.foundation.config import Settings, find_project_root
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError, train_config
-from spark_jobs.evaluation import Evaluator
+from spark_jobs.evaluation import prepare_evaluation
+from spark_jobs.gate import Decision, gate_trained
 from spark_jobs.models import ITEM, RATING, USER, ModelParams, factor_scorer, fit_model
 from spark_jobs.plots import write_plots
 from spark_jobs.snapshot import (
     Snapshot,
     export_and_keep_snapshot,
-    load_snapshot,
-    read_kept_snapshot,
 )
-from spark_jobs.splitters import Splits, make_splits, official_folds
+from spark_jobs.splitters import official_folds
 from spark_jobs.tuning import choose_rating_model, tune_explicit, tune_implicit
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "gate_challenger", "official_folds",
-           "train", "train_config"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "official_folds", "train",
+           "train_config"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +78,8 @@ class TrainResult:
     metrics: dict[str, float]
     baselines: dict[str, dict[str, float]]
     snapshot: Snapshot
+    #: the gate's decision, for the promotion ledger (the orchestration writes it)
+    decision: Decision | None = None
 
 
 def git_commit() -> str:
@@ -99,7 +96,8 @@ def train(settings: Settings, config: TrainConfig | None = None, *, spark=None,
 
     Args:
         snapshot: train on this kept snapshot instead of exporting a new one.
-        gate: run the champion gate too; False leaves it to :func:`gate_challenger`
+        gate: run the champion gate too (:mod:`spark_jobs.gate`); False leaves it to
+            :func:`spark_jobs.gate.gate_challenger`
             (the Airflow DAG runs them as two tasks), and ``promoted`` is None.
     """
     config = config or TrainConfig()
@@ -132,72 +130,6 @@ def log_snapshot(snapshot: Snapshot) -> None:
         "snapshot_max_rated_at": snapshot.max_rated_at, "snapshot_sha256": snapshot.sha256})
 
 
-def gate_challenger(settings: Settings, version: str, config: TrainConfig | None = None, *,
-                    spark=None) -> registry.Decision:
-    """Run the champion gate for a version trained with ``gate=False``.
-
-    The version's run names its snapshot and metrics; the same ``config`` as at
-    training rebuilds the same splits, so a re-fit champion is scored on the
-    challenger's holdout.
-    """
-
-    config = config or TrainConfig()
-    client = registry.configure(settings)
-    model = client.get_model_version(registry.model_name(settings), str(version))
-    run = client.get_run(model.run_id)
-    snapshot = read_kept_snapshot(settings.home / "snapshots" / run.data.tags["mfy.snapshot"])
-    if run.data.tags.get("mfy.kind") == "refresh":  # no Spark, no splits: see gate_refresh
-        decision = registry.gate_refresh(
-            settings, version=str(version), refresh_of=run.data.tags["mfy.refresh_of"],
-            challenger_metrics=dict(run.data.metrics), snapshot=snapshot,
-            run_id=model.run_id)
-        client.set_tag(model.run_id, "mfy.promoted", str(decision.promoted))
-        return decision
-    _, config, _, splits, evaluator = _prepare(settings, snapshot, config, spark, "gate")
-    metrics = {k: v for k, v in run.data.metrics.items() if not k.endswith("_seconds")}
-    params = (ModelParams(**json.loads(model.tags["mfy.explicit_params"])),
-              ModelParams(**json.loads(model.tags["mfy.implicit_params"])))
-    return _gate(settings, str(version), metrics, params, splits, snapshot, evaluator,
-                 config, model.run_id)
-
-
-def _gate(settings: Settings, version: str, model_metrics: dict[str, float],
-          params: tuple[ModelParams, ModelParams], splits: Splits, snapshot: Snapshot,
-          evaluator: Evaluator, config: TrainConfig, run_id: str) -> registry.Decision:
-    """The champion gate for ``version``: a champion of another configuration is re-fit
-    and scored on this run's own splits (:func:`spark_jobs.registry.gate`)."""
-    import mlflow
-
-    decision = registry.gate(
-        settings, version=version, challenger_metrics=model_metrics, challenger=params,
-        split_id=splits.identity(snapshot),
-        evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
-                               **evaluator.implicit(i).ranking},
-        k=config.k, rmse_tolerance=config.rmse_tolerance, snapshot=snapshot, run_id=run_id)
-    mlflow.MlflowClient().set_tag(run_id, "mfy.promoted", str(decision.promoted))
-    return decision
-
-
-def _prepare(settings: Settings, snapshot: Snapshot, config: TrainConfig, spark, step: str):
-    """Ratings, the config with its block count, the rating scale, splits and evaluator.
-
-    The same snapshot and config always give the same splits, so training and a
-    later gate evaluate on the same holdout.
-    """
-    from spark_jobs.session import get_spark
-
-    ratings = load_snapshot(snapshot)
-    spark = spark or get_spark(settings.home, app_name=f"moviesforyou-{step}",
-                               spark=settings.spark)
-    if config.blocks is None:
-        # one ALS block per core Spark has: at 20M ratings on 2 cores, 2 blocks ran
-        # 2.5x faster per iteration than 4 or 8 (benchmarks/model_quality.py --speed)
-        config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
-    scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
-    splits = make_splits(ratings, config)
-    return ratings, config, scale, splits, Evaluator(spark, splits, config, scale)
-
-
 def _phase_done(name: str, started: float) -> float:
     """Log a phase's seconds (``<name>_seconds`` in MLflow, and the task log); now."""
     import mlflow
@@ -213,8 +145,8 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
     import mlflow
 
     started = time.time()
-    ratings, config, scale, splits, evaluator = _prepare(settings, snapshot, config, spark,
-                                                         "train")
+    ratings, config, scale, splits, evaluator = prepare_evaluation(
+        settings, snapshot, config, spark, "train")
     spark = evaluator.spark
 
     registry.configure(settings)
@@ -300,38 +232,13 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
 
         mlflow.set_tags({"mfy.model_version": version})
         if gate:
-            decision = _gate(settings, version, model_metrics, (best_explicit, best_implicit),
-                             splits, snapshot, evaluator, config, parent.info.run_id)
+            decision = gate_trained(settings, version, model_metrics,
+                                    (best_explicit, best_implicit), splits, snapshot, evaluator,
+                                    config, parent.info.run_id)
         else:
-            decision = registry.Decision(None, "not gated yet", None, model_metrics, None)
+            decision = Decision(None, "not gated yet", None, model_metrics, None, version,
+                                snapshot.dataset, snapshot.digest, parent.info.run_id)
 
     return TrainResult(parent.info.run_id, version, decision.promoted, decision.reason,
                        best_explicit, best_implicit, model_metrics,
-                       {n: e.as_metrics() for n, e in baselines.items()}, snapshot)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--folds", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder with the official ml-100k folds.")
-@click.option("--snapshot", type=click.Path(file_okay=False, path_type=Path),
-              help="A kept snapshot folder [default: export one from the warehouse].")
-@click.option("--no-gate", is_flag=True, help="Register only; gate later.")
-@click.option("--config", default="{}",
-              help='TrainConfig overrides as JSON, e.g. \'{"explicit": {"rank": 20}}\'.')
-def main(folds: Path | None, snapshot: Path | None, no_gate: bool, config: str) -> None:
-    """Train and gate the MoviesForYou ALS models (spark-submit spark_jobs/train.py).
-
-    The nightly DAG submits spark_jobs/nightly.py instead, which trains as the
-    nightly rules say and leaves the gate to its own task.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = {**json.loads(config), **({"folds_dir": folds} if folds else {})}
-    result = train(Settings.from_env(), train_config(overrides),
-                   snapshot=read_kept_snapshot(snapshot) if snapshot else None,
-                   gate=not no_gate)
-    click.echo(json.dumps({"version": result.version, "promoted": result.promoted,
-                           "reason": result.reason, "metrics": result.metrics}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+                       {n: e.as_metrics() for n, e in baselines.items()}, snapshot, decision)

@@ -79,17 +79,42 @@ def _import_in_fresh_python(code: str, env: dict | None = None) -> str:
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.stem)
 def test_no_heavy_work_at_parse_time(dag_file):
+    """The DAG file imports the step functions it names, but parsing it imports no
+    Spark, MLflow, GX, dbt or pandas, and opens no database connection."""
     out = _import_in_fresh_python(
-        "import runpy, sys, time; t = time.time(); "
+        "import runpy, sys, time, psycopg2; t = time.time(); "
+        "opened = []; psycopg2.connect = lambda *a, **k: opened.append(a) or 1 / 0; "
         f"runpy.run_path({str(dag_file)!r}); "
-        "heavy = [m for m in ('pyspark', 'mlflow', 'great_expectations', 'psycopg2', 'dbt', "
-        "'pandas', 'moviesforyou.foundation.warehouse') if m in sys.modules]; "
+        "heavy = [m for m in ('pyspark', 'mlflow', 'great_expectations', 'dbt', 'pandas'"
+        ") if m in sys.modules] + ['a connection'] * len(opened); "
         "print(heavy, round(time.time() - t, 2))")
     heavy, seconds = out.strip().splitlines()[-1].rsplit(" ", 1)
     # what parsing imports, not how long it took (timing belongs in benchmarks; on a
     # loaded machine Airflow's own import alone can take 20 s)
     assert heavy == "[]", f"imported at parse time: {heavy}"
     print(f"{dag_file.name} parsed in {seconds} s")
+
+
+def test_the_dag_names_the_functions_it_runs():
+    """Every task of the nightly DAG calls a function the DAG file imports by name from
+    the orchestration layer: no lookup by name at run time."""
+    import ast
+
+    source = (ROOT / "dags" / "movielens_nightly.py").read_text()
+    tree = ast.parse(source)
+    assert "importlib" not in source and "getattr(" not in source
+    called = {f"{node.args[0].value.id}.{node.args[0].attr}" for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "run"
+              and isinstance(node.args[0], ast.Attribute)}
+    from moviesforyou.foundation import names
+    from moviesforyou.orchestration import pipeline, summary, training
+
+    modules = {"pipeline": pipeline, "training": training, "summary": summary}
+    for task in names.NIGHTLY_TASKS:
+        where = [c for c in called if c.endswith(f".{task}")]
+        assert len(where) == 1, (task, sorted(called))
+        module, function = where[0].split(".")
+        assert callable(getattr(modules[module], function))
 
 
 def test_spark_connection_switches_training_to_spark_submit(airflow_db):
@@ -102,5 +127,5 @@ def test_spark_connection_switches_training_to_spark_submit(airflow_db):
         env={"MFY_SPARK_CONN_ID": "spark_cluster"})
     kind, conn_id, application, upstream, downstream = out.strip().splitlines()[-1].split(" ", 4)
     assert kind == "SparkSubmitOperator" and conn_id == "spark_cluster"
-    assert application.endswith("spark_jobs/nightly.py")
+    assert application.endswith("src/moviesforyou/orchestration/train_job.py")
     assert upstream == "['export_snapshot']" and downstream == "['gate_model']"

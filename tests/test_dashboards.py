@@ -30,7 +30,7 @@ import yaml
 from conftest import ROOT, query, wait_for_http
 from metabase_stub import MetabaseStub
 from moviesforyou.foundation import embedded, warehouse
-from moviesforyou.orchestration import pipeline
+from moviesforyou.orchestration import freshness, summary
 
 SUPERSET_VENV = ROOT / ".venv-superset"
 BUNDLE = ROOT / "dashboards" / "superset"
@@ -339,7 +339,7 @@ def health_data(published):
     run = client.get_run(champion.run_id)
     baselines = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/baselines.json")
     for n in range(2):
-        pipeline.write_summary(
+        summary.write_summary(
             published, dag_id="movielens_nightly", run_id=f"scheduled__dashboards-{n}",
             logical_date=None, started_at=None,
             tasks={"train_als": {"state": "success", "seconds": 40.0 + n},
@@ -347,8 +347,8 @@ def health_data(published):
             results={"train_als": {"metrics": dict(run.data.metrics), "baselines": baselines},
                      "gate_model": {"promoted": n == 0, "champion": str(champion.version)}},
             state="success")
-    pipeline.measure_recs(published)
-    pipeline.check_freshness(published)
+    freshness.measure_recs(published)
+    freshness.check_freshness(published)
     return published
 
 

@@ -291,11 +291,11 @@ class TestNightlyRuns:
 
 def test_run_summary_is_one_row_per_run(published):
     """Re-running a run (same run id, e.g. cleared in the UI) replaces its summary row."""
-    from moviesforyou.orchestration import pipeline
+    from moviesforyou.orchestration import summary
 
     tasks = {"extract_source": {"state": "success", "seconds": 1.0}}
     for state in ("failed", "success"):
-        pipeline.write_summary(published, dag_id="movielens_nightly", run_id="scheduled__x",
+        summary.write_summary(published, dag_id="movielens_nightly", run_id="scheduled__x",
                                logical_date=LOGICAL_DATE, started_at=LOGICAL_DATE, tasks=tasks,
                                results={"extract_source": {"status": "unchanged"}},
                                state=state)

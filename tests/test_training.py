@@ -15,6 +15,7 @@ import pytest
 
 from conftest import modelled_warehouse, query
 from moviesforyou.foundation import warehouse
+from moviesforyou.orchestration import ledger, training
 from spark_jobs import registry
 from spark_jobs.config import TrainConfig, TrainingError
 from spark_jobs.models import ModelParams
@@ -133,9 +134,9 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     (since,) = query(conn, "select coalesce(max(promotion_id), 0) from ops.model_promotions")[0]
     conn.close()
 
-    first = train(settings, config(WORSE), spark=spark)
-    better = train(settings, config(BETTER), spark=spark)
-    worse = train(settings, config(WORSE), spark=spark)
+    first = training.train_and_gate(settings, config(WORSE), spark=spark)
+    better = training.train_and_gate(settings, config(BETTER), spark=spark)
+    worse = training.train_and_gate(settings, config(WORSE), spark=spark)
 
     assert (first.promoted, first.reason) == (True, "no champion yet")
     assert better.promoted, better.reason
@@ -150,7 +151,7 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
     assert float(tags["mfy.metric.ndcg_at_10"]) == pytest.approx(worse.metrics["ndcg_at_10"],
                                                                  abs=1e-6)
 
-    replaced = registry.rollback(settings, first.version, reason="test rollback")
+    replaced = training.rollback(settings, first.version, reason="test rollback")
 
     assert replaced == better.version
     assert str(client.get_model_version_by_alias(name, "champion").version) == first.version
@@ -168,7 +169,7 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
         ("rollback", None, better.version, first.version, True),
     ]
     assert metrics["champion"]["ndcg_at_10"] > metrics["challenger"]["ndcg_at_10"]
-    assert [h[2] for h in registry.history(settings, limit=4)] == [
+    assert [h[2] for h in ledger.history(settings, limit=4)] == [
         "rollback", "gate", "gate", "gate"]
 
     exported = registry.export_champion(settings)
@@ -179,7 +180,7 @@ def test_gate_history_and_rollback(sample_warehouse, spark, tmp_path):
         "model.json", "implicit_user_factors.parquet", "implicit_movie_factors.parquet",
         "explicit_user_factors.parquet", "explicit_movie_factors.parquet"}
     with pytest.raises(registry.RegistryError, match="no version 99"):
-        registry.rollback(settings, "99")
+        training.rollback(settings, "99")
 
 
 def test_no_ratings_means_a_clear_error_and_nothing_registered(sample_warehouse, spark,
@@ -300,9 +301,9 @@ def test_a_refresh_resolves_only_the_users_with_new_ratings(sample_warehouse, sp
     """A night without tuning refreshes the champion: its movie side kept, the users with
     new ratings re-solved (the ALS user step); the gate promotes it while its champion is
     still the champion. Re-solving an untouched user gives back Spark's own factors."""
-    from spark_jobs import nightly, refresh
+    from spark_jobs import refresh
+    from spark_jobs.gate import gate_challenger
     from spark_jobs.models import load_factors
-    from spark_jobs.train import gate_challenger
 
     settings = dataclasses.replace(sample_warehouse, home=tmp_path / "home")
     champion = train(settings, config(BETTER), spark=spark)
@@ -315,7 +316,7 @@ def test_a_refresh_resolves_only_the_users_with_new_ratings(sample_warehouse, sp
                           "rating": [5.0, 5.0, 4.0, 5.0, 3.0], "rated_at": since + 60})
     snapshot = _snapshot_with(settings, champion.snapshot, extra, tmp_path)
 
-    out = nightly.train_als(settings, {"path": str(snapshot.path.parent)}, {"tune": False})
+    out = training.train_als(settings, {"path": str(snapshot.path.parent)}, {"tune": False})
 
     assert out["refresh_of"] == champion.version and not out["tuned"]
     assert out["metrics"]["forward_ratings"] == 5
@@ -348,7 +349,7 @@ def test_a_refresh_resolves_only_the_users_with_new_ratings(sample_warehouse, sp
                                                                 "movie_id"]))[:2]
     again = _snapshot_with(settings, snapshot, pd.DataFrame(
         {"user_id": 3, "movie_id": new_for_3, "rating": 4.0, "rated_at": since + 120}), tmp_path)
-    stale = nightly.train_als(settings, {"path": str(again.path.parent)}, {"tune": False})
+    stale = training.train_als(settings, {"path": str(again.path.parent)}, {"tune": False})
     assert stale["refresh_of"] == out["version"]
     registry.rollback(settings, champion.version)
     rejected = gate_challenger(settings, stale["version"])

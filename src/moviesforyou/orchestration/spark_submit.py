@@ -24,6 +24,9 @@ APPLICATION_ARGS = [
 ]
 
 
+#: The job, in the checkout.
+APPLICATION = ("src", "moviesforyou", "orchestration", "train_job.py")
+
 #: The packages a job imports, by where they are in the checkout.
 PACKAGES = {"moviesforyou": Path("src") / "moviesforyou", "spark_jobs": Path("spark_jobs")}
 
@@ -45,7 +48,8 @@ def code_archive(project: str | Path, out: Path) -> Path:
 
 
 class TrainOnSpark(SparkSubmitOperator):
-    """``spark-submit spark_jobs/nightly.py --snapshot … --date …`` with the run's settings.
+    """``spark-submit src/moviesforyou/orchestration/train_job.py --snapshot … --date …``
+    with the run's settings.
 
     The driver is a new process: the warehouse and MLflow settings that the
     in-process tasks take from Airflow connections and variables are handed to
@@ -57,17 +61,17 @@ class TrainOnSpark(SparkSubmitOperator):
     """
 
     def __init__(self, *, project: str, **kwargs) -> None:
-        super().__init__(application=os.path.join(project, "spark_jobs", "nightly.py"),
+        super().__init__(application=os.path.join(project, *APPLICATION),
                          application_args=list(APPLICATION_ARGS), **kwargs)
         self.project = project
 
     def execute(self, context) -> dict:
         from airflow.sdk import Connection
 
-        from moviesforyou.orchestration import pipeline
-        from spark_jobs import nightly, registry
+        from moviesforyou.orchestration import summary, tasks, training
+        from spark_jobs import registry
 
-        settings = pipeline.settings_from_airflow()
+        settings = tasks.settings_from_airflow()
         self.env_vars = {
             **(self.env_vars or {}), **settings.to_env(),
             "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
@@ -83,9 +87,9 @@ class TrainOnSpark(SparkSubmitOperator):
             try:
                 super().execute(context)
             except Exception as exc:  # as the in-process steps do: the run summary keeps it
-                pipeline.record_error(context["ti"], exc,
+                summary.record_error(context["ti"], exc,
                                       " (the driver's traceback is in this task's log)")
                 raise
         # the same XCom as the in-process task, read back from MLflow
         snapshot = context["ti"].xcom_pull(task_ids="export_snapshot")
-        return nightly.trained_on_snapshot(settings, snapshot["digest"])
+        return training.trained_on_snapshot(settings, snapshot["digest"])

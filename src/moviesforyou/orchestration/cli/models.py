@@ -29,15 +29,15 @@ def train_command(settings: Settings, folds: Path | None, quick: bool, seed: int
 
 
 def _train(settings: Settings, folds: Path | None, quick: bool, seed: int):
+    from moviesforyou.orchestration.training import train_and_gate
     from spark_jobs.config import TrainConfig
-    from spark_jobs.train import train
 
     config = TrainConfig(folds_dir=folds, seed=seed)
     if quick:
         config.explicit_grid = {"rank": [50], "reg_param": [0.15], "max_iter": [10]}
         config.implicit_grid = {"rank": [64], "reg_param": [0.5], "alpha": [4.0],
                                 "max_iter": [10]}
-    return train(settings, config)
+    return train_and_gate(settings, config)
 
 
 def _print_train(result) -> None:
@@ -66,13 +66,14 @@ def models_group() -> None:
 @click.pass_obj
 def models_history(settings: Settings, limit: int) -> None:
     """Champion decisions from ops.model_promotions, newest first."""
+    from moviesforyou.orchestration import ledger
     from spark_jobs import registry
 
     table = Table(title=f"{registry.model_name(settings)}: champion history")
     for column in ("#", "at (UTC)", "action", "challenger", "families", "champion before",
                    "after", "promoted", "reason"):
         table.add_column(column)
-    rows = registry.history(settings, limit)
+    rows = ledger.history(settings, limit)
     family = registry.families(settings, [row[3] or row[5] for row in rows])
     for pid, at, action, challenger, before, after, promoted, reason in rows:
         table.add_row(str(pid), f"{at:%Y-%m-%d %H:%M}", action, challenger or "",
@@ -87,9 +88,9 @@ def models_history(settings: Settings, limit: int) -> None:
 @click.pass_obj
 def models_rollback(settings: Settings, version: str, reason: str) -> None:
     """Make VERSION the champion again."""
-    from spark_jobs import registry
+    from moviesforyou.orchestration.training import rollback
 
-    before = registry.rollback(settings, version, reason)
+    before = rollback(settings, version, reason)
     console.print(f"champion: v{before} -> v{version}")
 
 

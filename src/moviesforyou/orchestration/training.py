@@ -1,4 +1,4 @@
-"""The nightly training rules, as the Airflow DAG's ``train_als`` and ``gate_model`` run them.
+"""The nightly training steps, as the Airflow DAG's ``train_als`` and ``gate_model`` run them.
 
 * **Tune, refresh or re-fit.** On the tuning day (``MFY_TUNE_DAY``, Sundays by
   default), or when there is no champion of this release yet, the ALS grids are
@@ -7,13 +7,18 @@
   of a Spark fit); past ``MFY_REFRESH_MAX_NEW`` new ratings, or with
   ``MFY_REFIT=full``, the champion's configuration is re-fit in Spark
   (:func:`tune_today`, :func:`train_als`).
-* **Gate separately.** Training registers a challenger; the gate runs as its own
-  step (:func:`gate_model`) on the very same splits, so a failed gate can be retried
-  without retraining.
-* **The same on a cluster.** ``spark-submit spark_jobs/nightly.py --snapshot …
-  --date …`` (what :class:`moviesforyou.orchestration.spark_submit.TrainOnSpark` runs) trains
-  exactly as the in-process task does; the task then reads the result back from
-  MLflow (:func:`trained_on_snapshot`).
+* **Gate separately.** Training registers a challenger; the gate
+  (:mod:`spark_jobs.gate`, the one place that decides) runs as its own step
+  (:func:`gate_model`) on the very same splits, so a failed gate can be retried
+  without retraining. This step appends the decision to the promotion ledger
+  (:mod:`moviesforyou.orchestration.ledger`).
+* **The same on a cluster.** ``spark-submit .../orchestration/train_job.py
+  --snapshot … --date …`` (what :class:`moviesforyou.orchestration.spark_submit.TrainOnSpark`
+  runs) trains exactly as the in-process task does; the task then reads the
+  result back from MLflow (:func:`trained_on_snapshot`).
+
+Spark, MLflow and the training stage are imported inside the steps: the DAG file
+imports this module when it is parsed.
 
 Every function returns a small JSON-able dict for XCom and the run summary.
 """
@@ -21,16 +26,12 @@ Every function returns a small JSON-able dict for XCom and the run summary.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 from pathlib import Path
 
-import click
-
 from moviesforyou.foundation.config import Settings, on_weekday
-from spark_jobs import registry, session
-from spark_jobs.config import train_config
+from moviesforyou.orchestration import ledger
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,15 @@ def tune_today(settings: Settings, logical_date, overrides: dict | None = None) 
 
 
 def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None, *,
-          logical_date=None) -> dict:
+              logical_date=None) -> dict:
     """Register a challenger trained on the snapshot (no gate).
 
     On tuning days (:func:`tune_today`) the grids are searched; other nights refresh
     the champion (:func:`spark_jobs.refresh.refresh`) or, when a refresh will not do,
     re-fit its configuration on the new data.
     """
+    from spark_jobs import registry
+    from spark_jobs.config import train_config
     from spark_jobs.refresh import refresh
     from spark_jobs.snapshot import read_kept_snapshot
     from spark_jobs.train import train as train_models
@@ -101,6 +104,8 @@ def train_als(settings: Settings, snapshot: dict, overrides: dict | None = None,
 
 def _version_trained_on(settings: Settings, digest: str) -> tuple[object, str]:
     """(MLflow client, the newest model version trained on the snapshot ``digest``)."""
+    from spark_jobs import registry
+
     client = registry.configure(settings)
     version = registry.version_for_snapshot(settings, client, digest)
     if version is None:
@@ -113,6 +118,8 @@ def trained_on_snapshot(settings: Settings, digest: str) -> dict:
     another process (spark-submit): the newest version trained on the snapshot."""
     import mlflow
 
+    from spark_jobs import registry
+
     client, version = _version_trained_on(settings, digest)
     run_id = client.get_model_version(registry.model_name(settings), version).run_id
     return {"version": version, "run_id": run_id,
@@ -121,41 +128,44 @@ def trained_on_snapshot(settings: Settings, digest: str) -> dict:
 
 
 def gate_model(settings: Settings, trained: dict | None, snapshot: dict,
-         overrides: dict | None = None) -> dict:
+               overrides: dict | None = None) -> dict:
     """The champion gate for the challenger trained in this run.
 
     ``trained`` is the training task's XCom; without one, the challenger is the
     newest version trained on this run's snapshot.
     """
-    from spark_jobs.train import gate_challenger
+    from spark_jobs.config import train_config
+    from spark_jobs.gate import gate_challenger
 
     version = ((trained or {}).get("version")
                or _version_trained_on(settings, snapshot["digest"])[1])
     decision = gate_challenger(settings, version,
                                train_config(run_overrides(settings, overrides)))
+    ledger.record_decision(settings, decision)
     return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
             "champion_before": decision.champion_before,
             "champion": version if decision.promoted else decision.champion_before}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--snapshot", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="A kept snapshot folder.")
-@click.option("--date", "date", required=True, type=datetime.datetime.fromisoformat, metavar="DATE",
-              help="The run's logical date (ISO 8601).")
-@click.option("--config", default="{}", help="The run conf's training overrides, as JSON.")
-def main(snapshot: Path, date: datetime.datetime, config: str) -> None:
-    """Train as the nightly run of DATE does (spark-submit spark_jobs/nightly.py): tune on
-    MFY_TUNE_DAY or without a champion, else re-fit the champion's configuration;
-    never gate."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.from_env()
-    spark = session.get_spark(settings.home, spark=settings.spark)
-    click.echo(f"executors import spark_jobs from {session.executor_code(spark)}")
-    out = train_als(settings, {"path": str(snapshot)}, json.loads(config),
-                    logical_date=date)
-    click.echo(json.dumps(out, indent=2, default=str))
+def train_and_gate(settings: Settings, config=None, *, spark=None, snapshot=None):
+    """``moviesforyou train``: train, gate in the same run, and record the decision.
+
+    Returns:
+        :class:`spark_jobs.train.TrainResult`.
+    """
+    from spark_jobs.train import train
+
+    result = train(settings, config, spark=spark, snapshot=snapshot)
+    ledger.record_decision(settings, result.decision)
+    return result
 
 
-if __name__ == "__main__":
-    main()
+def rollback(settings: Settings, version: str, reason: str = "manual rollback") -> str | None:
+    """Point ``champion`` at an earlier version and record it. Returns the version it
+    replaced."""
+    from spark_jobs import registry
+
+    before = registry.rollback(settings, version, reason)
+    ledger.record(settings, challenger=None, before=before, after=str(version), promoted=True,
+                  action="rollback", reason=reason)
+    return before
