@@ -23,7 +23,7 @@ test: setup         ## the whole test suite on real components
 
 screenshots: setup  ## refresh docs/screenshots from the page and dashboard tests
 	$(IN_VENV) $(VENV)/pytest --screenshots -k "page_ or dashboards_screenshots" \
-		tests/test_api.py tests/test_dashboards.py
+		tests/test_pages.py tests/test_dashboards.py
 
 lint: setup
 	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests tools scripts benchmarks dashboards

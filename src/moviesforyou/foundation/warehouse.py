@@ -265,10 +265,10 @@ TABLE_FILES = ("raw", "ops", "app")
 
 
 def ddl(name: str) -> str:
-    """The SQL file ``src/moviesforyou/sql/<name>.sql``: the one place the warehouse's
+    """The SQL file ``src/moviesforyou/foundation/sql/<name>.sql``: the one place the warehouse's
     own DDL (raw, ops, app, the recs tables and functions) is read from (also from
     the zip a Spark job ships, hence importlib.resources)."""
-    return resources.files("moviesforyou").joinpath("sql", f"{name}.sql").read_text()
+    return resources.files("moviesforyou.foundation").joinpath("sql", f"{name}.sql").read_text()
 
 
 def _ensure_role(cur, name: str, *, login: bool, password: str | None = None) -> bool:

@@ -36,25 +36,30 @@ new one; never a mix, half a file or a release that failed its audit.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import getpass
-import io
 import json
 import logging
-import re
-import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import IO
+from collections.abc import Callable
 
 import psycopg2
 from psycopg2 import sql
 
-from moviesforyou.foundation.errors import MoviesForYouError, SourceError
+from moviesforyou.foundation.errors import SourceError
 from moviesforyou.ingestion import sources
-from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES, Context, Row
+from moviesforyou.ingestion.copying import _copy_to_staging, _suffix, partition_name
+from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES
+from moviesforyou.ingestion.ledger import (  # noqa: F401 (the ingester's own names)
+    _LEDGER_COLUMNS,
+    LoadRejected,
+    LoadResult,
+    _ledger_result,
+    _loaded_by,
+    _record_failure,
+    iter_ledger,
+    last_good_load,
+    staged_load,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +71,6 @@ LoadProgress = Callable[[str, str, int, int], None]
 Audit = Callable[["LoadResult"], object]
 
 
-def _suffix(dataset: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", dataset.lower())
-
-
-def partition_name(table: str, dataset: str) -> str:
-    return f"{table}__{_suffix(dataset)}"
-
-
 def staging_schema(dataset: str) -> str:
     """Where a load of ``dataset`` is written and audited before it goes live."""
     return f"raw_staging__{_suffix(dataset)}"
@@ -82,103 +79,6 @@ def staging_schema(dataset: str) -> str:
 def rejected_schema(dataset: str) -> str:
     """Where the last load of ``dataset`` that failed its audit is kept for inspection."""
     return f"raw_rejected__{_suffix(dataset)}"
-
-
-class LoadRejected(MoviesForYouError):
-    """A staged load failed its audit; it was kept aside and the live release kept."""
-
-
-@dataclass
-class LoadResult:
-    """What a load did, as recorded in the ledger."""
-
-    load_id: int
-    dataset: str
-    source: str
-    status: str
-    files: dict[str, str] = field(default_factory=dict)
-    row_counts: dict[str, int] = field(default_factory=dict)
-    duration_s: float = 0.0
-    layout: str | None = None
-    schema: str | None = None  #: where a staged or rejected load's tables are
-
-
-class _CopyStream(io.RawIOBase):
-    """A file-like object COPY reads from, fed by an iterator of rows as CSV."""
-
-    def __init__(self, rows: Iterable[Row], batch: int = 20_000) -> None:
-        self._rows = iter(rows)
-        self._batch = batch
-        self._buffer = b""
-        self._offset = 0
-        self.count = 0
-        self.error: Exception | None = None  # what the parser raised; psycopg2 hides it
-
-    def readable(self) -> bool:
-        return True
-
-    def _fill(self) -> bool:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        n = 0
-        for row in self._rows:
-            writer.writerow(["\\N" if v is None else v for v in row])
-            n += 1
-            if n >= self._batch:
-                break
-        self.count += n
-        self._buffer = self._buffer[self._offset:] + text.getvalue().encode("utf-8")
-        self._offset = 0
-        return n > 0
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            if self._offset >= len(self._buffer) and not self._fill():
-                return b""
-        except Exception as exc:
-            self.error = exc
-            raise
-        end = len(self._buffer) if size < 0 else self._offset + size
-        chunk = self._buffer[self._offset:end]
-        self._offset += len(chunk)
-        return chunk
-
-
-class _Counting(io.RawIOBase):
-    """Wraps a binary stream and reports bytes read."""
-
-    def __init__(self, inner: IO[bytes], report: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._report = report
-        self.done = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._inner.read(len(buffer))
-        buffer[: len(data)] = data
-        self.done += len(data)
-        self._report(self.done)
-        return len(data)
-
-
-def _loaded_by(cur) -> str:
-    cur.execute("select current_user")
-    return f"{cur.fetchone()[0]} ({getpass.getuser()}@{socket.gethostname()})"
-
-
-def last_good_load(cur, dataset: str) -> dict | None:
-    """The latest successful load of ``dataset``, as a dict, or None."""
-    cur.execute(
-        """select load_id, files, archive_sha256, loaded_at from ops.source_loads
-           where dataset = %s and status = 'loaded' order by load_id desc limit 1""",
-        (dataset,),
-    )
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return {"load_id": row[0], "files": row[1], "archive_sha256": row[2], "loaded_at": row[3]}
 
 
 def load_release(
@@ -306,32 +206,6 @@ def stage_release(
     return result
 
 
-def staged_load(conn, load_id: int) -> LoadResult:
-    """The ledger entry of a staged load, to audit and attach it (e.g. in the next task)."""
-    with conn, conn.cursor() as cur:
-        cur.execute(f"select {_LEDGER_COLUMNS} from ops.source_loads where load_id = %s",
-                    (load_id,))
-        row = cur.fetchone()
-    if row is None:
-        raise SourceError(f"there is no load {load_id} in ops.source_loads")
-    load = _ledger_result(row)
-    if load.status != "staged":
-        raise SourceError(f"load {load_id} of {load.dataset} is {load.status}, not staged: "
-                          "only a staged load can be published")
-    return load
-
-
-#: The ledger columns :func:`_ledger_result` reads, in its order.
-_LEDGER_COLUMNS = ("load_id, dataset, source, status, files, row_counts, duration_s, layout, "
-                   "schema_name")
-
-
-def _ledger_result(row) -> LoadResult:
-    load_id, dataset, source, status, files, counts, seconds, layout, schema = row
-    return LoadResult(load_id, dataset, source, status, files, counts, float(seconds or 0),
-                      layout, schema)
-
-
 def attach_load(conn, staged: LoadResult) -> LoadResult:
     """Publish a staged load: swap its tables in for the live partitions, in one transaction.
 
@@ -452,92 +326,6 @@ def _tables_in(cur, schema: str) -> list[str]:
     return [name for (name,) in cur.fetchall()]
 
 
-def _record_failure(conn, dataset, files, loaded_by, started, exc: Exception, *,
-                    load_id: int | None = None) -> None:
-    if conn.closed:
-        log.error("the warehouse connection was lost: the load is not recorded as failed "
-                  "now; the next load of %s marks it so", dataset)
-        return
-    try:
-        with conn, conn.cursor() as cur:
-            if load_id is not None:  # its "staging" row
-                cur.execute("""update ops.source_loads
-                               set status = 'failed', error = %s,
-                                   duration_s = extract(epoch from clock_timestamp()) - %s
-                               where load_id = %s and status = 'staging'""",
-                            (str(exc)[:2000], started, load_id))
-                if cur.rowcount:
-                    return
-            cur.execute(
-                """insert into ops.source_loads (dataset, source, status, archive_sha256,
-                       error, loaded_by, started_at, duration_s)
-                   values (%s, %s, 'failed', %s, %s, %s, to_timestamp(%s),
-                       extract(epoch from clock_timestamp()) - %s)""",
-                (dataset, files.origin, files.archive_sha256, str(exc)[:2000], loaded_by,
-                 started, started),
-            )
-    except Exception:  # the ledger must never hide the real error
-        log.exception("could not record the failed load in ops.source_loads")
-        conn.rollback()
-
-
-def _copy_to_staging(cur, files, dataset, layout, schema, load_id, loaded_at,
-                     progress) -> dict[str, int]:
-    """Every raw table, in ``schema``: the release's files copied in, the rest empty (so
-    the audit sees the same tables whatever the layout)."""
-    cur.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
-    for table in RAW_TABLES:
-        _create_staging_table(cur, table, schema, dataset, load_id, loaded_at)
-    ctx = Context()
-    counts: dict[str, int] = {}
-    for spec in LAYOUTS[layout]:
-        columns = [name for name, _ in RAW_TABLES[spec.table]]
-        copy = sql.SQL("copy {}.{} ({}) from stdin with (format csv, null '\\N')").format(
-            sql.Identifier(schema), sql.Identifier(spec.table),
-            sql.SQL(", ").join(map(sql.Identifier, columns)))
-        if spec.file:
-            display, size = files.display(spec.file), files.size(spec.file)
-            with files.open(spec.file) as raw_handle:
-                def report(done: int, t=spec.table, d=display, s=size) -> None:
-                    if progress:
-                        progress(t, d, done, s)
-
-                handle = io.BufferedReader(_Counting(raw_handle, report), 1 << 20)
-                stream = _copy(cur, copy, spec.parse(handle, display, ctx))
-        else:
-            stream = _copy(cur, copy, spec.parse(io.BytesIO(), "(built in)", ctx))
-        counts[spec.table] = stream.count
-        log.debug("copied %d rows into %s.%s", stream.count, schema, spec.table)
-    if counts.get("ratings", 0) == 0:
-        raise SourceError("the release has no ratings", path=files.origin)
-    return counts
-
-
-def _copy(cur, statement: sql.Composable, rows: Iterable[Row]) -> _CopyStream:
-    stream = _CopyStream(rows)
-    try:
-        cur.copy_expert(statement, stream, size=1 << 20)
-    except psycopg2.Error:
-        if stream.error is not None:  # the parser's error, with file and line, not COPY's
-            raise stream.error from None
-        raise
-    return stream
-
-
-def _create_staging_table(cur, table, schema, dataset, load_id, loaded_at) -> None:
-    """``schema.table`` shaped like ``raw.table``, ready to attach as its partition."""
-    ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    cur.execute(sql.SQL("create table {} (like raw.{} including defaults)")
-                .format(ident, sql.Identifier(table)))
-    cur.execute(sql.SQL(
-        "alter table {} alter column dataset set default {}, "
-        "alter column load_id set default {}, alter column loaded_at set default {}, "
-        "add constraint {} check (dataset = {})"
-    ).format(ident, sql.Literal(dataset), sql.Literal(load_id), sql.Literal(loaded_at),
-             sql.Identifier(f"{partition_name(table, dataset)}_load{load_id}_dataset_check"),
-             sql.Literal(dataset)))
-
-
 def _drop_partition(cur, table: str, dataset: str) -> None:
     name = partition_name(table, dataset)
     cur.execute(
@@ -552,10 +340,3 @@ def _drop_partition(cur, table: str, dataset: str) -> None:
     cur.execute(sql.SQL("drop table if exists raw.{}").format(sql.Identifier(name)))
 
 
-def iter_ledger(cur, limit: int = 20) -> Iterator[tuple]:
-    cur.execute(
-        """select load_id, dataset, status, loaded_at, row_counts->>'ratings', source, error
-           from ops.source_loads order by load_id desc limit %s""",
-        (limit,),
-    )
-    yield from cur.fetchall()

@@ -1,0 +1,82 @@
+"""The API's two pure ASGI middlewares: ``Server-Timing`` on every answer, and the
+lookup's fast path past FastAPI's routing for the one request that carries the load.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from serving import db
+
+
+class ServerTiming:
+    """Pure ASGI middleware (no per-request task, unlike ``@router.middleware``) that adds
+    ``Server-Timing: app;dur=<ms>``, the time from the request to its response headers,
+    which the browser's developer tools show and ``benchmarks/page_latency.py`` reads."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+
+        async def timed(message):
+            if message["type"] == "http.response.start":
+                spent = (time.perf_counter() - start) * 1000
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={spent:.2f}".encode())]
+            await send(message)
+
+        return await self.app(scope, receive, timed)
+
+
+class LookupFastPath:
+    """Pure ASGI middleware for the one request that carries the load,
+    ``GET /api/users/{id}/recommendations`` with at most ``k`` in its query: the same
+    answer as :func:`recommend` (one statement, Postgres writes the JSON) without
+    FastAPI's routing, validation and response objects, which cost more than the
+    lookup itself (``benchmarks/api_load.py``). Anything else, an invalid value
+    included, and any answer that is not a stored personal list (newcomers, viewers
+    with ratings since the publish, errors) goes through :func:`recommend`."""
+
+    PATH = re.compile(rb"/api/users/([1-9][0-9]{0,9})/recommendations")
+    QUERY = re.compile(rb"(?:k=([1-9][0-9]{0,2}))?")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        body = None
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = self.PATH.fullmatch(scope.get("raw_path") or scope["path"].encode())
+            query = self.QUERY.fullmatch(scope.get("query_string", b""))
+            if path and query:
+                user_id, k = int(path[1]), int(query[1] or 10)
+                if user_id <= 2_147_483_647 and k <= 100:
+                    body = await self._stored(scope["app"].state, user_id, k)
+        if body is None:
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _stored(state, user_id: int, k: int) -> bytes | None:
+        key = (user_id, k, ())
+        body = state.cache.get(key)
+        if body is not None:
+            return body
+        try:
+            async with state.pool.acquire() as conn:
+                row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, [])
+        except Exception:  # recommend() answers it, with its own error handling
+            return None
+        if not row["personal"] or row["pending"] or row["n"] < k:  # short: recommend() tops up
+            return None
+        body = row["body"].encode()
+        state.cache.put(key, row["publish_id"], body)
+        return body
