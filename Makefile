@@ -9,7 +9,7 @@ AIRFLOW_ENV = AIRFLOW_HOME=$${AIRFLOW_HOME:-$(CURDIR)/.mfy/airflow} \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 
-.PHONY: setup run test screenshots lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
+.PHONY: setup run test check docs docs-build screenshots lint airflow mlflow api psql dbt-docs warehouse-start warehouse-stop \
 	up down compose-config stack-local clean
 
 setup:
@@ -20,6 +20,20 @@ run: setup          ## the nightly job: the Airflow DAG once, on the embedded wa
 
 test: setup         ## the whole test suite on real components
 	$(IN_VENV) $(VENV)/pytest
+
+check: setup        ## the inner loop, under 2 minutes: ruff, sqlfluff, the import contract, unit tests
+	$(IN_VENV) $(VENV)/ruff check src spark_jobs serving dags tests tools scripts benchmarks dashboards
+	$(IN_VENV) $(VENV)/lint-imports
+	$(IN_VENV) $(VENV)/sqlfluff lint dbt_project/models --processes 2 --disable-progress-bar
+	$(IN_VENV) $(VENV)/pytest -q -m "not integration and not slow and not spark" -p no:cacheprovider \
+		tests/test_lint.py tests/test_config.py tests/test_metrics.py tests/test_foldin.py \
+		tests/test_synth.py -k "not sqlfluff and not docs_site and not contract_catches"
+
+docs: setup         ## the docs site on http://127.0.0.1:8000, rebuilt as you edit
+	NO_MKDOCS_2_WARNING=1 $(IN_VENV) $(VENV)/mkdocs serve
+
+docs-build: setup   ## the docs site into .mfy/site, strictly (a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(IN_VENV) $(VENV)/mkdocs build --strict
 
 screenshots: setup  ## refresh docs/screenshots from the page and dashboard tests
 	$(IN_VENV) $(VENV)/pytest --screenshots -k "page_ or dashboards_screenshots" \

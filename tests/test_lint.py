@@ -109,3 +109,38 @@ def test_no_file_outgrows_its_limit():
             for p in _python_files(*folders)
             if (n := len(p.read_text().splitlines())) > LIMITS[kind]]
     assert not over, "\n".join(over)
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_the_docs_site_builds_strictly():
+    """``mkdocs build --strict``: a broken link or a page missing from the nav fails."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir",
+         str(ROOT / ".mfy" / "site-test")], cwd=ROOT, capture_output=True, text=True,
+        timeout=300, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_the_generated_reference_pages_are_current():
+    """docs/reference/configuration.md and sql.md are what scripts/docs_reference.py
+    makes from the settings tree and the recs schema's own comments."""
+    result = subprocess.run([sys.executable, "scripts/docs_reference.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from moviesforyou.foundation.config import VARIABLES
+
+    page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
+    assert all(f"`{v.name}`" in page for v in VARIABLES)
+
+
+def test_the_readme_is_a_front_door():
+    """At most 250 lines, the two commands, and every docs link it has resolves."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    assert "make run" in readme and "make test" in readme
+    links = re.findall(r"\]\(((?:docs/)[^)#]+)", readme)
+    assert links and all((ROOT / link).exists() for link in links), links
