@@ -221,6 +221,9 @@ select case when to_regclass('recs.publication') is not null
             then (select dataset from recs.publication) end
 """
 
+#: Today's season, as the season lists name it (the warehouse's one definition).
+SEASON = "select app.season_of(current_date)"
+
 PUBLICATION = """
 select publish_id, dataset, model_name, model_version, mlflow_run_id, generated_at,
        recommendations_per_user, ratings_through, source_loaded_at

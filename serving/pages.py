@@ -4,18 +4,12 @@ the lists that must be made now (a fold-in after new ratings, a short list toppe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 from fastapi import Request
 
 from serving import auth, db, live
 from serving.deps import live_dataset, movie_json, pool, require_user, version_of
-
-#: The season of each month, as the cold-start season lists name them (dbt's season_of).
-SEASON = {12: "Winter", 1: "Winter", 2: "Winter", 3: "Spring", 4: "Spring", 5: "Spring",
-           6: "Summer", 7: "Summer", 8: "Summer", 9: "Autumn", 10: "Autumn", 11: "Autumn"}
-
 
 TRENDING = "rated most in the last 30 days, the newest ratings counting most"
 
@@ -79,7 +73,7 @@ async def sections_and_list(request: Request, user_id: int, k: int,
         genre = (await conn.fetchval(db.SECTION_GENRE, user_id, dataset)
                  or next(iter(profile["preferred_genres"]), None))
         anchor = next((r for r in rated if r["has_neighbours"]), None)
-        season = SEASON[dt.date.today().month]
+        season = await conn.fetchval(db.SEASON)
         sections = [section(
             "for_you", "Top picks for you",
             "what the model expects you to like most, from your ratings"

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from moviesforyou.foundation.config import EXPORTED_TRACKING_URIS, Settings
+from moviesforyou.foundation.config import Settings
 from moviesforyou.foundation.errors import MoviesForYouError
 from spark_jobs.models import ITEM, USER, Factors, ModelParams, save_factors
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "moviesforyou-als"
+_MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 class RegistryError(MoviesForYouError):
@@ -73,11 +75,17 @@ def configure(settings: Settings):
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         (settings.home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
-    if uri != settings.training.mlflow_tracking_uri:
-        # mlflow copies it into MLFLOW_TRACKING_URI: there it is ours, not the user's choice
-        EXPORTED_TRACKING_URIS.add(uri)
+    # MLflow copies the URIs into MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI for child
+    # processes; this process's environment stays as the user set it (a child gets the
+    # store from Settings.to_env() and tracking_uri(), explicitly)
+    saved = {name: os.environ.get(name) for name in _MLFLOW_URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     client = mlflow.MlflowClient()
     if client.get_experiment_by_name(EXPERIMENT) is None:
         location = None

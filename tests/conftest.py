@@ -404,3 +404,19 @@ def spark_cluster(tmp_path_factory):
             process.kill()
     for log in logs:
         log.close()
+
+
+@contextlib.contextmanager
+def temporary_environment(values: dict[str, str]):
+    """Set environment variables for the duration of a block, then restore them (a test
+    standing in for a deployment's environment; the product never writes its own)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

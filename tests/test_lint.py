@@ -70,7 +70,9 @@ def test_every_package_of_moviesforyou_is_in_a_layer():
     package = ROOT / "src" / "moviesforyou"
     found = {f"moviesforyou.{p.name}" for p in package.iterdir()
              if p.is_dir() and (p / "__init__.py").exists()}
-    modules = {p.name for p in package.glob("*.py")} - {"__init__.py", "__main__.py"}
+    # foldin.py: the import path of models registered before the layers (test_training)
+    modules = {p.name for p in package.glob("*.py")} - {"__init__.py", "__main__.py",
+                                                       "foldin.py"}
     assert found <= layered, found - layered
     assert not modules, f"modules outside every layer: {sorted(modules)}"
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from conftest import QUICK_TRAIN, ROOT, execute, fresh_database, query
+from conftest import QUICK_TRAIN, ROOT, execute, fresh_database, query, temporary_environment
 from moviesforyou.foundation import embedded, warehouse
-from moviesforyou.transformation.transform import temporary_environment
 
 #: The logical date of the first run and of its re-run.
 LOGICAL_DATE = pendulum.datetime(2026, 11, 20, 2, 30, tz="UTC")

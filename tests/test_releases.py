@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 
 import fixture_releases
-from conftest import QUICK_TRAIN, call, fresh_database, query, running_api
+from conftest import QUICK_TRAIN, call, fresh_database, query, running_api, temporary_environment
 from moviesforyou.foundation import warehouse
 from moviesforyou.ingestion import sources
-from moviesforyou.transformation.transform import temporary_environment
 from spark_jobs import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]

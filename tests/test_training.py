@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from importlib import metadata
 
@@ -238,8 +239,9 @@ def test_each_home_has_its_own_tracking_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MFY_HOME", str(tmp_path / "a"))
     registry.configure(Settings.from_env())
-    # configure() exported the first home's store into MLFLOW_TRACKING_URI: a second
-    # home read from the environment afterwards still gets its own store
+    # configure() leaves the environment as it was (MLflow's own copy of the URI is
+    # taken back): a second home read from the environment gets its own store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     monkeypatch.setenv("MFY_HOME", str(tmp_path / "b"))
     second = Settings.from_env()
     assert registry.tracking_uri(second) == f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"

@@ -38,12 +38,9 @@
 {%- endmacro %}
 
 {% macro season_of(ts) -%}
-    case
-        when extract(month from {{ ts }}) in (12, 1, 2) then 'Winter'
-        when extract(month from {{ ts }}) in (3, 4, 5) then 'Spring'
-        when extract(month from {{ ts }}) in (6, 7, 8) then 'Summer'
-        else 'Autumn'
-    end
+    {#- The warehouse's own definition (src/moviesforyou/foundation/sql/app.sql), which
+        the API uses too; an inlined SQL function, so no cost per row. -#}
+    app.season_of({{ ts }})
 {%- endmacro %}
 
 {% macro history_of_touched(key) -%}

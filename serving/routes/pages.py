@@ -3,7 +3,6 @@ single-page app itself."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from serving import db
 from serving.deps import K, UserId, pool, version_of
-from serving.pages import SEASON, TRENDING, section, sections_and_list
+from serving.pages import TRENDING, section, sections_and_list
 from serving.routes.users import user_ratings
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -52,8 +51,8 @@ async def home(request: Request, k: Annotated[int, Query(ge=1, le=50)] = 10,
     """The home page's rows, in one request: the best rated films (Bayesian average),
     trending (the last 30 days of ratings, decayed), this season's most rated, and the
     most rated of the ``genres`` biggest genres."""
-    season = SEASON[dt.date.today().month]
     async with pool(request).acquire() as conn:
+        season = await conn.fetchval(db.SEASON)
         version = await version_of(conn, [])
         rows = [
             section("top", "Top films", "the best rated, by a Bayesian average that "

@@ -115,6 +115,9 @@ class Settings:
     max_recs_age_hours: float = 36.0
     #: weekday the nightly dbt build rebuilds every incremental model in full
     dbt_rebuild_day: str = "sun"
+    #: the dbt profile's target (``dbt_project/profiles.yml``) and its threads
+    dbt_target: str = "warehouse"
+    dbt_threads: int = 4
     #: seconds a writing step waits for another writer before it fails
     writer_wait: float = 600.0
     publish: PublishSettings = field(default_factory=PublishSettings)
@@ -126,8 +129,6 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Settings from ``env`` (default: this process's environment)."""
         env = dict(os.environ if env is None else env)
-        if env.get("MLFLOW_TRACKING_URI") in EXPORTED_TRACKING_URIS:
-            del env["MLFLOW_TRACKING_URI"]  # mlflow copied ours there: not the user's choice
         values: dict[str, dict] = {"": {}}
         for variable in VARIABLES:
             raw = env.get(variable.name, "").strip()
@@ -182,11 +183,6 @@ class Settings:
 
 _GROUPS = {"publish": PublishSettings, "spark": SparkSettings, "training": TrainingSettings,
            "api": ApiSettings}
-
-#: MLflow tracking URIs that ``spark_jobs.registry`` set (mlflow copies them into
-#: ``MLFLOW_TRACKING_URI``): there they are ours, not the user's choice of server.
-EXPORTED_TRACKING_URIS: set[str] = set()
-
 
 def _whole(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
@@ -320,6 +316,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_DBT_REBUILD_DAY", "dbt_rebuild_day", "sun",
              "weekday the nightly dbt build rebuilds the incremental models in full "
              "(or always, never)", _weekday),
+    Variable("MFY_DBT_TARGET", "dbt_target", "warehouse",
+             "the target of dbt_project/profiles.yml that dbt runs against"),
+    Variable("MFY_DBT_THREADS", "dbt_threads", "4", "threads dbt builds models with",
+             _whole(1)),
     Variable("MFY_RECS_N", "publish.n", "50", "recommendations per user", _whole(1)),
     Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
     Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",

@@ -8,7 +8,8 @@ same warehouse as the rest of the platform.
 
 ``transform`` is the nightly step: source freshness (a warning, never fatal),
 ``dbt build`` (seeds, models, unit and data tests, in DAG order), then
-``dbt docs generate``. dbt runs in-process through ``dbtRunner``; its own log
+``dbt docs generate``. Each dbt command runs through ``dbtRunner`` in a child
+process whose environment carries the connection (:func:`run_dbt`); dbt's own log
 lines ("12 of 58 OK created sql table model marts.dim_movies") are the progress
 output. A failing model or test raises :class:`TransformError` with dbt's
 messages.
@@ -16,10 +17,12 @@ messages.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -57,21 +60,6 @@ def dbt_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def temporary_environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a block, then restore them."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def target_dir(settings: Settings) -> Path:
     """Where dbt writes manifest, run results and the docs site."""
     return settings.home / "dbt" / "target"
@@ -93,39 +81,45 @@ class DbtRun:
 
 
 def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRun:
-    """Run one dbt command in-process against the warehouse.
+    """Run one dbt command against the warehouse, in a child process.
+
+    The child gets the environment dbt's profile reads (:func:`dbt_env`) as its own;
+    this process's environment is left as it is. dbt's log lines pass through to
+    this process's standard output (the Airflow task log, the console).
 
     Args:
         settings: the warehouse to use.
         args: dbt arguments, e.g. ``["build", "--select", "marts"]``.
         check: raise :class:`TransformError` when dbt reports a failure.
     """
-    from dbt.cli.main import dbtRunner  # heavy: imported only when dbt runs
-
     target = target_dir(settings)
+    target.mkdir(parents=True, exist_ok=True)
     common = [
         "--project-dir", str(project_dir()),
         "--profiles-dir", str(project_dir()),
         "--target-path", str(target),
     ]
-    with temporary_environment({**dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}):
-        outcome = dbtRunner().invoke([*args, *common])
-    results = []
-    executed = getattr(outcome.result, "results", None) or []
-    for node in executed:
-        status = str(getattr(node.status, "value", node.status))
-        unique_id = getattr(getattr(node, "node", None), "unique_id", None) or getattr(
-            node, "unique_id", "?")
-        response = getattr(node, "adapter_response", None) or {}
-        results.append({"unique_id": unique_id, "status": status,
-                        "message": node.message or "", "seconds": node.execution_time or 0.0,
-                        "rows_affected": response.get("rows_affected")})
-    run = DbtRun(args[0], bool(outcome.success), results)
+    env = {**os.environ, **dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}
+    with tempfile.TemporaryDirectory(prefix="mfy-dbt-") as folder:
+        result_file = Path(folder) / "result.json"
+        with subprocess.Popen(
+                [sys.executable, "-m", "moviesforyou.transformation.dbt_child",
+                 str(result_file), *args, *common],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                bufsize=1) as child:
+            for line in child.stdout:
+                sys.stdout.write(line)
+            sys.stdout.flush()
+        outcome = (json.loads(result_file.read_text()) if result_file.exists() else
+                   {"success": False, "results": [],
+                    "exception": f"dbt exited with status {child.returncode}"})
+    results = outcome["results"]
+    run = DbtRun(args[0], bool(outcome["success"]), results)
     if check and not run.success:
         failures = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
         lines = [f"  {r['unique_id']}: {r['status']}: {r['message']}" for r in failures]
-        if outcome.exception is not None:
-            lines.append(f"  {type(outcome.exception).__name__}: {outcome.exception}")
+        if outcome["exception"]:
+            lines.append(f"  {outcome['exception']}")
         detail = "\n".join(lines or ["  (see the dbt log above)"])
         raise TransformError(f"dbt {' '.join(args)} failed:\n{detail}")
     return run

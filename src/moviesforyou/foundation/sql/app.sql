@@ -29,6 +29,21 @@ create index if not exists ratings_received_at_idx on app.ratings (received_at);
 -- one scanned all app ratings (2.6 ms at 40,000, 570 lookups/s on the 25M publish)
 create index if not exists ratings_user_movie_idx on app.ratings (user_id, movie_id);
 
+-- The season of a moment, as the cold-start season lists and marts.dim_dates name it:
+-- the one definition (dbt's season_of macro calls it; the API asks it for today's).
+create or replace function app.season_of(moment timestamp) returns text
+language sql immutable parallel safe as $$
+    select case
+        when extract(month from moment) in (12, 1, 2) then 'Winter'
+        when extract(month from moment) in (3, 4, 5) then 'Spring'
+        when extract(month from moment) in (6, 7, 8) then 'Summer'
+        else 'Autumn'
+    end
+$$;
+comment on function app.season_of(timestamp) is
+    'The season of a moment (Winter: December to February, and so on), as the season '
+    'lists, marts.dim_dates and the API name it.';
+
 -- The owner's ways to add a user and a rating; the API (the read-only role) goes through
 -- the token-checked functions further down. They check what they are given.
 create or replace function app.sign_up(p_dataset text, p_age integer, p_gender text,

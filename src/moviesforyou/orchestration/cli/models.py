@@ -180,12 +180,12 @@ def recs_rollback(settings: Settings, publish_id: int | None) -> None:
 @click.pass_obj
 def serve_command(settings: Settings, host: str, port: int, workers: int) -> None:
     """Run the API and web page (connects as the read-only role)."""
-    import uvicorn
-
     from serving import db
 
-    # the workers build their settings from the environment: hand them ours
+    # uvicorn, in place of this process, with the environment given explicitly: the
+    # API's workers build their settings from it (the reader's URL among them)
     api = dataclasses.replace(settings.api, database_url=db.database_url(settings))
-    os.environ.update(dataclasses.replace(settings, api=api).to_env())
-    uvicorn.run("serving.app:app", host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+    env = {**os.environ, **dataclasses.replace(settings, api=api).to_env()}
+    os.execvpe(sys.executable, [
+        sys.executable, "-m", "uvicorn", "serving.app:app", "--host", host, "--port", str(port),
+        "--workers", str(workers), "--log-level", "warning", "--no-access-log"], env)
