@@ -203,12 +203,11 @@ def published(embedded_settings: Settings, ml100k: Path, spark, state_dir: Path)
 
     Tests may publish again or roll back, but must leave a live version behind.
     """
-    from moviesforyou.orchestration import recs_publish
+    from moviesforyou.orchestration import recs_publish, training
     from spark_jobs.config import TrainConfig
-    from spark_jobs.train import train
 
     with modelled_warehouse(embedded_settings, ml100k, state_dir / "published-home") as settings:
-        train(settings, TrainConfig(**QUICK_MODELS), spark=spark)
+        training.train_and_gate(settings, TrainConfig(**QUICK_MODELS), spark=spark)
         recs_publish.publish(settings, spark=spark)
         yield settings
 

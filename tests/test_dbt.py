@@ -260,12 +260,12 @@ def test_exposures_list_what_each_consumer_really_reads():
 
     exposures = _exposures()
     package = ROOT / "src" / "moviesforyou"
-    sql = package / "sql"
+    sql = package / "foundation" / "sql"
     assert exposures["recommendation_api"] == _read_by(ROOT / "serving" / "db.py",
                                                        sql / "recs_functions.sql")
     copied = {mart for mart, _ in recs_build.COPY_FROM_MARTS.values()}
     assert exposures["recs_publish"] == copied | _read_by(
-        package / "publish.py", package / "recs_build.py",
+        *(package / "publishing").glob("*.py"),
         sql / "recs_tables.sql", sql / "recs_factors.sql", ROOT / "expectations" / "recs.yml")
     assert exposures["model_training"] == _read_by(ROOT / "spark_jobs" / "snapshot.py")
     # the dashboards: Superset's datasets (schema and table, or their SQL) and Metabase's

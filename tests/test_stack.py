@@ -186,7 +186,9 @@ def ingest_during_a_dbt_build(local_stack, release: Path, home: Path,
     env.update(MFY_HOME=str(home), MFY_WAREHOUSE_URL=owner_url(local_stack), MFY_WRITER_WAIT="0")
     cli = subprocess.Popen(
         [sys.executable, "-c", "import sys\n"
-         "from moviesforyou import cli, formats, ingest, sources, warehouse  # noqa\n"
+         "from moviesforyou.foundation import warehouse  # noqa\n"
+         "from moviesforyou.ingestion import formats, ingest, sources  # noqa\n"
+         "from moviesforyou.orchestration import cli\n"
          "sys.stdin.readline()\n"
          "sys.argv[0] = 'moviesforyou'\n"
          "cli.main()\n",
