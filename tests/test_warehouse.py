@@ -15,6 +15,7 @@ import pytest
 
 from moviesforyou.foundation import embedded, warehouse
 from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import WarehouseError
 
 pytestmark = pytest.mark.integration
 
@@ -113,6 +114,39 @@ def test_lifecycle_from_nothing_via_cli():
         subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
+def test_a_home_whose_port_was_taken_starts_on_a_free_one():
+    """Another program took the port a home's warehouse recorded: the next start moves
+    to a free port and records it, so every command of that home works again. A port
+    the user pinned (MFY_WAREHOUSE_PORT) is not moved: the error names it."""
+    import socket
+
+    home = Path(tempfile.mkdtemp(prefix="mfy-port-"))
+    home.chmod(0o755)
+    try:
+        server = embedded.EmbeddedPostgres(home / "warehouse")
+        server.start()
+        first = server.port
+        server.stop()
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", first))
+            squatter.listen()
+            again = embedded.EmbeddedPostgres(home / "warehouse")
+            assert again.start()
+            assert again.port != first
+            with psycopg2.connect(again.url(database="postgres"), connect_timeout=5) as conn, \
+                    conn.cursor() as cur:
+                cur.execute("show port")
+                assert cur.fetchone() == (str(again.port),)
+            # recorded: the next command of this home finds it there
+            assert embedded.EmbeddedPostgres(home / "warehouse").port == again.port
+            again.stop()
+            with pytest.raises(WarehouseError, match=f"port {first} .*is taken"):
+                embedded.EmbeddedPostgres(home / "warehouse", port=first).start()
+    finally:
+        embedded.EmbeddedPostgres(home / "warehouse").stop()
+        subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
 def test_status_of_a_warehouse_never_started(tmp_path):
     settings = Settings(home=tmp_path / "never", warehouse_port=embedded.free_port(27432))
 
@@ -186,6 +220,7 @@ HOLD_WRITER = """
 import sys, time
 from moviesforyou.foundation import warehouse
 from moviesforyou.foundation.config import Settings
+from moviesforyou.foundation.errors import WarehouseError
 with warehouse.writer_lock(Settings.from_env(), sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)

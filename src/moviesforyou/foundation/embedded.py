@@ -80,20 +80,29 @@ def find_pg_bin(preferred: Path | None = None) -> Path:
     )
 
 
+def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
+    """Nothing listens on ``port`` and it can be bound on 127.0.0.1. Binding is the test
+    that counts: a port in the kernel's ephemeral range may be the local end of some
+    client's connection, which answers no connect but makes a server's bind fail (a
+    Spark master then moved its UI to the next port). ``reuse_address`` binds as
+    PostgreSQL does (``SO_REUSEADDR``: a port its own last run left in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if reuse_address:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(start: int) -> int:
-    """The first port from ``start`` that nothing listens on and that can be bound on
-    127.0.0.1. Binding is the test that counts: a port in the kernel's ephemeral range
-    may be the local end of some client's connection, which answers no connect but
-    makes a server's bind fail (a Spark master then moved its UI to the next port)."""
+    """The first port from ``start`` that is free (:func:`port_is_free`)."""
     for port in range(start, start + 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     raise WarehouseError(f"no free TCP port in {start}..{start + 199}")
 
@@ -137,6 +146,8 @@ class EmbeddedPostgres:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).resolve()
+        #: a port the caller asked for (``MFY_WAREHOUSE_PORT``) is kept, taken or not
+        self._pinned = self.port is not None
         state = self._read_state()
         if state:
             self.port = self.port or state["port"]
@@ -222,6 +233,7 @@ class EmbeddedPostgres:
                 self._initialize()
             if self.is_running():
                 return False
+            self._move_off_a_taken_port()
             result = self._run(
                 "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
                 "-l", str(self.log_file),
@@ -236,6 +248,26 @@ class EmbeddedPostgres:
                 )
             log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
             return True
+
+    def _move_off_a_taken_port(self) -> None:
+        """The recorded port is taken by another program (another home's server, say):
+        start on a free one instead and record it, unless the port was asked for."""
+        if port_is_free(self.port, reuse_address=True):
+            return
+        if self._pinned:
+            raise WarehouseError(
+                f"port {self.port} (MFY_WAREHOUSE_PORT) is taken by another program: "
+                f"stop it, or unset MFY_WAREHOUSE_PORT to let the warehouse in "
+                f"{self.directory} choose a free port")
+        taken, self.port = self.port, free_port(DEFAULT_PORT)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:  # the last one counts
+            conf.write(f"\n# port {taken} was taken by another program\nport = {self.port}\n")
+        state = self._read_state() or {}
+        self._state_file.write_text(json.dumps(
+            {**state, "port": self.port, "bin_dir": str(self.bin_dir)}, indent=2))
+        log.warning("port %s of the embedded PostgreSQL in %s is taken by another program: "
+                    "it starts on port %s, recorded in %s", taken, self.directory, self.port,
+                    self._state_file)
 
     def stop(self, mode: str = "fast") -> bool:
         """Stop the server (``mode`` as pg_ctl's: ``fast``, or ``immediate``, which is a
