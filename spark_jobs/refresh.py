@@ -204,7 +204,7 @@ def refresh(settings: Settings, snapshot: Snapshot, *, max_new: float, k: int = 
                 "mfy.refresh_of": found.champion}
         name = (f"{snapshot.dataset} {snapshot.digest} refresh of v{found.champion} "
                 f"{time.strftime('%Y-%m-%d %H:%M')}")
-        with mlflow.start_run(run_name=name, tags=tags, description=(
+        with registry.start_run(settings, run_name=name, tags=tags, description=(
                 f"Refresh of champion v{found.champion}: its movie factors and biases kept, "
                 f"{n_users:,} user(s) with {len(found.new):,} new rating(s) "
                 "re-solved (ALS user step). forward_* figures are the champion's on those new "

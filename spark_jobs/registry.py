@@ -16,9 +16,11 @@ This module only talks to MLflow. Whether a challenger becomes champion is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -97,6 +99,56 @@ def configure(settings: Settings):
                                      "baseline runs share their split.")})
     mlflow.set_experiment(EXPERIMENT)
     return client
+
+
+def start_run(settings: Settings, **kwargs):
+    """``mlflow.start_run`` for a training or refresh run: first the runs that a dead
+    process left ``RUNNING`` are closed (:func:`close_dead_runs`), then the new run is
+    tagged with its host and process, so that the next run can tell if it died."""
+    import mlflow
+
+    close_dead_runs(settings)
+    tags = {**kwargs.pop("tags", {}), "mfy.host": socket.gethostname(),
+            "mfy.pid": str(os.getpid())}
+    return mlflow.start_run(tags=tags, **kwargs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_dead_runs(settings: Settings) -> list[str]:
+    """Mark ``FAILED``, with the reason, the runs left ``RUNNING`` by a process of this
+    host that no longer exists (killed, or its machine restarted), and their nested
+    runs. Runs of other hosts (a cluster's driver) are theirs to close. Returns the
+    closed run ids."""
+    client = configure(settings)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'",
+                                 max_results=500)
+    host, dead = socket.gethostname(), {}
+    for run in running:
+        tags = run.data.tags
+        if tags.get("mfy.host") == host and tags.get("mfy.pid", "").isdigit() \
+                and not _alive(int(tags["mfy.pid"])):
+            dead[run.info.run_id] = (f"its process (pid {tags['mfy.pid']} on {host}) ended "
+                                     "while the run was RUNNING: killed or crashed")
+    for run in running:  # nested runs of a dead run (tuning, baselines)
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent in dead and run.info.run_id not in dead:
+            dead[run.info.run_id] = f"its parent run {parent} died"
+    for run_id, reason in dead.items():
+        with contextlib.suppress(Exception):  # closed meanwhile by another run
+            client.set_tag(run_id, "mfy.failure", f"{reason}; closed by pid {os.getpid()}")
+            client.set_terminated(run_id, status="FAILED")
+            log.warning("MLflow run %s marked FAILED: %s", run_id, reason)
+    return list(dead)
 
 
 def log_and_register(settings: Settings, explicit: Factors, implicit: Factors, folder: Path,

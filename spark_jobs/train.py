@@ -153,7 +153,7 @@ def _train(settings: Settings, config: TrainConfig, snapshot: Snapshot, work: Pa
     run_name = f"{snapshot.dataset} {snapshot.digest} {time.strftime('%Y-%m-%d %H:%M')}"
     tags = {"mfy.dataset": snapshot.dataset, "mfy.snapshot": snapshot.digest,
             "mfy.git_commit": git_commit(), "mfy.kind": "als"}
-    with mlflow.start_run(run_name=run_name, tags=tags) as parent:
+    with registry.start_run(settings, run_name=run_name, tags=tags) as parent:
         log_snapshot(snapshot)
         mlflow.log_params({
             "split": splits.description, "k": config.k,

@@ -364,3 +364,46 @@ def test_a_refresh_resolves_only_the_users_with_new_ratings(sample_warehouse, sp
     assert "MFY_REFRESH_MAX_NEW = 0.0001" in refresh.plan(settings, ratings, max_new=0.0001)
     changed = ratings[ratings["user_id"] != 5]
     assert "the release changed under it" in refresh.plan(settings, changed, max_new=0.05)
+
+
+def test_a_killed_trainings_run_is_closed_as_failed_by_the_next(tmp_path):
+    """A training process killed with SIGKILL inside its MLflow run (and a nested tuning
+    run) leaves them RUNNING; the next training or refresh run closes both as FAILED,
+    with the reason, before it starts its own (registry.start_run)."""
+    import signal
+    import subprocess
+    import sys
+
+    from moviesforyou.foundation.config import Settings
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MFY_", "MLFLOW_"))} | {"MFY_HOME": str(tmp_path)}
+    script = (
+        "import time, mlflow\n"
+        "from moviesforyou.foundation.config import Settings\n"
+        "from spark_jobs import registry\n"
+        "settings = Settings.from_env()\n"
+        "with registry.start_run(settings, run_name='a training that gets killed') as run:\n"
+        "    with mlflow.start_run(run_name='tune', nested=True) as child:\n"
+        "        print(run.info.run_id, child.info.run_id, flush=True)\n"
+        "        time.sleep(600)\n")
+    training = subprocess.Popen([sys.executable, "-c", script], env=env, text=True,
+                                stdout=subprocess.PIPE)
+    parent_id, child_id = training.stdout.readline().split()
+    training.send_signal(signal.SIGKILL)
+    training.wait(30)
+    settings = Settings(home=tmp_path)
+    client = registry.configure(settings)
+    assert client.get_run(parent_id).info.status == "RUNNING"
+
+    with registry.start_run(settings, run_name="the next training") as next_run:
+        pass
+
+    for run_id in (parent_id, child_id):
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED", run_id
+    assert "ended while the run was RUNNING" in client.get_run(parent_id).data.tags["mfy.failure"]
+    assert client.get_run(child_id).data.tags["mfy.failure"].startswith(
+        f"its parent run {parent_id} died")
+    assert client.get_run(next_run.info.run_id).info.status == "FINISHED"
+    assert registry.close_dead_runs(settings) == []  # a live or finished run is left alone
