@@ -346,3 +346,41 @@ def test_every_page_flow_on_a_csv_release(lab, browser):
     wait_for(browser, "#similar-list li.movie")
     assert [int(li.get_attribute("data-movie-id")) for li in browser.find_elements(
         By.CSS_SELECTOR, "#similar-list li.movie")] == similar
+
+
+def test_a_csv_release_without_tags_or_links_publishes_with_those_features_off(lab):
+    """tags.csv and links.csv are optional: a CSV release folder without them loads with
+    those features off, runs the whole DAG and goes live; the ledger and the run
+    summary say what the release had."""
+    release = "ml-sample"
+    where = lab.sources["ml-latest-small"].parent / "without-extras"
+    where.mkdir()
+    folder = fixture_releases.synthetic_release(
+        where, "ml-latest-small",
+        ratings=RATINGS, seed=16, users=USERS, movies=MOVIES, as_zip=False)
+    for optional in ("tags.csv", "links.csv"):
+        (folder / optional).unlink()
+    lab.sources[release] = folder
+
+    run = lab.run(release, FAMILIES_TRAIN)
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    connection = warehouse.connect(lab.settings)
+    try:
+        (features, files), = query(connection, """
+            select features, files from ops.source_loads
+            where dataset = %s and status = 'loaded'""", (release,))
+        assert features == {"layout": "csv", "demographics": False, "half_stars": True,
+                            "tags": False, "links": False}
+        assert set(files) == {"ratings.csv", "movies.csv"}
+        (summary,), = query(connection, "select row_counts from ops.pipeline_runs "
+                                        "where run_id = %s", (run.run_id,))
+        assert summary["features"] == features
+        assert summary["raw"]["tags"] == summary["raw"]["links"] == 0
+        assert query(connection, "select dataset from recs.publication") == [(release,)]
+        (imdb,), = query(connection, "select count(imdb_url) from marts.dim_movies "
+                                     "where dataset = %s", (release,))
+        assert imdb == 0
+    finally:
+        connection.close()

@@ -48,7 +48,13 @@ RELEASES: dict[str, Release] = {
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "100k": ("u.data", "u.item", "u.user", "u.genre", "u.occupation"),
     "1m": ("ratings.dat", "movies.dat", "users.dat"),
-    "csv": ("ratings.csv", "movies.csv", "tags.csv", "links.csv"),
+    "csv": ("ratings.csv", "movies.csv"),
+}
+
+#: Files a layout may lack, and the feature each carries: a release without one
+#: loads with that feature off (ml-latest-small's tags and links are extras).
+OPTIONAL_FILES: dict[str, dict[str, str]] = {
+    "csv": {"tags.csv": "tags", "links.csv": "links"},
 }
 
 
@@ -84,15 +90,24 @@ FEATURES: dict[str, Features] = {
 }
 
 
+def features_of(layout: str, names) -> Features:
+    """What a release of ``layout`` with the files ``names`` has: a feature whose
+    optional file is absent is off."""
+    present = set(names)
+    off = {feature: False for file, feature in OPTIONAL_FILES.get(layout, {}).items()
+           if file not in present}
+    return dataclasses.replace(FEATURES[layout], **off)
+
+
 def release_features(cur, dataset: str) -> Features:
-    """What ``dataset``'s release has: the layout its newest load recorded, else the
-    layout of the GroupLens release of that name."""
-    cur.execute("""select layout from ops.source_loads
+    """What ``dataset``'s release has: its newest load's layout and files (the ledger
+    keeps each file's checksum), else the GroupLens release of that name."""
+    cur.execute("""select layout, files from ops.source_loads
                    where dataset = %s and status = 'loaded' and layout is not null
                    order by load_id desc limit 1""", (dataset,))
     row = cur.fetchone()
     if row:
-        return FEATURES[row[0]]
+        return features_of(row[0], row[1] or {}) if row[1] else FEATURES[row[0]]
     if dataset in RELEASES:
         return FEATURES[RELEASES[dataset].layout]
     raise SourceError(f"no load of {dataset!r} records its layout: ingest the release first")

@@ -104,6 +104,10 @@ def _copy_to_staging(cur, files, dataset, layout, schema, load_id, loaded_at,
         copy = sql.SQL("copy {}.{} ({}) from stdin with (format csv, null '\\N')").format(
             sql.Identifier(schema), sql.Identifier(spec.table),
             sql.SQL(", ").join(map(sql.Identifier, columns)))
+        if spec.file and spec.optional and spec.file not in files.names():
+            counts[spec.table] = 0  # the release has no such file: the feature is off
+            log.info("%s has no %s: %s stays empty", files.origin, spec.file, spec.table)
+            continue
         if spec.file:
             display, size = files.display(spec.file), files.size(spec.file)
             with files.open(spec.file) as raw_handle:

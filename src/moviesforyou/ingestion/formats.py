@@ -306,7 +306,7 @@ LAYOUTS: dict[str, tuple[TableSource, ...]] = {
         TableSource("genres", None, _fixed_list(GENRES_CSV)),
         TableSource("movies", "movies.csv", _csv_movies),
         TableSource("ratings", "ratings.csv", _csv_ratings),
-        TableSource("tags", "tags.csv", _csv_tags),
-        TableSource("links", "links.csv", _csv_links),
+        TableSource("tags", "tags.csv", _csv_tags, optional=True),
+        TableSource("links", "links.csv", _csv_links, optional=True),
     ),
 }

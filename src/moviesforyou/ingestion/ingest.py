@@ -45,6 +45,7 @@ from collections.abc import Callable
 import psycopg2
 from psycopg2 import sql
 
+from moviesforyou.foundation import releases
 from moviesforyou.foundation.errors import SourceError
 from moviesforyou.ingestion import sources
 from moviesforyou.ingestion.copying import _copy_to_staging, _suffix, partition_name
@@ -150,9 +151,10 @@ def stage_release(
         layout = layout or sources.release_for(dataset,
                                                sources.detect_layout(files.names())).layout
         files.require(layout)
-        checksums = {
-            spec.file: files.sha256(spec.file) for spec in LAYOUTS[layout] if spec.file
-        }
+        present = set(files.names())
+        checksums = {spec.file: files.sha256(spec.file) for spec in LAYOUTS[layout]
+                     if spec.file and (spec.file in present or not spec.optional)}
+        features = releases.features_of(layout, checksums)
         with conn, conn.cursor() as cur:
             _lock_dataset(cur, dataset)
             _fail_interrupted(cur, dataset)
@@ -172,11 +174,12 @@ def stage_release(
             status = "unchanged" if unchanged else "staging"
             cur.execute(
                 """insert into ops.source_loads (load_id, dataset, source, status, layout,
-                       archive_sha256, files, row_counts, loaded_by, started_at, loaded_at,
-                       duration_s)
-                   values (%s, %s, %s, %s, %s, %s, %s, '{}', %s, to_timestamp(%s), now(),
+                       features, archive_sha256, files, row_counts, loaded_by, started_at,
+                       loaded_at, duration_s)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, '{}', %s, to_timestamp(%s), now(),
                        extract(epoch from clock_timestamp()) - %s)""",
-                (load_id, dataset, files.origin, status, layout, files.archive_sha256,
+                (load_id, dataset, files.origin, status, layout,
+                 json.dumps(features.as_dict()), files.archive_sha256,
                  json.dumps(checksums), loaded_by, started, started),
             )
         counts, schema = {}, None

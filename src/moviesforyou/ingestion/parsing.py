@@ -37,6 +37,8 @@ class TableSource:
     table: str
     file: str | None
     parse: Callable[[IO[bytes], str, Context], Iterator[Row]]
+    #: a release may lack the file (``releases.OPTIONAL_FILES``): the table stays empty
+    optional: bool = False
 
 
 class _Where:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 
-from moviesforyou.foundation import warehouse
+from moviesforyou.foundation import releases, warehouse
 from moviesforyou.foundation.config import Settings
 from moviesforyou.ingestion import ingest, sources
 from moviesforyou.orchestration import recs_publish
@@ -68,8 +68,11 @@ def extract_source(settings: Settings, *, force: bool = False) -> dict:
                                           progress=on_file)
     finally:
         files.close()
-    log.info("ingest %s: %s, %s", settings.dataset, result.status, result.row_counts)
-    return {"load_id": result.load_id, "status": result.status,
+    features = (releases.features_of(result.layout, result.files).as_dict()
+                if result.layout else None)
+    log.info("ingest %s: %s, %s; the release has %s", settings.dataset, result.status,
+             result.row_counts, features)
+    return {"load_id": result.load_id, "status": result.status, "features": features,
             "row_counts": result.row_counts, "seconds": round(time.time() - started, 2)}
 
 

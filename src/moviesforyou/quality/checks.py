@@ -147,11 +147,11 @@ def _expectation(entry: dict, variables: dict[str, Any]):
 
 def validate(settings: Settings, layer: str, *, schema: str | None = None,
              params: dict[str, Any] | None = None, raise_on_failure: bool = True,
-             subject: str | None = None, layout: str | None = None) -> Report:
+             subject: str | None = None, features: dict | None = None) -> Report:
     """Validate every table of ``layer`` (in ``schema``, default the layer's own).
 
     Each validation is recorded in ``ops.validations``, with ``subject`` naming
-    what was validated (``load:<id>``, ``publish:<id>``). ``layout`` gives the
+    what was validated (``load:<id>``, ``publish:<id>``). ``features`` gives the
     release's features when they are not yet those of its last live load (a
     staged load under audit).
 
@@ -165,9 +165,7 @@ def validate(settings: Settings, layer: str, *, schema: str | None = None,
     schema = schema or spec.get("schema", layer)
     variables = {"schema": schema, "dataset": settings.dataset,
                  **spec.get("params", {}), **(params or {})}
-    if layout:
-        features = releases.FEATURES[layout].as_dict()
-    else:
+    if features is None:
         with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
             features = releases.release_features(cur, settings.dataset).as_dict()
     ctx = context(settings)
@@ -235,7 +233,8 @@ def audit_load(settings: Settings):
 
     def audit(load) -> Report:
         return validate(dataclasses.replace(settings, dataset=load.dataset), "raw",
-                        schema=load.schema, layout=load.layout,
+                        schema=load.schema,
+                        features=releases.features_of(load.layout, load.files).as_dict(),
                         subject=f"load:{load.load_id}")
 
     return audit

@@ -23,6 +23,10 @@ create index if not exists source_loads_dataset_idx on ops.source_loads (dataset
 alter table ops.source_loads add column if not exists layout text;
 comment on column ops.source_loads.layout is
     'The release''s file layout (100k, 1m or csv): what it has (sources.FEATURES).';
+alter table ops.source_loads add column if not exists features jsonb;
+comment on column ops.source_loads.features is
+    'What the load''s release has (demographics, half stars, tags, links): its layout''s '
+    'features, with those of optional files it lacks off (releases.features_of).';
 alter table ops.source_loads add column if not exists schema_name text;
 comment on column ops.source_loads.schema_name is
     'Where a staged load is being audited (raw_staging__<dataset>), or where a rejected load '
