@@ -72,6 +72,50 @@ def chronological_holdout(ratings: pd.DataFrame,
     return ordered[~test_mask], ordered[test_mask]
 
 
+#: The per-user holdout shrinks until at least this many users (every user of a smaller
+#: release) keep one: fewer would make the ranking figures one viewer's taste.
+MIN_HOLDOUT_USERS = 20
+#: Without such users, the holdout is this share of the latest ratings instead.
+GLOBAL_HOLDOUT = 0.1
+
+
+def holdout_size(ratings: pd.DataFrame, wanted: int) -> int | None:
+    """The per-user holdout to use: ``wanted`` latest ratings of every user with twice as
+    many, or half as many, and so on down to one, until :data:`MIN_HOLDOUT_USERS` users
+    have the history for it; None when even one each is too few (short histories)."""
+    counts = ratings.groupby(USER).size()
+    needed = min(MIN_HOLDOUT_USERS, len(counts))
+    n = wanted
+    while n >= 1:
+        if needed and (counts >= 2 * n).sum() >= needed:
+            return n
+        n //= 2
+    return None
+
+
+def global_time_split(ratings: pd.DataFrame,
+                      fraction: float = GLOBAL_HOLDOUT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The latest ``fraction`` of all ratings form the test, for users with an earlier
+    rating in the training part (histories too short for a per-user holdout)."""
+    ordered = ratings.sort_values([TIME, USER, ITEM], kind="stable")
+    cut = int(round(len(ordered) * (1 - fraction)))
+    train, test = ordered.iloc[:cut], ordered.iloc[cut:]
+    return train, test[test[USER].isin(train[USER].unique())]
+
+
+def ranking_holdout(ratings: pd.DataFrame, wanted: int) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                 str]:
+    """(train, test, protocol): the latest ``n`` per user with ``n`` scaled to the
+    histories (:func:`holdout_size`), or a global time split when they are too short."""
+    n = holdout_size(ratings, wanted)
+    if n is not None:
+        train, test = chronological_holdout(ratings, n)
+        return train, test, f"latest {n} per user"
+    train, test = global_time_split(ratings)
+    return train, test, (f"latest {GLOBAL_HOLDOUT:.0%} of ratings by time (histories too "
+                         f"short for a per-user holdout)")
+
+
 def random_split(ratings: pd.DataFrame, fraction: float, seed: int):
     rng = np.random.default_rng(seed)
     test_mask = rng.random(len(ratings)) < fraction
@@ -101,11 +145,10 @@ def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
     sample = (f"; users sampled to {len(sampled):,} of {len(ratings):,} ratings"
               if len(sampled) < len(ratings) else "")
     ratings = sampled
-    train, test = chronological_holdout(ratings, config.holdout_per_user)
+    train, test, protocol = ranking_holdout(ratings, config.holdout_per_user)
     if test.empty:
         raise TrainingError(
-            f"no user has {2 * config.holdout_per_user} ratings: too little data for a "
-            "per-user chronological holdout")
+            f"{len(ratings):,} ratings of {ratings[USER].nunique():,} users leave nothing "
+            "to hold out: too little data to evaluate a model")
     return Splits([random_split(ratings, config.test_fraction, config.seed)], (train, test),
-                  f"random {config.test_fraction:g} seed {config.seed}; latest "
-                  f"{config.holdout_per_user} per user{sample}")
+                  f"random {config.test_fraction:g} seed {config.seed}; {protocol}{sample}")

@@ -30,7 +30,7 @@ from spark_jobs.models import (
     popularity_scorer,
     spark_ratings,
 )
-from spark_jobs.splitters import Splits, chronological_holdout, random_split, user_sample
+from spark_jobs.splitters import Splits, random_split, ranking_holdout, user_sample
 
 
 def tune_explicit(spark, splits: Splits, config: TrainConfig, mlflow) -> tuple[ModelParams, list]:
@@ -106,7 +106,7 @@ def tune_implicit(evaluator: Evaluator, config: TrainConfig, mlflow, *,
     ``sizes`` is (users, movies) of all the ratings the chosen model will be fitted
     on, not of the evaluation sample the splits may hold."""
     train = user_sample(evaluator.splits.ranking[0], config.tune_max_ratings, config.seed)
-    fit_part, validation = chronological_holdout(train, max(1, config.holdout_per_user // 2))
+    fit_part, validation, _ = ranking_holdout(train, max(1, config.holdout_per_user // 2))
     inner = Evaluator(evaluator.spark, Splits([], (fit_part, validation), "tuning"), config,
                       evaluator.scale)
     ease = config.grid(implicit=True, family="ease")

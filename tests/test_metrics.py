@@ -143,3 +143,41 @@ def test_biases_by_hand():
     # no regularisation: the fit reproduces every training rating
     assert b.predict([1, 1, 2], [1, 2, 1]) == pytest.approx([5.0, 3.0, 4.0], abs=1e-3)
     assert b.mu == pytest.approx(4.0)
+
+
+def _histories(per_user: list[int]) -> pd.DataFrame:
+    rows = [(user, movie, 4.0, 1_000 * user + movie)
+            for user, count in enumerate(per_user, start=1) for movie in range(count)]
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "rated_at"])
+
+
+@pytest.mark.parametrize(("per_user", "expected"), [
+    ([40] * 30, "latest 10 per user"),     # long histories: the configured ten
+    ([10] * 300, "latest 5 per user"),     # every user with ten ratings (a young service)
+    ([3] * 50, "latest 1 per user"),
+    ([40] * 5 + [2] * 100, "latest 1 per user"),  # few long histories do not count alone
+])
+def test_the_ranking_holdout_follows_the_histories(per_user, expected):
+    from spark_jobs.splitters import ranking_holdout
+
+    ratings = _histories(per_user)
+    train, test, protocol = ranking_holdout(ratings, 10)
+    assert protocol == expected
+    n = int(expected.split()[1])
+    held = test.groupby("user_id").size()
+    assert (held == n).all() and len(held) >= min(20, len(per_user))
+    # each user's held-out ratings are their latest
+    latest = train.groupby("user_id")["rated_at"].max()
+    assert (test.groupby("user_id")["rated_at"].min() > latest[held.index]).all()
+
+
+def test_histories_too_short_for_a_per_user_holdout_split_by_time():
+    from spark_jobs.splitters import ranking_holdout
+
+    ratings = _histories([1] * 200)  # one rating each: nobody can keep one back
+    ratings["user_id"] = ratings.index % 190 + 1  # ten users with two, too few
+    train, test, protocol = ranking_holdout(ratings, 10)
+    assert protocol.startswith("latest 10% of ratings by time")
+    assert test["rated_at"].min() >= train["rated_at"].max()
+    assert set(test["user_id"]) <= set(train["user_id"])
+    assert 0 < len(test) <= 20

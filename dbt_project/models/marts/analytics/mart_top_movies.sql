@@ -1,3 +1,6 @@
+{#- A movie needs top_movies_min_votes ratings to rank, or fewer on a small release:
+    the count of its 100th most rated movie (every rated movie when fewer are rated),
+    at least 1. A big release ranks exactly as with the fixed minimum. -#}
 with
 
 movies as (
@@ -6,10 +9,31 @@ movies as (
 
 ),
 
+threshold as (
+
+    select
+        least(
+            {{ var('top_movies_min_votes') }},
+            greatest(1, coalesce(
+                (
+                    select hundredth.rating_count
+                    from movies as hundredth
+                    where hundredth.rating_count > 0
+                    order by hundredth.rating_count desc
+                    limit 1 offset 99
+                ),
+                1
+            ))
+        ) as min_votes
+
+),
+
 eligible as (
 
-    select * from movies
-    where rating_count >= {{ var('top_movies_min_votes') }}
+    select movies.*
+    from movies
+    cross join threshold
+    where movies.rating_count >= threshold.min_votes
 
 ),
 
