@@ -251,7 +251,7 @@ def test_an_unwritable_snapshot_folder_fails_clearly(fragile, fragile_published,
     assert Path(kept["path"]).parent == home / "snapshots" and kept["rows"] == 100_000
 
 
-def test_training_killed_midway_registers_nothing_and_the_next_run_proceeds(
+def test_training_killed_midway_registers_nothing_and_the_next_run_closes_it(
         fragile, fragile_published, tmp_path):
     from spark_jobs import registry
 
@@ -290,6 +290,12 @@ def test_training_killed_midway_registers_nothing_and_the_next_run_proceeds(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == "1" and champion.tags["mfy.gate"] == "promoted"
+    # the next training closed the killed one's run, and its nested runs, as FAILED
+    closed = client.get_run(parent.info.run_id)
+    assert closed.info.status == "FAILED"
+    assert "ended while the run was RUNNING" in closed.data.tags["mfy.failure"]
+    assert {r.info.status for r in tuning_runs()
+            if r.data.tags["mlflow.parentRunId"] == parent.info.run_id} == {"FAILED"}
 
 
 def test_an_api_restart_under_load_fails_requests_only_while_it_restarts(published):
