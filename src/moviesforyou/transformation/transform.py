@@ -81,16 +81,27 @@ class DbtRun:
 
 
 def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRun:
-    """Run one dbt command against the warehouse, in a child process.
-
-    The child gets the environment dbt's profile reads (:func:`dbt_env`) as its own;
-    this process's environment is left as it is. dbt's log lines pass through to
-    this process's standard output (the Airflow task log, the console).
+    """Run one dbt command against the warehouse (:func:`run_dbt_commands`).
 
     Args:
         settings: the warehouse to use.
         args: dbt arguments, e.g. ``["build", "--select", "marts"]``.
         check: raise :class:`TransformError` when dbt reports a failure.
+    """
+    return run_dbt_commands(settings, [(args, check)])[0]
+
+
+def run_dbt_commands(settings: Settings, commands: list[tuple[list[str], bool]]
+                     ) -> list[DbtRun]:
+    """Run dbt commands one after the other in one child process (dbt imported once).
+
+    The child gets the environment dbt's profile reads (:func:`dbt_env`) as its own;
+    this process's environment is left as it is. dbt's log lines pass through to this
+    process's standard output (the Airflow task log, the console).
+
+    Args:
+        commands: (dbt arguments, check) pairs; a failing command whose check is True
+            stops the rest and raises :class:`TransformError`.
     """
     target = target_dir(settings)
     target.mkdir(parents=True, exist_ok=True)
@@ -101,28 +112,34 @@ def run_dbt(settings: Settings, args: list[str], *, check: bool = True) -> DbtRu
     ]
     env = {**os.environ, **dbt_env(settings), "DBT_LOG_PATH": str(target.parent / "logs")}
     with tempfile.TemporaryDirectory(prefix="mfy-dbt-") as folder:
-        result_file = Path(folder) / "result.json"
+        spec, result_file = Path(folder) / "spec.json", Path(folder) / "result.json"
+        spec.write_text(json.dumps({"commands": [{"args": [*args, *common], "check": check}
+                                                 for args, check in commands]}))
         with subprocess.Popen(
-                [sys.executable, "-m", "moviesforyou.transformation.dbt_child",
-                 str(result_file), *args, *common],
+                [sys.executable, "-m", "moviesforyou.transformation.dbt_child", str(spec),
+                 str(result_file)],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 bufsize=1) as child:
             for line in child.stdout:
                 sys.stdout.write(line)
             sys.stdout.flush()
-        outcome = (json.loads(result_file.read_text()) if result_file.exists() else
-                   {"success": False, "results": [],
-                    "exception": f"dbt exited with status {child.returncode}"})
-    results = outcome["results"]
-    run = DbtRun(args[0], bool(outcome["success"]), results)
-    if check and not run.success:
-        failures = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
-        lines = [f"  {r['unique_id']}: {r['status']}: {r['message']}" for r in failures]
-        if outcome["exception"]:
-            lines.append(f"  {outcome['exception']}")
-        detail = "\n".join(lines or ["  (see the dbt log above)"])
-        raise TransformError(f"dbt {' '.join(args)} failed:\n{detail}")
-    return run
+        outcomes = json.loads(result_file.read_text()) if result_file.exists() else []
+    runs = []
+    for (args, check), outcome in zip(commands, outcomes + [None] * len(commands),
+                                      strict=False):
+        outcome = outcome or {"success": False, "results": [],
+                              "exception": f"dbt exited with status {child.returncode}"}
+        run = DbtRun(args[0], bool(outcome["success"]), outcome["results"])
+        runs.append(run)
+        if check and not run.success:
+            results = outcome["results"]
+            failures = [r for r in results if r["status"] in ("error", "fail", "runtime error")]
+            lines = [f"  {r['unique_id']}: {r['status']}: {r['message']}" for r in failures]
+            if outcome["exception"]:
+                lines.append(f"  {outcome['exception']}")
+            detail = "\n".join(lines or ["  (see the dbt log above)"])
+            raise TransformError(f"dbt {' '.join(args)} failed:\n{detail}")
+    return runs
 
 
 @dataclass
@@ -152,11 +169,12 @@ def transform(settings: Settings, *, full_refresh: bool = False,
     warehouse.ensure(settings)
     # one writer at a time, from choosing full or incremental to the end of the build
     with warehouse.writer_lock(settings, "dbt build"):
+        commands: list[tuple[list[str], bool]] = []
         if not _relation_exists(settings, "marts", "fct_ratings"):
             # dbt's unit tests of an incremental model read its columns from the
             # existing table: create it empty once, then build it in full
             log.info("first build: creating fct_ratings empty for its unit tests")
-            run_dbt(settings, ["run", "--select", "+fct_ratings", "--empty"])
+            commands.append((["run", "--select", "+fct_ratings", "--empty"], True))
             full_refresh = True
         elif not full_refresh and _release_reloaded(settings):
             # merging a whole new release row by row through the indexes is many
@@ -171,15 +189,16 @@ def transform(settings: Settings, *, full_refresh: bool = False,
         elif not full_refresh and _late_app_ratings(settings):
             log.info("an app rating predates its user's first counted rating: rebuilding in full")
             full_refresh = True
-        freshness = run_dbt(settings, ["source", "freshness"], check=False)
-        if not freshness.success:
-            log.warning("source freshness: %s", freshness.counts())
         args = ["build"]
         if full_refresh:
             args.append("--full-refresh")
         # the after_publish models read the published recs: the follower DAG builds them
         args += ["--select", select] if select else ["--exclude", "tag:after_publish"]
-        build = run_dbt(settings, args)
+        # one child process for the lot: dbt is imported once
+        *_, freshness, build = run_dbt_commands(
+            settings, [*commands, (["source", "freshness"], False), (args, True)])
+        if not freshness.success:
+            log.warning("source freshness: %s", freshness.counts())
     if docs:
         run_dbt(settings, ["docs", "generate"])
     return TransformSummary(build, freshness, target_dir(settings) / "index.html")
