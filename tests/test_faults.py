@@ -294,8 +294,9 @@ def test_training_killed_midway_registers_nothing_and_the_next_run_closes_it(
     closed = client.get_run(parent.info.run_id)
     assert closed.info.status == "FAILED"
     assert "ended while the run was RUNNING" in closed.data.tags["mfy.failure"]
-    assert {r.info.status for r in tuning_runs()
-            if r.data.tags["mlflow.parentRunId"] == parent.info.run_id} == {"FAILED"}
+    nested = {r.info.status for r in tuning_runs()
+              if r.data.tags["mlflow.parentRunId"] == parent.info.run_id}
+    assert nested and "RUNNING" not in nested, nested  # grid points done before stay done
 
 
 def test_an_api_restart_under_load_fails_requests_only_while_it_restarts(published):
