@@ -73,7 +73,7 @@ down:
 	docker compose down
 
 stack-local: setup  ## docker-compose.yml's services natively, no Docker (needs .env; README)
-	$(IN_VENV) $(VENV)/python tools/stack.py --env-file .env
+	PYTHONPATH=$(CURDIR)/tools $(IN_VENV) $(VENV)/python -m stack --env-file .env
 
 compose-config:     ## validate docker-compose.yml without a Docker engine
 	docker-compose config --quiet

@@ -42,7 +42,7 @@ def test_dockerfiles_pass_hadolint():
 # --------------------------------------------------------------------------- structure
 
 #: Where the product's Python is, and the longest file each may hold.
-PRODUCT = ("src", "spark_jobs", "serving", "dags")
+PRODUCT = ("src", "spark_jobs", "serving", "dags", "tools")
 LIMITS = {"product": 400, "tests": 600}
 
 

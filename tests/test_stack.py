@@ -1,4 +1,4 @@
-"""The server deployment, run natively from docker-compose.yml (tools/stack.py).
+"""The server deployment, run natively from docker-compose.yml (tools/stack/).
 
 The compose file's own commands and environment run on this machine against one
 real PostgreSQL with the databases and roles of docker/postgres/init-databases.sh,
@@ -28,7 +28,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-import stack  # tools/stack.py, on the tests' path (pyproject: pythonpath)
+import stack  # tools/stack/, on the tests' path (pyproject: pythonpath)
 from conftest import QUICK_TRAIN, ROOT
 from moviesforyou.foundation import names
 from moviesforyou.foundation.config import Settings

@@ -6,7 +6,7 @@
 #
 # Where things are comes from docker-compose.yml (SUPERSET_DATABASE_URI in
 # superset_config.py, MFY_SUPERSET_WAREHOUSE_URL) and from this script's own place in
-# the image (/app/docker), so that tools/stack.py can run it natively too.
+# the image (/app/docker), so that tools/stack/ can run it natively too.
 set -euo pipefail
 APP="$(cd "$(dirname "$0")/.." && pwd)"
 superset db upgrade
