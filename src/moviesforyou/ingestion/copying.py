@@ -17,17 +17,18 @@ import psycopg2
 from psycopg2 import sql
 
 from moviesforyou.foundation.errors import SourceError
-from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES, Context, Row
+from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES
+from moviesforyou.ingestion.parsing import Context, Row
 
 log = logging.getLogger(__name__)
 
 
-def _suffix(dataset: str) -> str:
+def dataset_suffix(dataset: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", dataset.lower())
 
 
 def partition_name(table: str, dataset: str) -> str:
-    return f"{table}__{_suffix(dataset)}"
+    return f"{table}__{dataset_suffix(dataset)}"
 
 
 class _CopyStream(io.RawIOBase):
@@ -90,13 +91,13 @@ class _Counting(io.RawIOBase):
         return len(data)
 
 
-def _copy_to_staging(cur, files, dataset, layout, schema, load_id, loaded_at,
+def copy_to_staging(cur, files, dataset, layout, schema, load_id, loaded_at,
                      progress) -> dict[str, int]:
     """Every raw table, in ``schema``: the release's files copied in, the rest empty (so
     the audit sees the same tables whatever the layout)."""
     cur.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
     for table in RAW_TABLES:
-        _create_staging_table(cur, table, schema, dataset, load_id, loaded_at)
+        create_staging_table(cur, table, schema, dataset, load_id, loaded_at)
     ctx = Context()
     counts: dict[str, int] = {}
     for spec in LAYOUTS[layout]:
@@ -137,7 +138,7 @@ def _copy(cur, statement: sql.Composable, rows: Iterable[Row]) -> _CopyStream:
     return stream
 
 
-def _create_staging_table(cur, table, schema, dataset, load_id, loaded_at) -> None:
+def create_staging_table(cur, table, schema, dataset, load_id, loaded_at) -> None:
     """``schema.table`` shaped like ``raw.table``, ready to attach as its partition."""
     ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     cur.execute(sql.SQL("create table {} (like raw.{} including defaults)")

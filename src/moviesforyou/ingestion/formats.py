@@ -28,18 +28,17 @@ import io
 from collections.abc import Callable, Iterator
 from typing import IO
 
-from moviesforyou.ingestion.parsing import (  # noqa: F401 (the formats' own names)
-    FIRST_POSSIBLE_RATING,
+from moviesforyou.ingestion.parsing import (
     Context,
+    RatingChecks,
     Row,
     TableSource,
-    _check_ids,
-    _lines,
-    _rating,
-    _RatingChecks,
-    _split,
-    _unique,
-    _Where,
+    Where,
+    check_ids,
+    check_unique,
+    parse_rating,
+    read_lines,
+    split_fields,
 )
 
 #: The raw tables and their data columns (``dataset``, ``load_id`` and
@@ -108,10 +107,10 @@ AGE_BANDS_1M = {1, 18, 25, 35, 45, 50, 56}
 
 
 def _100k_genres(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     found: dict[int, str] = {}
-    for line in _lines(handle, "latin-1", where):
-        name, number = _split(line, "|", ("genre", "genre_id"), where)
+    for line in read_lines(handle, "latin-1", where):
+        name, number = split_fields(line, "|", ("genre", "genre_id"), where)
         found[where.int(number, "genre_id")] = name
     if sorted(found) != list(range(len(found))):
         raise where.fail(f"genre ids must run 0..{len(found) - 1}", "genre_id")
@@ -120,37 +119,37 @@ def _100k_genres(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
 
 
 def _100k_occupations(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
-    for index, line in enumerate(_lines(handle, "latin-1", where)):
+    where = Where(path)
+    for index, line in enumerate(read_lines(handle, "latin-1", where)):
         yield index, line.strip()
 
 
 def _100k_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     names = ("movie_id", "title", "release_date", "video_release_date", "imdb_url",
              *(f"genre:{g}" for g in ctx.genres))
-    for line in _lines(handle, "latin-1", where):
-        fields = _split(line, "|", names, where)
+    for line in read_lines(handle, "latin-1", where):
+        fields = split_fields(line, "|", names, where)
         movie = where.int(fields[0], "movie_id")
         flags = fields[5:]
         for flag, name in zip(flags, names[5:], strict=True):
             if flag not in ("0", "1"):
                 raise where.fail(f"genre flag must be 0 or 1, not {flag!r}", name)
         genres = "|".join(g for g, flag in zip(ctx.genres, flags, strict=True) if flag == "1")
-        _unique(movie, ctx.movie_ids, where, "movie_id")
+        check_unique(movie, ctx.movie_ids, where, "movie_id")
         yield (movie, fields[1], genres, fields[2] or None, fields[3] or None, fields[4] or None)
 
 
 def _100k_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     ctx.user_ids = set()
     names = ("user_id", "age", "gender", "occupation", "zip_code")
-    for line in _lines(handle, "latin-1", where):
-        user, age, gender, occupation, zip_code = _split(line, "|", names, where)
+    for line in read_lines(handle, "latin-1", where):
+        user, age, gender, occupation, zip_code = split_fields(line, "|", names, where)
         user_id = where.int(user, "user_id")
         if gender not in ("M", "F"):
             raise where.fail(f"gender must be M or F, not {gender!r}", "gender")
-        _unique(user_id, ctx.user_ids, where, "user_id")
+        check_unique(user_id, ctx.user_ids, where, "user_id")
         yield (user_id, gender, where.int(age, "age"), None, None, occupation, zip_code)
 
 
@@ -158,22 +157,22 @@ def _delimited_ratings(sep: str) -> Callable[[IO[bytes], str, Context], Iterator
     """Ratings of the 100K (tab) and 1M (``::``) layouts: whole stars, latin-1."""
 
     def parse(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-        where = _Where(path)
+        where = Where(path)
         names = ("user_id", "movie_id", "rating", "timestamp")
-        checks = _RatingChecks(where, "user_id", "movie_id")
-        for line in _lines(handle, "latin-1", where):
-            user, movie, rating, stamp = _split(line, sep, names, where)
+        checks = RatingChecks(where, "user_id", "movie_id")
+        for line in read_lines(handle, "latin-1", where):
+            user, movie, rating, stamp = split_fields(line, sep, names, where)
             user_id, movie_id = where.int(user, "user_id"), where.int(movie, "movie_id")
-            _check_ids(user_id, movie_id, ctx, where)
+            check_ids(user_id, movie_id, ctx, where)
             rated_at = where.int(stamp, "timestamp")
             checks.check(user_id, movie_id, rated_at)
-            yield (user_id, movie_id, _rating(rating, where, half_stars=False), rated_at)
+            yield (user_id, movie_id, parse_rating(rating, where, half_stars=False), rated_at)
         checks.finish()
 
     return parse
 
 
-def _movie_row(where: _Where, ctx: Context, fields: tuple[str, str, str], id_field: str,
+def _movie_row(where: Where, ctx: Context, fields: tuple[str, str, str], id_field: str,
                allowed: tuple[str, ...]) -> Row:
     """A movie of the 1M or CSV layout: id, title and a '|'-list of known genres."""
     movie, title, genres = fields
@@ -181,7 +180,7 @@ def _movie_row(where: _Where, ctx: Context, fields: tuple[str, str, str], id_fie
     for genre in genres.split("|"):
         if genre not in allowed:
             raise where.fail(f"unknown genre {genre!r}", "genres")
-    _unique(movie_id, ctx.movie_ids, where, id_field)
+    check_unique(movie_id, ctx.movie_ids, where, id_field)
     return (movie_id, title, genres, None, None, None)
 
 
@@ -196,19 +195,19 @@ def _fixed_list(values: tuple[str, ...]) -> Callable[[IO[bytes], str, Context], 
 
 
 def _1m_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     ctx.genres = GENRES_1M
-    for line in _lines(handle, "latin-1", where):
-        fields = _split(line, "::", ("movie_id", "title", "genres"), where)
+    for line in read_lines(handle, "latin-1", where):
+        fields = split_fields(line, "::", ("movie_id", "title", "genres"), where)
         yield _movie_row(where, ctx, tuple(fields), "movie_id", GENRES_1M)
 
 
 def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     ctx.user_ids = set()
     names = ("user_id", "gender", "age", "occupation", "zip_code")
-    for line in _lines(handle, "latin-1", where):
-        user, gender, age, occupation, zip_code = _split(line, "::", names, where)
+    for line in read_lines(handle, "latin-1", where):
+        user, gender, age, occupation, zip_code = split_fields(line, "::", names, where)
         user_id, age_code = where.int(user, "user_id"), where.int(age, "age")
         code = where.int(occupation, "occupation")
         if gender not in ("M", "F"):
@@ -217,14 +216,14 @@ def _1m_users(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
             raise where.fail(f"age code {age_code} is not one of {sorted(AGE_BANDS_1M)}", "age")
         if not 0 <= code < len(OCCUPATIONS_1M):
             raise where.fail(f"occupation code {code} is not in 0..20", "occupation")
-        _unique(user_id, ctx.user_ids, where, "user_id")
+        check_unique(user_id, ctx.user_ids, where, "user_id")
         yield (user_id, gender, None, age_code, code, OCCUPATIONS_1M[code], zip_code)
 
 
 # --------------------------------------------------------------------------- CSV
 
 
-def _csv_rows(handle: IO[bytes], where: _Where, header: tuple[str, ...]) -> Iterator[list[str]]:
+def _csv_rows(handle: IO[bytes], where: Where, header: tuple[str, ...]) -> Iterator[list[str]]:
     text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
     reader = csv.reader(text)
     try:
@@ -248,39 +247,39 @@ def _csv_rows(handle: IO[bytes], where: _Where, header: tuple[str, ...]) -> Iter
 
 
 def _csv_movies(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     ctx.genres = GENRES_CSV
     for fields in _csv_rows(handle, where, ("movieId", "title", "genres")):
         yield _movie_row(where, ctx, tuple(fields), "movieId", GENRES_CSV)
 
 
 def _csv_ratings(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     header = ("userId", "movieId", "rating", "timestamp")
-    checks = _RatingChecks(where, "userId", "movieId")
+    checks = RatingChecks(where, "userId", "movieId")
     for user, movie, rating, stamp in _csv_rows(handle, where, header):
         user_id, movie_id = where.int(user, "userId"), where.int(movie, "movieId")
-        _check_ids(None, movie_id, ctx, where)
+        check_ids(None, movie_id, ctx, where)
         rated_at = where.int(stamp, "timestamp")
         checks.check(user_id, movie_id, rated_at)
-        yield (user_id, movie_id, _rating(rating, where, half_stars=True), rated_at)
+        yield (user_id, movie_id, parse_rating(rating, where, half_stars=True), rated_at)
     checks.finish()
 
 
 def _csv_tags(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     header = ("userId", "movieId", "tag", "timestamp")
     for user, movie, tag, stamp in _csv_rows(handle, where, header):
         movie_id = where.int(movie, "movieId")
-        _check_ids(None, movie_id, ctx, where)
+        check_ids(None, movie_id, ctx, where)
         yield (where.int(user, "userId"), movie_id, tag, where.int(stamp, "timestamp"))
 
 
 def _csv_links(handle: IO[bytes], path: str, ctx: Context) -> Iterator[Row]:
-    where = _Where(path)
+    where = Where(path)
     for movie, imdb, tmdb in _csv_rows(handle, where, ("movieId", "imdbId", "tmdbId")):
         movie_id = where.int(movie, "movieId")
-        _check_ids(None, movie_id, ctx, where)
+        check_ids(None, movie_id, ctx, where)
         if imdb and not imdb.isdigit():
             raise where.fail(f"not an IMDb number: {imdb!r}", "imdbId")
         yield (movie_id, imdb or None, where.optional_int(tmdb, "tmdbId"))

@@ -48,17 +48,17 @@ from psycopg2 import sql
 from moviesforyou.foundation import releases
 from moviesforyou.foundation.errors import SourceError
 from moviesforyou.ingestion import sources
-from moviesforyou.ingestion.copying import _copy_to_staging, _suffix, partition_name
+from moviesforyou.ingestion.copying import copy_to_staging, dataset_suffix, partition_name
 from moviesforyou.ingestion.formats import LAYOUTS, RAW_TABLES
-from moviesforyou.ingestion.ledger import (  # noqa: F401 (the ingester's own names)
-    _LEDGER_COLUMNS,
+from moviesforyou.ingestion.ledger import (  # noqa: F401 (LoadRejected, LoadResult: its API)
+    LEDGER_COLUMNS,
     LoadRejected,
     LoadResult,
-    _ledger_result,
-    _loaded_by,
-    _record_failure,
+    current_loader,
     iter_ledger,
     last_good_load,
+    ledger_result,
+    record_failure,
     staged_load,
 )
 
@@ -74,12 +74,12 @@ Audit = Callable[["LoadResult"], object]
 
 def staging_schema(dataset: str) -> str:
     """Where a load of ``dataset`` is written and audited before it goes live."""
-    return f"raw_staging__{_suffix(dataset)}"
+    return f"raw_staging__{dataset_suffix(dataset)}"
 
 
 def rejected_schema(dataset: str) -> str:
     """Where the last load of ``dataset`` that failed its audit is kept for inspection."""
-    return f"raw_rejected__{_suffix(dataset)}"
+    return f"raw_rejected__{dataset_suffix(dataset)}"
 
 
 def load_release(
@@ -144,7 +144,7 @@ def stage_release(
     """
     started = time.time()
     with conn.cursor() as cur:
-        loaded_by = _loaded_by(cur)
+        loaded_by = current_loader(cur)
     conn.rollback()
     load_id = None
     try:
@@ -187,7 +187,7 @@ def stage_release(
             schema = staging_schema(dataset)
             with conn, conn.cursor() as cur:
                 _lock_dataset(cur, dataset)
-                counts = _copy_to_staging(cur, files, dataset, layout, schema, load_id,
+                counts = copy_to_staging(cur, files, dataset, layout, schema, load_id,
                                           loaded_at, progress)
                 cur.execute("""update ops.source_loads
                                set status = 'staged', row_counts = %s, schema_name = %s,
@@ -199,7 +199,7 @@ def stage_release(
     except Exception as exc:
         with contextlib.suppress(psycopg2.Error):  # the connection may be gone
             conn.rollback()
-        _record_failure(conn, dataset, files, loaded_by, started, exc,
+        record_failure(conn, dataset, files, loaded_by, started, exc,
                         load_id=load_id)
         raise
     result = LoadResult(load_id, dataset, files.origin, status, checksums, counts,
@@ -289,11 +289,11 @@ def _lock_dataset(cur, dataset: str) -> None:
 
 def _staged_with(cur, dataset: str, checksums: dict[str, str]) -> LoadResult | None:
     """A staged load of ``dataset`` of exactly these files, if one waits for its audit."""
-    cur.execute(f"""select {_LEDGER_COLUMNS} from ops.source_loads
+    cur.execute(f"""select {LEDGER_COLUMNS} from ops.source_loads
                     where dataset = %s and status = 'staged'
                     order by load_id desc limit 1""", (dataset,))
     row = cur.fetchone()
-    load = None if row is None else _ledger_result(row)
+    load = None if row is None else ledger_result(row)
     return load if load is not None and load.files == checksums else None
 
 

@@ -34,7 +34,7 @@ class LoadResult:
     schema: str | None = None  #: where a staged or rejected load's tables are
 
 
-def _loaded_by(cur) -> str:
+def current_loader(cur) -> str:
     cur.execute("select current_user")
     return f"{cur.fetchone()[0]} ({getpass.getuser()}@{socket.gethostname()})"
 
@@ -55,30 +55,30 @@ def last_good_load(cur, dataset: str) -> dict | None:
 def staged_load(conn, load_id: int) -> LoadResult:
     """The ledger entry of a staged load, to audit and attach it (e.g. in the next task)."""
     with conn, conn.cursor() as cur:
-        cur.execute(f"select {_LEDGER_COLUMNS} from ops.source_loads where load_id = %s",
+        cur.execute(f"select {LEDGER_COLUMNS} from ops.source_loads where load_id = %s",
                     (load_id,))
         row = cur.fetchone()
     if row is None:
         raise SourceError(f"there is no load {load_id} in ops.source_loads")
-    load = _ledger_result(row)
+    load = ledger_result(row)
     if load.status != "staged":
         raise SourceError(f"load {load_id} of {load.dataset} is {load.status}, not staged: "
                           "only a staged load can be published")
     return load
 
 
-#: The ledger columns :func:`_ledger_result` reads, in its order.
-_LEDGER_COLUMNS = ("load_id, dataset, source, status, files, row_counts, duration_s, layout, "
+#: The ledger columns :func:`ledger_result` reads, in its order.
+LEDGER_COLUMNS = ("load_id, dataset, source, status, files, row_counts, duration_s, layout, "
                    "schema_name")
 
 
-def _ledger_result(row) -> LoadResult:
+def ledger_result(row) -> LoadResult:
     load_id, dataset, source, status, files, counts, seconds, layout, schema = row
     return LoadResult(load_id, dataset, source, status, files, counts, float(seconds or 0),
                       layout, schema)
 
 
-def _record_failure(conn, dataset, files, loaded_by, started, exc: Exception, *,
+def record_failure(conn, dataset, files, loaded_by, started, exc: Exception, *,
                     load_id: int | None = None) -> None:
     if conn.closed:
         log.error("the warehouse connection was lost: the load is not recorded as failed "

@@ -41,7 +41,7 @@ class TableSource:
     optional: bool = False
 
 
-class _Where:
+class Where:
     """Raises SourceError for a given file and line."""
 
     def __init__(self, path: str) -> None:
@@ -61,7 +61,7 @@ class _Where:
         return self.int(value, name) if value.strip() else None
 
 
-def _lines(handle: IO[bytes], encoding: str, where: _Where) -> Iterator[str]:
+def read_lines(handle: IO[bytes], encoding: str, where: Where) -> Iterator[str]:
     text = io.TextIOWrapper(handle, encoding=encoding, newline="")
     try:
         for line in text:
@@ -73,7 +73,7 @@ def _lines(handle: IO[bytes], encoding: str, where: _Where) -> Iterator[str]:
         raise where.fail(f"not valid {encoding}: {exc.reason}") from None
 
 
-def _split(line: str, sep: str, names: tuple[str, ...], where: _Where) -> list[str]:
+def split_fields(line: str, sep: str, names: tuple[str, ...], where: Where) -> list[str]:
     fields = line.split(sep)
     if len(fields) != len(names):
         raise where.fail(
@@ -83,7 +83,7 @@ def _split(line: str, sep: str, names: tuple[str, ...], where: _Where) -> list[s
     return fields
 
 
-def _rating(value: str, where: _Where, *, half_stars: bool) -> Decimal:
+def parse_rating(value: str, where: Where, *, half_stars: bool) -> Decimal:
     try:
         rating = Decimal(value)
     except InvalidOperation:
@@ -99,7 +99,7 @@ def _rating(value: str, where: _Where, *, half_stars: bool) -> Decimal:
     return rating
 
 
-def _check_ids(user: int | None, movie: int, ctx: Context, where: _Where) -> None:
+def check_ids(user: int | None, movie: int, ctx: Context, where: Where) -> None:
     if ctx.user_ids is not None and user is not None and user not in ctx.user_ids:
         raise where.fail(f"unknown user id {user}: not in the release's user file", "user_id")
     if movie not in ctx.movie_ids:
@@ -111,7 +111,7 @@ def _check_ids(user: int | None, movie: int, ctx: Context, where: _Where) -> Non
 FIRST_POSSIBLE_RATING = 788_918_400
 
 
-class _RatingChecks:
+class RatingChecks:
     """A ratings file's time and uniqueness checks.
 
     Times are checked per line. Uniqueness of (user, movie) is checked when the
@@ -122,7 +122,7 @@ class _RatingChecks:
     duplicate found at the end still loads nothing.
     """
 
-    def __init__(self, where: _Where, user_field: str, movie_field: str) -> None:
+    def __init__(self, where: Where, user_field: str, movie_field: str) -> None:
         self.where = where
         self.fields = (user_field, movie_field)
         self.now = int(time.time())
@@ -162,7 +162,7 @@ class _RatingChecks:
             f"on line {first}", self.fields[1])
 
 
-def _unique(key: int, seen: set[int], where: _Where, name: str) -> None:
+def check_unique(key: int, seen: set[int], where: Where, name: str) -> None:
     if key in seen:
         raise where.fail(f"duplicate {name} {key}", name)
     seen.add(key)
