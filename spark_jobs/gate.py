@@ -13,6 +13,11 @@ seen the test ratings. Three cases need no comparison and promote:
 * the champion's own configuration re-fit on newer data (scored on this split
   it would be the same model, so the fresher fit wins).
 
+When the holdout is too thin to judge (fewer than :data:`MIN_JUDGED_USERS` viewers
+with a liked held-out film: a young or sampled release), the gate says so in the
+decision's ``warning``: a first model still publishes, and a champion of the same
+release stays unless the challenger is its own configuration on newer data.
+
 A refresh (:mod:`spark_jobs.refresh`: the champion's movie factors with the new
 ratings' users re-solved) is promoted while the version it refreshed is still
 the champion (:func:`decide_refresh`).
@@ -40,6 +45,17 @@ from spark_jobs.splitters import Splits
 
 log = logging.getLogger(__name__)
 
+#: Viewers with a liked held-out film below which the gate cannot tell two models apart.
+MIN_JUDGED_USERS = 50
+
+
+def thin_holdout(judged_users: int | None) -> str | None:
+    """The warning for a holdout too thin to judge, or None."""
+    if judged_users is None or judged_users >= MIN_JUDGED_USERS:
+        return None
+    return (f"held-out data too thin to judge: {judged_users} viewer(s) with a liked "
+            f"held-out film, fewer than {MIN_JUDGED_USERS}; the figures are noise")
+
 
 @dataclass
 class Decision:
@@ -55,6 +71,7 @@ class Decision:
     snapshot_digest: str | None = None
     run_id: str | None = None
     action: str = "gate"
+    warning: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -72,8 +89,10 @@ def _params(tags: dict) -> tuple[ModelParams, ModelParams] | None:
 def decide(*, challenger_metrics: dict[str, float], challenger: tuple[ModelParams, ModelParams],
            split_id: str, dataset: str, digest: str, champion, champion_dataset: str | None,
            evaluate: Callable[[ModelParams, ModelParams], dict[str, float]], k: int,
-           rmse_tolerance: float) -> tuple[bool, str, dict[str, float] | None]:
-    """The rule. ``champion`` is the champion's model version (its tags) or None.
+           rmse_tolerance: float,
+           judged_users: int | None = None) -> tuple[bool, str, dict[str, float] | None]:
+    """The rule. ``champion`` is the champion's model version (its tags) or None;
+    ``judged_users``: viewers with a liked held-out film (:func:`thin_holdout`).
 
     Returns:
         (promoted, reason, the champion's figures when they were compared).
@@ -88,6 +107,9 @@ def decide(*, challenger_metrics: dict[str, float], challenger: tuple[ModelParam
     if same_config and champion.tags.get("mfy.split_id") != split_id:
         return True, (f"same configuration as champion v{champion.version}, trained on newer "
                       f"data (snapshot {digest})"), None
+    if thin_holdout(judged_users):
+        return False, (f"champion v{champion.version} stays: {thin_holdout(judged_users)}"
+                       ), None
     if champion.tags.get("mfy.split_id") == split_id:
         champion_metrics = {key[len("mfy.metric."):]: float(value)
                             for key, value in champion.tags.items()
@@ -139,10 +161,12 @@ def gate_trained(settings: Settings, version: str, metrics: dict[str, float],
         champion_dataset=registry.dataset_of(client, champion) if champion else None,
         evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
                                **evaluator.implicit(i).ranking},
-        k=config.k, rmse_tolerance=config.rmse_tolerance)
+        k=config.k, rmse_tolerance=config.rmse_tolerance,
+        judged_users=len(evaluator.users))
     return _apply(settings, Decision(
         promoted, reason, str(champion.version) if champion else None, metrics,
-        champion_metrics, version, snapshot.dataset, snapshot.digest, run_id))
+        champion_metrics, version, snapshot.dataset, snapshot.digest, run_id,
+        warning=thin_holdout(len(evaluator.users))))
 
 
 def gate_challenger(settings: Settings, version: str, config: TrainConfig | None = None, *,
@@ -182,4 +206,6 @@ def _apply(settings: Settings, decision: Decision) -> Decision:
                              run_id=decision.run_id)
     log.info("gate: version %s %s (%s)", decision.version,
              "promoted" if decision.promoted else "rejected", decision.reason)
+    if decision.warning:
+        log.warning("gate: %s", decision.warning)
     return decision

@@ -190,6 +190,15 @@ def _unit_rows(factors: Factors, item_ids: np.ndarray, centre: np.ndarray | None
     return vectors
 
 
+def neighbour_floor(counts: pd.Series, configured: int, rank: int = 100) -> int:
+    """The ratings a neighbour needs: ``configured``, or fewer on a small release (the
+    count of its ``rank``-th most rated movie; 1 when fewer are rated), as the top-movies
+    mart does. A big release keeps the configured floor exactly."""
+    ranked = np.sort(counts.to_numpy())[::-1]
+    at_rank = int(ranked[rank - 1]) if len(ranked) >= rank else 1
+    return max(1, min(configured, at_rank))
+
+
 def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | None = None,
                      *, explicit: Factors | None = None, tags: pd.Series | None = None,
                      method: str | None = None, cfg: ScoreConfig | None = None):
@@ -228,7 +237,7 @@ def similarity_model(implicit: Factors, counts: pd.Series, genres: pd.Series | N
     ids = implicit.item_ids
     n = counts.reindex(ids, fill_value=0).to_numpy()
     has = np.linalg.norm(implicit.item_factors, axis=1) > 0
-    eligible = (n >= cfg.min_ratings) & has
+    eligible = (n >= neighbour_floor(counts, cfg.min_ratings)) & has
     parts = []
     if base in ("cosine", "centred", "mixed"):
         parts.append(_unit_rows(implicit, ids, eligible if base != "cosine" else None))

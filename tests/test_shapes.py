@@ -3,8 +3,9 @@ viewer has ten ratings, and a small sample of ratings over a whole catalogue.
 
 Seeded synthetic releases in the GroupLens layouts run the whole nightly DAG through
 publish on a warehouse of their own (the thresholds follow the data: the evaluation
-holdout, the top-movies list). The CSV release without tags or links is in
-``test_releases.py``.
+holdout, the top-movies list, the similar-films floor), down to the documented floor of
+1,000 ratings from 20 users, in a CSV release without its optional tags and links. A
+holdout that thin publishes the first model with the gate's warning.
 """
 
 from __future__ import annotations
@@ -52,9 +53,23 @@ def a_sample_over_a_big_catalogue(folder: Path) -> Path:
     return release
 
 
-SHAPES = {"ml-sparse": every_user_with_ten, "ml-bigcat": a_sample_over_a_big_catalogue}
+def the_least_that_publishes(folder: Path) -> Path:
+    """A CSV release at the documented floor, 1,000 ratings from 20 users, without its
+    optional tags.csv and links.csv."""
+    release = folder / "ml-latest-small"
+    synth.generate(release, synth.SynthSpec(n_ratings=1_000, n_users=20, n_movies=400,
+                                            seed=23), layout="csv")
+    for optional in ("tags.csv", "links.csv"):
+        (release / optional).unlink()
+    return release
+
+
+SHAPES = {"ml-sparse": every_user_with_ten, "ml-bigcat": a_sample_over_a_big_catalogue,
+          "ml-tiny": the_least_that_publishes}
 #: The evaluation protocol each shape gets: ten ratings each leave five to hold out.
-PROTOCOL = {"ml-sparse": "latest 5 per user", "ml-bigcat": "per user"}
+PROTOCOL = {"ml-sparse": "latest 5 per user", "ml-bigcat": "per user", "ml-tiny": "per user"}
+#: Shapes whose holdout is too thin for the gate to judge: they publish with a warning.
+THIN = {"ml-tiny"}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +114,28 @@ def test_a_release_of_this_shape_runs_the_whole_dag_and_goes_live(shapes, shape)
         (split,), = query(connection, """
             select metrics from ops.pipeline_runs where run_id = %s""", (run.run_id,))
         assert split["model"], split  # the model was evaluated on a holdout
+        (warnings, note), = query(connection, """
+            select warnings, note from ops.pipeline_runs where run_id = %s""", (run.run_id,))
+        (warning,), = query(connection, "select warning from ops.model_promotions "
+                                        "where dataset = %s", (shape,))
+        if shape == "ml-tiny":  # optional files absent: those features off, and said so
+            (features, files), = query(connection, """
+                select features, files from ops.source_loads
+                where dataset = %s and status = 'loaded'""", (shape,))
+            assert features == {"layout": "csv", "demographics": False, "half_stars": True,
+                                "tags": False, "links": False}
+            assert set(files) == {"ratings.csv", "movies.csv"}
+            (counts,), = query(connection, "select row_counts from ops.pipeline_runs "
+                                           "where run_id = %s", (run.run_id,))
+            assert counts["features"] == features
+            assert counts["raw"]["tags"] == counts["raw"]["links"] == 0
+            assert query(connection, "select count(imdb_url) from marts.dim_movies "
+                                     "where dataset = %s", (shape,)) == [(0,)]
+        if shape in THIN:  # said in the run summary, its note and the gate's ledger
+            assert len(warnings) == 1 and "too thin to judge" in warnings[0], warnings
+            assert f"warning: {warnings[0]}" in note and warning == warnings[0]
+        else:
+            assert warnings == [] and warning is None, warnings
     finally:
         connection.close()
     # MLflow records which holdout the figures come from

@@ -323,7 +323,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_RECS_N", "publish.n", "50", "recommendations per user", _whole(1)),
     Variable("MFY_SIMILAR_N", "publish.similar_n", "20", "neighbours per movie", _whole(1)),
     Variable("MFY_SIMILAR_MIN_RATINGS", "publish.similar_min_ratings", "10",
-             "ratings a movie needs to be offered as a neighbour", _whole(1)),
+             "ratings a movie needs to be offered as a neighbour (fewer on a small release: "
+             "the count of its 100th most rated movie)", _whole(1)),
     Variable("MFY_SIMILARITY", "publish.similarity", "mixed+genres+tags",
              "how similar movies are found: cosine, centred, explicit or mixed, "
              "optionally +genres and +tags (see spark_jobs.score.similarity_model)",

@@ -17,16 +17,17 @@ from moviesforyou.foundation.config import Settings
 def record(settings: Settings, *, challenger: str | None, before: str | None,
            after: str | None, promoted: bool, action: str, reason: str,
            dataset: str | None = None, snapshot_digest: str | None = None,
-           metrics: dict | None = None, run_id: str | None = None) -> None:
+           metrics: dict | None = None, run_id: str | None = None,
+           warning: str | None = None) -> None:
     """Append one decision."""
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute(
             """insert into ops.model_promotions (model_name, challenger_version,
                    champion_version_before, champion_version_after, promoted, action, reason,
-                   dataset, snapshot_digest, metrics, mlflow_run_id)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   dataset, snapshot_digest, metrics, mlflow_run_id, warning)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (settings.training.model_name, challenger, before, after, promoted, action, reason,
-             dataset, snapshot_digest, json.dumps(metrics or {}), run_id))
+             dataset, snapshot_digest, json.dumps(metrics or {}), run_id, warning))
 
 
 def record_decision(settings: Settings, decision) -> None:
@@ -37,7 +38,7 @@ def record_decision(settings: Settings, decision) -> None:
            snapshot_digest=decision.snapshot_digest,
            metrics={"challenger": decision.challenger_metrics,
                     "champion": decision.champion_metrics},
-           run_id=decision.run_id)
+           run_id=decision.run_id, warning=decision.warning)
 
 
 def history(settings: Settings, limit: int = 50) -> list[tuple]:

@@ -45,8 +45,10 @@ def ending(state: str, *, changes: dict, gated: dict, published: dict,
     model = ("a new champion" if promoted else "the champion, a worse challenger not "
              "promoted" if promoted is False else "the champion")
     why = changes.get("reason")
+    warning = gated.get("warning")
     return (f"published publish {published.get('publish_id')} (model "
-            f"v{published.get('model_version')}, {model})" + (f"; why: {why}" if why else ""))
+            f"v{published.get('model_version')}, {model})" + (f"; why: {why}" if why else "")
+            + (f"; warning: {warning}" if warning else ""))
 
 
 #: The XCom key under which a failed task keeps its message for the run summary.
@@ -86,10 +88,12 @@ def write_summary(settings: Settings, *, dag_id: str, run_id: str, logical_date,
         "row_counts": json.dumps({"raw": load.get("row_counts", {}),
                                   "features": load.get("features"),
                                   "fct_ratings": marts.get("fct_ratings"),
+                                  "merged_entries": marts.get("merged_entries"),
                                   "recs": published.get("row_counts", {})}),
         "metrics": json.dumps({"model": trained.get("metrics", {}),
                                "baselines": trained.get("baselines", {})} if trained else {}),
         "errors": json.dumps(errors),
+        "warnings": json.dumps([gated["warning"]] if gated.get("warning") else []),
     }
     failed = sorted(t for t, v in tasks.items() if v.get("state") in ("failed",
                                                                       "upstream_failed"))

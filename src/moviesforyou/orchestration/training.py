@@ -143,7 +143,7 @@ def gate_model(settings: Settings, trained: dict | None, snapshot: dict,
                                train_config(run_overrides(settings, overrides)))
     ledger.record_decision(settings, decision)
     return {"version": version, "promoted": decision.promoted, "reason": decision.reason,
-            "champion_before": decision.champion_before,
+            "champion_before": decision.champion_before, "warning": decision.warning,
             "champion": version if decision.promoted else decision.champion_before}
 
 

@@ -27,6 +27,11 @@ alter table ops.source_loads add column if not exists features jsonb;
 comment on column ops.source_loads.features is
     'What the load''s release has (demographics, half stars, tags, links): its layout''s '
     'features, with those of optional files it lacks off (releases.features_of).';
+alter table ops.source_loads add column if not exists merged_entries integer;
+comment on column ops.source_loads.merged_entries is
+    'Catalogue entries of the load merged into another entry of the same film (dbt''s '
+    'int_movie_merges: the same IMDb id, or title, year and genres); counted by the build '
+    'that modelled the load.';
 alter table ops.source_loads add column if not exists schema_name text;
 comment on column ops.source_loads.schema_name is
     'Where a staged load is being audited (raw_staging__<dataset>), or where a rejected load '
@@ -55,6 +60,9 @@ create table if not exists ops.model_promotions (
 );
 comment on table ops.model_promotions is
     'Every champion decision: gate outcomes and rollbacks, with the figures behind them.';
+alter table ops.model_promotions add column if not exists warning text;
+comment on column ops.model_promotions.warning is
+    'Why the gate could not judge (a holdout too thin to tell models apart), or null.';
 create table if not exists ops.publish_log (
     publish_id bigserial primary key,
     action text not null check (action in ('publish', 'rollback')),
@@ -98,6 +106,10 @@ comment on table ops.pipeline_runs is
     'One row per nightly DAG run (re-runs overwrite it): each task''s state and seconds, '
     'row counts, model metrics, the model version and whether recommendations were published.';
 alter table ops.pipeline_runs add column if not exists errors jsonb not null default '{}'::jsonb;
+alter table ops.pipeline_runs add column if not exists warnings jsonb not null
+    default '[]'::jsonb;
+comment on column ops.pipeline_runs.warnings is
+    'What the run could not vouch for though it published (a holdout too thin to judge).';
 comment on column ops.pipeline_runs.errors is
     'Per failed task, the message of the exception that failed it.';
 comment on column ops.pipeline_runs.note is
