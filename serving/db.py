@@ -57,7 +57,13 @@ order by m.movie_id
 limit $1 offset $2
 """
 
-MOVIE = f"select {MOVIE_COLUMNS} from recs.movie_catalogue as m where m.movie_id = $1"
+#: A film by its id, or by an id of the release merged into it (a duplicate entry).
+MOVIE = f"""
+select {MOVIE_COLUMNS} from recs.movie_catalogue as m
+where m.movie_id = $1 or m.merged_movie_ids @> array[$1::integer]
+order by m.movie_id <> $1
+limit 1
+"""
 
 #: Candidates by trigram similarity (index-assisted); app.py re-ranks them by edit
 #: distance, which trigrams miss for transposed letters ("gmae").
@@ -346,4 +352,10 @@ HAS_TOKEN = "select app.has_token($1)"
 
 REVOKE_TOKEN = "select app.revoke_token($1)"
 
-KNOWN_MOVIES = "select movie_id from recs.movie_catalogue where movie_id = any($1::int[])"
+#: (the id asked for, the film's id): an id merged into a film answers with the film's.
+KNOWN_MOVIES = """
+select asked.movie_id as asked, m.movie_id
+from unnest($1::int[]) as asked (movie_id)
+join recs.movie_catalogue as m
+    on m.movie_id = asked.movie_id or m.merged_movie_ids @> array[asked.movie_id]
+"""

@@ -29,7 +29,7 @@ from spark_jobs.models import (
     seen_items,
     top_k,
 )
-from spark_jobs.snapshot import Snapshot, load_snapshot
+from spark_jobs.snapshot import Snapshot, load_snapshot, snapshot_merges
 from spark_jobs.splitters import Splits, make_splits
 
 
@@ -124,5 +124,5 @@ def prepare_evaluation(settings: Settings, snapshot: Snapshot, config: TrainConf
         # 2.5x faster per iteration than 4 or 8 (benchmarks/model_quality.py --speed)
         config = dataclasses.replace(config, blocks=spark.sparkContext.defaultParallelism)
     scale = (0.5, 5.0) if (ratings[RATING] % 1).any() else (1.0, 5.0)
-    splits = make_splits(ratings, config)
+    splits = make_splits(ratings, config, merges=snapshot_merges(snapshot))
     return ratings, config, scale, splits, Evaluator(spark, splits, config, scale)

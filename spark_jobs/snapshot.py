@@ -97,6 +97,7 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
             with open(csv_path, "wb") as raw:
                 sink = _HashingWriter(raw)
                 cur.copy_expert(statement.format(literal), sink)
+            merges = _merges(cur, settings.dataset)
     finally:
         conn.close()
     if sink.size == 0:
@@ -112,6 +113,7 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
     csv_path.unlink()
     path = out_dir / "ratings.parquet"
     pq.write_table(table, path)
+    (out_dir / MERGES).write_text(json.dumps(merges))
     snapshot = Snapshot(
         path=path, dataset=settings.dataset, rows=table.num_rows,
         users=pc.count_distinct(table.column("user_id")).as_py(),
@@ -122,6 +124,28 @@ def export_snapshot(settings: Settings, out_dir: Path) -> Snapshot:
     (out_dir / "snapshot.json").write_text(json.dumps({**asdict(snapshot), "path": str(path)},
                                                       indent=2))
     return snapshot
+
+
+#: Beside a snapshot's ratings: the release's duplicate catalogue entries, merged id ->
+#: the film's kept id (dbt's int_movie_merges), for folds written with the released ids.
+MERGES = "merges.json"
+
+
+def _merges(cur, dataset: str) -> dict[str, int]:
+    cur.execute("select to_regclass('intermediate.int_movie_merges') is not null")
+    if not cur.fetchone()[0]:
+        return {}
+    cur.execute("select movie_id, canonical_movie_id from intermediate.int_movie_merges "
+                "where dataset = %s and movie_id <> canonical_movie_id order by 1", (dataset,))
+    return {str(merged): kept for merged, kept in cur.fetchall()}
+
+
+def snapshot_merges(snapshot: Snapshot) -> dict[int, int]:
+    """The merged ids of the snapshot's release (empty for a snapshot without the file)."""
+    path = Path(snapshot.path).parent / MERGES
+    if not path.exists():
+        return {}
+    return {int(merged): int(kept) for merged, kept in json.loads(path.read_text()).items()}
 
 
 # --------------------------------------------------------------------------- keeping

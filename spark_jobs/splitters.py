@@ -42,7 +42,21 @@ def read_fold(path: Path) -> pd.DataFrame:
     return frame.astype({USER: "int32", ITEM: "int32", RATING: "float32"})
 
 
-def official_folds(folder: Path, ratings: pd.DataFrame) -> Splits:
+def merge_fold(frame: pd.DataFrame, merges: dict[int, int]) -> pd.DataFrame:
+    """A fold's ratings under the films' kept ids (``merges``: merged id -> kept id), a
+    viewer's ratings of one film under two ids reduced to the later, as the marts do."""
+    if not merges or not frame[ITEM].isin(list(merges)).any():
+        return frame
+    frame = frame.assign(**{ITEM: frame[ITEM].map(merges).fillna(frame[ITEM]).astype("int32")})
+    return (frame.sort_values([USER, ITEM, TIME], kind="stable")
+            .drop_duplicates([USER, ITEM], keep="last").sort_index())
+
+
+def official_folds(folder: Path, ratings: pd.DataFrame,
+                   merges: dict[int, int] | None = None) -> Splits:
+    """The official folds u1-u5 (rating error) and ua (ranking), under the films' kept ids
+    when the release merged duplicate entries (``merges``): both sides of a fold go
+    through the same ids, and a film a viewer has in the test part leaves the base."""
     names = [*(f"u{i}" for i in range(1, 6)), "ua"]
     missing = [f"{n}.{part}" for n in names for part in ("base", "test")
                if not (folder / f"{n}.{part}").exists()]
@@ -52,14 +66,19 @@ def official_folds(folder: Path, ratings: pd.DataFrame) -> Splits:
     folds = {}
     for name in names:
         base, test = read_fold(folder / f"{name}.base"), read_fold(folder / f"{name}.test")
+        if merges:
+            base, test = merge_fold(base, merges), merge_fold(test, merges)
+            tested = pd.MultiIndex.from_frame(test[[USER, ITEM]])
+            base = base[~pd.MultiIndex.from_frame(base[[USER, ITEM]]).isin(tested)]
         outside = [p for p in zip(test[USER], test[ITEM], strict=True) if p not in known]
         if outside:
             raise TrainingError(f"{folder / (name + '.test')}: {len(outside)} ratings are not in "
                                 f"the snapshot (e.g. user {outside[0][0]}, movie {outside[0][1]})"
                                 ": these folds belong to another release")
         folds[name] = (base, test)
+    merged = f"; {len(merges)} duplicate entries merged" if merges else ""
     return Splits([folds[f"u{i}"] for i in range(1, 6)], folds["ua"],
-                  f"official folds u1-u5, ua ({folder.name})")
+                  f"official folds u1-u5, ua ({folder.name}){merged}")
 
 
 def chronological_holdout(ratings: pd.DataFrame,
@@ -138,9 +157,11 @@ def user_sample(ratings: pd.DataFrame, max_ratings: int | None, seed: int) -> pd
     return ratings[ratings[USER].isin(chosen)]
 
 
-def make_splits(ratings: pd.DataFrame, config: TrainConfig) -> Splits:
+def make_splits(ratings: pd.DataFrame, config: TrainConfig,
+                merges: dict[int, int] | None = None) -> Splits:
+    """The evaluation splits; ``merges`` maps the official folds' released ids."""
     if config.folds_dir:
-        return official_folds(Path(config.folds_dir), ratings)
+        return official_folds(Path(config.folds_dir), ratings, merges)
     sampled = user_sample(ratings, config.eval_max_ratings, config.seed)
     sample = (f"; users sampled to {len(sampled):,} of {len(ratings):,} ratings"
               if len(sampled) < len(ratings) else "")

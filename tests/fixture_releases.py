@@ -8,6 +8,8 @@ data, whose licence forbids redistribution.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ML_1M_MINI: dict[str, list[str]] = {
@@ -104,13 +106,64 @@ LAYOUT = {"ml-100k": "100k", "ml-1m": "1m", "ml-latest-small": "csv", "ml-25m": 
           "ml-32m": "csv"}
 
 
+#: Per layout: the catalogue file, its field separator and encoding; the ratings file and
+#: its separator.
+_FILES = {"100k": ("u.item", "|", "latin-1", "u.data", "\t"),
+          "1m": ("movies.dat", "::", "latin-1", "ratings.dat", "::"),
+          "csv": ("movies.csv", ",", "utf-8", "ratings.csv", ",")}
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A film listed twice, as the real releases list some: ``kept`` and ``duplicate``
+    are its two ids; ``user`` rated it under both, ``rating`` (at ``rated_at``) later."""
+
+    kept: int
+    duplicate: int
+    user: int
+    rating: float
+    rated_at: int
+
+
+def list_a_film_twice(release: Path, layout: str) -> Duplicate:
+    """Repeat the first film of ``release``'s catalogue under a new id, with the same
+    title, year, genres and (100K link, links.csv's imdbId) IMDb id, and move one rating
+    of a viewer of the film to the new id, later than their first, as ml-100k's users
+    rated Chasing Amy under both of its ids. The rating count is unchanged."""
+    movies_file, sep, encoding, ratings_file, rsep = _FILES[layout]
+    lines = (release / movies_file).read_text(encoding=encoding).splitlines()
+    header = lines[:1] if layout == "csv" else []
+    body = lines[len(header):]
+    kept = int(body[0].split(sep, 1)[0])
+    duplicate = max(int(line.split(sep, 1)[0]) for line in body) + 1
+    body.append(f"{duplicate}{sep}{body[0].split(sep, 1)[1]}")
+    (release / movies_file).write_text("\n".join(header + body) + "\n", encoding=encoding)
+    if layout == "csv" and (release / "links.csv").exists():
+        links = (release / "links.csv").read_text(encoding="utf-8").splitlines()
+        imdb_tmdb = next(x for x in links[1:] if int(x.split(",", 1)[0]) == kept).split(",", 1)[1]
+        links.append(f"{duplicate},{imdb_tmdb}")
+        (release / "links.csv").write_text("\n".join(links) + "\n", encoding="utf-8")
+    ratings = (release / ratings_file).read_text(encoding=encoding).splitlines()
+    start = 1 if layout == "csv" else 0
+    rows = [line.split(rsep) for line in ratings[start:]]
+    first = next(r for r in rows if int(r[1]) == kept)
+    user, at = first[0], int(first[3])
+    later = next(r for r in rows if r[0] == user and int(r[3]) > at and int(r[1]) != kept)
+    later[1] = str(duplicate)
+    (release / ratings_file).write_text(
+        "\n".join(ratings[:start] + [rsep.join(r) for r in rows]) + "\n", encoding=encoding)
+    return Duplicate(kept, duplicate, int(user), float(later[2]), int(later[3]))
+
+
 def synthetic_release(folder: Path, name: str, *, ratings: int, seed: int, users: int,
-                      movies: int, as_zip: bool) -> Path:
+                      movies: int, as_zip: bool, duplicate: bool = False) -> Path:
     """A seeded synthetic release in the layout of the GroupLens release ``name``.
 
     As a zip it is packed as GroupLens packs it: every file under a ``<name>/``
     folder, with the README and the files the ingester does not read (ml-25m's
-    genome, ml-32m's checksums). Returns the zip or the folder.
+    genome, ml-32m's checksums). With ``duplicate``, one film is listed twice
+    (:func:`list_a_film_twice`; what was done is in ``folder/<name>.duplicate.json``).
+    Returns the zip or the folder.
     """
     import shutil
     import zipfile
@@ -122,6 +175,9 @@ def synthetic_release(folder: Path, name: str, *, ratings: int, seed: int, users
                                             seed=seed), layout=LAYOUT[name])
     for file, text in _EXTRAS.get(name, {}).items():
         (release / file).write_text(text, encoding="utf-8")
+    if duplicate:
+        twice = list_a_film_twice(release, LAYOUT[name])
+        (folder / f"{name}.duplicate.json").write_text(json.dumps(asdict(twice)))
     if not as_zip:
         return release
     archive = folder / f"{name}.zip"

@@ -15,6 +15,7 @@ ml-100k runs end to end in ``test_dags.py``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -71,7 +72,7 @@ def lab(airflow_db, embedded_settings, spark):
     folder.chmod(0o755)
     made = {name: fixture_releases.synthetic_release(
                 folder, name, ratings=RATINGS, seed=seed, users=USERS, movies=MOVIES,
-                as_zip=as_zip)
+                as_zip=as_zip, duplicate=True)
             for name, as_zip, seed in RELEASES}
     dag = DagBag(dag_folder=str(ROOT / "dags" / "movielens_nightly.py")).dags[
         "movielens_nightly"]
@@ -148,8 +149,26 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
         (note,), = query(connection, "select note from ops.pipeline_runs where run_id = %s",
                          (run.run_id,))
         assert note.startswith(f"published publish {publish_id} (model v{model}"), note
-        catalogue = query(connection, "select count(*) from raw.movies where dataset = %s",
-                          (release,))[0][0]
+        # the film the release lists twice is one film: one catalogue row, one rating of
+        # the viewer who rated it under both ids (the later), and counted as a merge
+        twice = fixture_releases.Duplicate(**json.loads(
+            (lab.sources[release].parent / f"{release}.duplicate.json").read_text()))
+        (entries,), = query(connection, "select count(*) from raw.movies where dataset = %s",
+                            (release,))
+        (catalogue,), = query(connection, "select count(*) from recs.movie_catalogue")
+        assert catalogue == entries - 1
+        assert query(connection, "select movie_id, merged_movie_ids from recs.movie_catalogue "
+                                 "where movie_id = %s or %s = any(merged_movie_ids)",
+                     (twice.duplicate, twice.duplicate)) == [(twice.kept, [twice.duplicate])]
+        assert query(connection, """
+            select rating::float8, extract(epoch from rated_at)::bigint from marts.fct_ratings
+            where user_id = %s and movie_id in (%s, %s)""",
+                     (twice.user, twice.kept, twice.duplicate)) == [(twice.rating, twice.rated_at)]
+        assert query(connection, "select merged_entries from ops.source_loads where dataset "
+                                 "= %s and status = 'loaded'", (release,)) == [(1,)]
+        (counts,), = query(connection, "select row_counts from ops.pipeline_runs "
+                                       "where run_id = %s", (run.run_id,))
+        assert counts["merged_entries"] == 1
         (known_user,), = query(connection, "select min(user_id) from marts.dim_users")
     finally:
         connection.close()
@@ -180,18 +199,25 @@ def test_release_runs_the_whole_dag_and_goes_live(lab, release):
             is features.demographics)
     # their rating is stored for the live release
     movie = signed["recommendations"][0]["movie_id"]
-    status, _ = call(lab.api, f"/api/users/{signed['user_id']}/ratings",
-                     {"ratings": [{"movie_id": movie, "rating": 4.5}]}, token=signed["token"])
+    status, stored = call(lab.api, f"/api/users/{signed['user_id']}/ratings",
+                          {"ratings": [{"movie_id": movie, "rating": 4.5},
+                                       {"movie_id": twice.duplicate, "rating": 2.0}]},
+                          token=signed["token"])
     assert status == 202
+    # a rating of the duplicate entry counts for its film, and the answer says so
+    assert stored["merged"] == [{"movie_id": twice.duplicate, "counted_as": twice.kept}]
+    status, film = call(lab.api, f"/api/movies/{twice.duplicate}")
+    assert status == 200 and film["movie_id"] == twice.kept
     connection = warehouse.connect(lab.settings)
     try:
-        assert query(connection, "select dataset from app.ratings where user_id = %s",
-                     (signed["user_id"],)) == [(release,)]
+        assert query(connection, "select dataset, movie_id from app.ratings where user_id = %s "
+                                 "order by app_rating_id", (signed["user_id"],)) == [
+            (release, movie), (release, twice.kept)]
     finally:
         connection.close()
     # and their next list is folded in with it against this release's model
     status, folded = call(lab.api, f"/api/users/{signed['user_id']}/recommendations?k=10")
-    assert status == 200 and folded["folded_in_ratings"] == 1, folded
+    assert status == 200 and folded["folded_in_ratings"] == 2, folded
     assert {r["source"] for r in folded["recommendations"]} == {"als-live"}
     assert movie not in {r["movie_id"] for r in folded["recommendations"]}
     assert len(folded["recommendations"]) == 10
@@ -346,41 +372,3 @@ def test_every_page_flow_on_a_csv_release(lab, browser):
     wait_for(browser, "#similar-list li.movie")
     assert [int(li.get_attribute("data-movie-id")) for li in browser.find_elements(
         By.CSS_SELECTOR, "#similar-list li.movie")] == similar
-
-
-def test_a_csv_release_without_tags_or_links_publishes_with_those_features_off(lab):
-    """tags.csv and links.csv are optional: a CSV release folder without them loads with
-    those features off, runs the whole DAG and goes live; the ledger and the run
-    summary say what the release had."""
-    release = "ml-sample"
-    where = lab.sources["ml-latest-small"].parent / "without-extras"
-    where.mkdir()
-    folder = fixture_releases.synthetic_release(
-        where, "ml-latest-small",
-        ratings=RATINGS, seed=16, users=USERS, movies=MOVIES, as_zip=False)
-    for optional in ("tags.csv", "links.csv"):
-        (folder / optional).unlink()
-    lab.sources[release] = folder
-
-    run = lab.run(release, FAMILIES_TRAIN)
-
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert run.state == "success", states
-    connection = warehouse.connect(lab.settings)
-    try:
-        (features, files), = query(connection, """
-            select features, files from ops.source_loads
-            where dataset = %s and status = 'loaded'""", (release,))
-        assert features == {"layout": "csv", "demographics": False, "half_stars": True,
-                            "tags": False, "links": False}
-        assert set(files) == {"ratings.csv", "movies.csv"}
-        (summary,), = query(connection, "select row_counts from ops.pipeline_runs "
-                                        "where run_id = %s", (run.run_id,))
-        assert summary["features"] == features
-        assert summary["raw"]["tags"] == summary["raw"]["links"] == 0
-        assert query(connection, "select dataset from recs.publication") == [(release,)]
-        (imdb,), = query(connection, "select count(imdb_url) from marts.dim_movies "
-                                     "where dataset = %s", (release,))
-        assert imdb == 0
-    finally:
-        connection.close()

@@ -37,8 +37,8 @@ async def similar(conn, movie_id: int, k: int) -> dict:
 async def similar_to_movie(request: Request, movie_id: MovieId, k: K = 10):
     """Movies like this one (``recs.similar_movies``, from the model's movie factors)."""
     async with pool(request).acquire() as conn:
-        movie = await require_movie(conn, movie_id)
-        return {"movie": movie_json(movie), **await similar(conn, movie_id, k)}
+        movie = await require_movie(conn, movie_id)  # a merged id answers with its film
+        return {"movie": movie_json(movie), **await similar(conn, movie["movie_id"], k)}
 
 
 @router.get("/api/similar")
@@ -98,6 +98,7 @@ async def predicted_rating(request: Request, user_id: UserId, movie_id: MovieId)
     async with pool(request).acquire() as conn:
         await require_user(conn, user_id, await live_dataset(conn, request))
         movie = await require_movie(conn, movie_id)
+        movie_id = movie["movie_id"]  # a merged id is its film's
         value = await conn.fetchval(db.PREDICT, user_id, movie_id)
         version = await version_of(conn, [])
     if value is None:

@@ -89,16 +89,20 @@ async def rate(request: Request, user_id: UserId, body: Annotated[NewRatings, Bo
         hashed = await auth.require_owner(conn, request, user_id)
         request.app.state.writes.check(f"token:{hashed}", auth.client_address(request))
         dataset = await live_dataset(conn, request)
-        known = {r["movie_id"] for r in await conn.fetch(db.KNOWN_MOVIES, movie_ids)}
-        missing = sorted(set(movie_ids) - known)
+        film = {r["asked"]: r["movie_id"] for r in await conn.fetch(db.KNOWN_MOVIES, movie_ids)}
+        missing = sorted(set(movie_ids) - set(film))
         if missing:
             raise HTTPException(404, f"movie(s) not in the catalogue: "
                                      f"{', '.join(map(str, missing))}")
         async with conn.transaction():
             ids = [await conn.fetchval(db.SUBMIT_RATING, hashed, dataset,
-                                       r.movie_id, r.rating) for r in body.ratings]
+                                       film[r.movie_id], r.rating) for r in body.ratings]
     request.app.state.cache.forget_user(user_id)
+    # a duplicate entry of a film counts for the film, and the answer says so
+    merged = [{"movie_id": asked, "counted_as": kept}
+              for asked, kept in sorted(film.items()) if asked != kept]
     return {"user_id": user_id, "stored": len(ids), "app_rating_ids": ids,
+            **({"merged": merged} if merged else {}),
             "message": ("Thanks! Your recommendations now take these ratings into account; "
                         "the next nightly run learns from them too.")}
 

@@ -6,6 +6,12 @@ movies as (
 
 ),
 
+merges as (
+
+    select * from {{ ref('int_movie_merges') }}
+
+),
+
 final as (
 
     select
@@ -16,6 +22,13 @@ final as (
 
     from movies
     cross join lateral unnest(movies.genres) as genre (genre)
+    -- one film, one entry: entries merged into another film are left out
+    where not exists (
+        select 1 from merges
+        where
+            merges.movie_id = movies.movie_id
+            and merges.movie_id <> merges.canonical_movie_id
+    )
 
 )
 

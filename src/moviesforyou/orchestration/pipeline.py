@@ -189,11 +189,20 @@ def build_marts(settings: Settings, *, logical_date=None) -> dict:
     """
     started = time.time()
     summary = transform.transform(settings, docs=True, logical_date=logical_date)
-    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute("select count(*) from marts.fct_ratings where dataset = %s",
                     (settings.dataset,))
         rows = cur.fetchone()[0]
-    return {"dbt": summary.build.counts(), "fct_ratings": rows,
+        # duplicate catalogue entries merged into their film: counted in the load ledger
+        cur.execute("select count(*) from intermediate.int_movie_merges "
+                    "where dataset = %s and movie_id <> canonical_movie_id", (settings.dataset,))
+        merged = cur.fetchone()[0]
+        cur.execute("""update ops.source_loads set merged_entries = %s
+                       where load_id = (select max(load_id) from ops.source_loads
+                                        where dataset = %s and status = 'loaded')""",
+                    (merged, settings.dataset))
+    log.info("%d catalogue entries merged into the film they duplicate", merged)
+    return {"dbt": summary.build.counts(), "fct_ratings": rows, "merged_entries": merged,
             "seconds": round(time.time() - started, 2)}
 
 
@@ -208,8 +217,10 @@ def export_snapshot(settings: Settings) -> dict:
 
 
 def score_recs(settings: Settings) -> dict:
-    """Score the champion and build the recs tables beside the live ones."""
-    return {"publish_id": recs_publish.prepare(settings)}
+    """Score the champion and build the recs tables beside the live ones; with
+    ``MFY_SPARK_CONN_ID`` set, the scoring is submitted to that cluster, as training is."""
+    return {"publish_id": recs_publish.prepare(settings,
+                                               on_cluster=bool(settings.spark.conn_id))}
 
 
 def validate_recs(settings: Settings, scored: dict) -> dict:

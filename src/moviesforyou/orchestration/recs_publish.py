@@ -35,27 +35,47 @@ class SparkScorer:
 
     def score(self, factors: Path, seen: Path, out: Path, *, rated_after: int | None,
               genres, tags):
-        from spark_jobs.score import ScoreConfig, score
+        from spark_jobs.score import score
         from spark_jobs.session import get_spark
 
         if self.spark is None:
             self.spark = get_spark(self.settings.home, app_name="moviesforyou-score",
                                    spark=self.settings.spark)
-        config = self.settings.publish
-        return score(self.spark, factors, seen, out,
-                     ScoreConfig(n=config.n, similar_n=config.similar_n,
-                                 min_ratings=config.similar_min_ratings,
-                                 similarity=config.similarity),
+        return score(self.spark, factors, seen, out, score_config(self.settings),
                      rated_after=rated_after, genres=genres, tags=tags)
 
 
-def prepare(settings: Settings, *, spark=None, factors: Path | None = None) -> int:
-    """Step 1: the champion from the registry (or ``factors``), scored and built."""
+def score_config(settings: Settings):
+    """The scoring settings (``MFY_RECS_N``, ``MFY_SIMILAR_*``) as Spark's scorer takes them."""
+    from spark_jobs.score import ScoreConfig
+
+    config = settings.publish
+    return ScoreConfig(n=config.n, similar_n=config.similar_n,
+                       min_ratings=config.similar_min_ratings, similarity=config.similarity)
+
+
+def scorer_for(settings: Settings, spark=None, *, on_cluster: bool = False):
+    """Where scoring runs: with ``on_cluster`` (the nightly DAG's ``score_recs`` when
+    ``MFY_SPARK_CONN_ID`` names a Spark connection, as for training), submitted to that
+    cluster; else a Spark session here (``spark``, or one started when needed)."""
+    if on_cluster and settings.spark.conn_id:
+        from moviesforyou.foundation.config import find_project_root
+        from moviesforyou.orchestration.spark_submit import ScoreOnCluster
+
+        return ScoreOnCluster(settings, settings.spark.conn_id, str(find_project_root()))
+    return SparkScorer(settings, spark)
+
+
+def prepare(settings: Settings, *, spark=None, factors: Path | None = None,
+            on_cluster: bool = False) -> int:
+    """Step 1: the champion from the registry (or ``factors``), scored (on the Spark
+    cluster with ``on_cluster``, see :func:`scorer_for`) and built."""
     from spark_jobs import registry
 
     started = time.perf_counter()
     factors = factors or registry.export_champion(settings)
-    return stage.prepare(settings, factors=factors, scorer=SparkScorer(settings, spark),
+    return stage.prepare(settings, factors=factors,
+                         scorer=scorer_for(settings, spark, on_cluster=on_cluster),
                          export_seconds=time.perf_counter() - started)
 
 

@@ -36,7 +36,8 @@ _COMMENTS = {
         "Cold-start lists by list_type: overall, genre, age_gender (age band and gender), "
         "occupation and season of the rating date (score: the number of ratings), and "
         "trending (the last 30 days of ratings, each weighing exp(-days old / 7))."),
-    "movie_catalogue": "The catalogue as the API serves it, with a trigram-searchable title.",
+    "movie_catalogue": ("The catalogue as the API serves it, one row per film, with a "
+                        "trigram-searchable title and the ids merged into each film."),
     "user_factors": "Per-user bias and factor vectors of the rating and list models.",
     "movie_factors": ("Per-movie bias and factor vectors of the rating and list models, and "
                       "an EASE list model's fold weights."),
@@ -50,7 +51,7 @@ COPY_FROM_MARTS = {
     "movie_catalogue": ("mart_movie_catalogue", ("movie_id", "title", "original_title",
                                                  "release_year", "genres", "mean_rating",
                                                  "bayesian_rating", "rating_count", "imdb_url",
-                                                 "search_text")),
+                                                 "search_text", "merged_movie_ids")),
 }
 
 
@@ -137,19 +138,22 @@ def movie_genres(conn):
 
 
 def movie_tags(conn):
-    """Each movie's tags (``stg_movielens__tags``, trimmed and lower-cased) with how many
-    users gave each, as a Series of dicts, for the similar-movie lists' ``+tags`` term.
-    Only tags given to two movies or more can make two movies alike, so only those
-    are read: at ml-25m's 1.1M tag applications, about 45k movies' dicts. Empty for a
-    release without tags."""
+    """Each film's tags (``stg_movielens__tags`` under the film's kept id, trimmed and
+    lower-cased) with how many users gave each, as a Series of dicts, for the
+    similar-movie lists' ``+tags`` term. Only tags given to two movies or more can make
+    two movies alike, so only those are read: at ml-25m's 1.1M tag applications, about
+    45k movies' dicts. Empty for a release without tags."""
     import pandas as pd
 
     with conn.cursor() as cur:
         cur.execute("""
             with given as (
-                select movie_id, lower(btrim(tag)) as tag, count(distinct user_id) as users
-                from staging.stg_movielens__tags
-                where btrim(coalesce(tag, '')) <> ''
+                select coalesce(merges.canonical_movie_id, tags.movie_id) as movie_id,
+                       lower(btrim(tags.tag)) as tag, count(distinct tags.user_id) as users
+                from staging.stg_movielens__tags as tags
+                left join intermediate.int_movie_merges as merges
+                    on merges.movie_id = tags.movie_id
+                where btrim(coalesce(tags.tag, '')) <> ''
                 group by 1, 2
             ),
             shared as (
@@ -261,6 +265,10 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
             "bias_reg_user": foldin.BIAS_REG_USER, "rating_family": explicit.params.family,
             "list_family": implicit.params.family})
         counts["publication"] = 1
+        # a film's other ids (duplicate entries of the release) find it: /api/movies/{id}
+        cur.execute(sql.SQL(
+            "create index {} on {}.movie_catalogue using gin (merged_movie_ids)"
+        ).format(sql.Identifier(f"movie_catalogue_p{publish_id}_merged_idx"), s))
         if _has_extension(cur, "pg_trgm"):
             cur.execute(sql.SQL(
                 "create index {} on {}.movie_catalogue using gin (search_text gin_trgm_ops)"

@@ -1,9 +1,42 @@
+{#- One row per film: an entry merged into another (int_movie_merges) is left out,
+    and the kept entry lists the ids it absorbed. -#}
 {{ config(indexes=[{'columns': ['movie_sk'], 'unique': True}]) }}
 with
 
-movies as (
+entries as (
 
     select * from {{ ref('stg_movielens__movies') }}
+
+),
+
+merges as (
+
+    select * from {{ ref('int_movie_merges') }}
+
+),
+
+absorbed as (
+
+    select
+        canonical_movie_id as movie_id,
+        array_agg(movie_id order by movie_id) as merged_movie_ids
+
+    from merges
+    where movie_id <> canonical_movie_id
+    group by canonical_movie_id
+
+),
+
+movies as (
+
+    select entries.*
+    from entries
+    where not exists (
+        select 1 from merges
+        where
+            merges.movie_id = entries.movie_id
+            and merges.movie_id <> merges.canonical_movie_id
+    )
 
 ),
 
@@ -36,6 +69,7 @@ final as (
         movies.genres,
         array_to_string(movies.genres, ', ') as genre_list,
         cardinality(movies.genres) as genre_count,
+        coalesce(absorbed.merged_movie_ids, cast('{}' as integer[])) as merged_movie_ids,
         coalesce(stats.rating_count, 0) as rating_count,
         coalesce(stats.rater_count, 0) as rater_count,
         stats.mean_rating,
@@ -48,6 +82,8 @@ final as (
         on movies.movie_id = links.movie_id
     left join stats
         on movies.movie_id = stats.movie_id
+    left join absorbed
+        on movies.movie_id = absorbed.movie_id
 
 )
 

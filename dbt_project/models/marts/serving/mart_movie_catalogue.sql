@@ -1,4 +1,5 @@
-{#- The catalogue as the API serves it: every movie of the release with its
+{#- The catalogue as the API serves it: every film of the release (once, under its
+    kept id, with the ids merged into it) with its
     figures and a lower-case search text for the trigram title search.
     publish.py copies this table into recs.movie_catalogue. -#}
 with
@@ -21,7 +22,8 @@ final as (
         bayesian_rating,
         rating_count,
         imdb_url,
-        lower(concat_ws(' ', title, release_year, original_title)) as search_text
+        lower(concat_ws(' ', title, release_year, original_title)) as search_text,
+        merged_movie_ids
 
     from movies
 

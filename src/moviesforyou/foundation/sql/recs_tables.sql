@@ -72,6 +72,7 @@ create table {s}.movie_catalogue (
     rating_count integer not null,
     imdb_url text,
     search_text text not null,
+    merged_movie_ids integer[] not null default '{{}}',
     publish_id bigint not null default {pid},
     constraint movie_catalogue_p{pid}_pkey primary key (movie_id)
 );
