@@ -282,6 +282,15 @@ def api_server(published: Settings):
         yield base
 
 
+@pytest.fixture
+def wh(published: Settings):
+    """A connection to the session's published ml-100k (a module on a warehouse of its own
+    defines its own ``wh``)."""
+    connection = warehouse.connect(published)
+    yield connection
+    connection.close()
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Airflow's metadata database (SQLite) in the session's AIRFLOW_HOME."""

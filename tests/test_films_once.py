@@ -13,19 +13,11 @@ import urllib.parse
 import pytest
 
 from conftest import call, query
-from moviesforyou.foundation import warehouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: (kept id, merged id) of films the release lists twice.
 TWICE = [(246, 268), (297, 303), (876, 881), (573, 670), (1429, 1680), (911, 1592)]
-
-
-@pytest.fixture
-def wh(published):
-    connection = warehouse.connect(published)
-    yield connection
-    connection.close()
 
 
 def test_no_two_published_films_share_an_imdb_link(wh):

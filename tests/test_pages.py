@@ -5,17 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
-
 from conftest import call, query, wait_for
-from moviesforyou.foundation import warehouse
-
-
-@pytest.fixture
-def wh(published):
-    connection = warehouse.connect(published)
-    yield connection
-    connection.close()
 
 
 def test_page_search_shows_your_movie_and_similar_ones(browser, api_server, screenshots):

@@ -17,13 +17,6 @@ from moviesforyou.quality import checks
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
 
-@pytest.fixture
-def wh(published):
-    connection = warehouse.connect(published)
-    yield connection
-    connection.close()
-
-
 def live_id(connection) -> int:
     return query(connection, "select publish_id from recs.publication")[0][0]
 

@@ -6,7 +6,7 @@ movies as (
 
 ),
 
-merges as (
+duplicate_entries as (
 
     select * from {{ ref('int_movie_merges') }}
 
@@ -24,10 +24,10 @@ final as (
     cross join lateral unnest(movies.genres) as genre (genre)
     -- one film, one entry: entries merged into another film are left out
     where not exists (
-        select 1 from merges
+        select 1 from duplicate_entries
         where
-            merges.movie_id = movies.movie_id
-            and merges.movie_id <> merges.canonical_movie_id
+            duplicate_entries.movie_id = movies.movie_id
+            and duplicate_entries.movie_id <> duplicate_entries.canonical_movie_id
     )
 
 )

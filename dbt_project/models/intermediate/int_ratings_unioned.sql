@@ -12,7 +12,7 @@ released as (
 
 ),
 
-merges as (
+duplicate_entries as (
 
     select * from {{ ref('int_movie_merges') }}
 
@@ -33,8 +33,8 @@ listed_once as (
 
     from released
     where not exists (
-        select 1 from merges
-        where merges.movie_id = released.movie_id
+        select 1 from duplicate_entries
+        where duplicate_entries.movie_id = released.movie_id
     )
 
 ),
@@ -42,10 +42,10 @@ listed_once as (
 -- a film listed more than once: the later of a viewer's ratings, under the kept id
 merged as (
 
-    select distinct on (released.user_id, merges.canonical_movie_id)
+    select distinct on (released.user_id, duplicate_entries.canonical_movie_id)
         released.dataset,
         released.user_id,
-        merges.canonical_movie_id as movie_id,
+        duplicate_entries.canonical_movie_id as movie_id,
         released.rating,
         released.rated_at,
         released.load_id,
@@ -53,11 +53,11 @@ merged as (
         released.movie_id as released_movie_id
 
     from released
-    inner join merges
-        on released.movie_id = merges.movie_id
+    inner join duplicate_entries
+        on released.movie_id = duplicate_entries.movie_id
     order by
         released.user_id asc,
-        merges.canonical_movie_id asc,
+        duplicate_entries.canonical_movie_id asc,
         released.rated_at desc,
         released.movie_id desc
 
@@ -77,14 +77,14 @@ app as (
         app_submitted.dataset,
         app_submitted.app_rating_id,
         app_submitted.user_id,
-        coalesce(merges.canonical_movie_id, app_submitted.movie_id) as movie_id,
+        coalesce(duplicate_entries.canonical_movie_id, app_submitted.movie_id) as movie_id,
         app_submitted.rating,
         app_submitted.rated_at,
         app_submitted.received_at
 
     from app_submitted
-    left join merges
-        on app_submitted.movie_id = merges.movie_id
+    left join duplicate_entries
+        on app_submitted.movie_id = duplicate_entries.movie_id
 
 ),
 

@@ -9,7 +9,7 @@ entries as (
 
 ),
 
-merges as (
+duplicate_entries as (
 
     select * from {{ ref('int_movie_merges') }}
 
@@ -21,7 +21,7 @@ absorbed as (
         canonical_movie_id as movie_id,
         array_agg(movie_id order by movie_id) as merged_movie_ids
 
-    from merges
+    from duplicate_entries
     where movie_id <> canonical_movie_id
     group by canonical_movie_id
 
@@ -32,10 +32,10 @@ movies as (
     select entries.*
     from entries
     where not exists (
-        select 1 from merges
+        select 1 from duplicate_entries
         where
-            merges.movie_id = entries.movie_id
-            and merges.movie_id <> merges.canonical_movie_id
+            duplicate_entries.movie_id = entries.movie_id
+            and duplicate_entries.movie_id <> duplicate_entries.canonical_movie_id
     )
 
 ),
