@@ -57,12 +57,11 @@ order by m.movie_id
 limit $1 offset $2
 """
 
-#: A film by its id, or by an id of the release merged into it (a duplicate entry).
-MOVIE = f"""
+MOVIE = f"select {MOVIE_COLUMNS} from recs.movie_catalogue as m where m.movie_id = $1"
+#: The film an id of the release was merged into (a duplicate entry; GIN-indexed).
+MERGED_MOVIE = f"""
 select {MOVIE_COLUMNS} from recs.movie_catalogue as m
-where m.movie_id = $1 or m.merged_movie_ids @> array[$1::integer]
-order by m.movie_id <> $1
-limit 1
+where m.merged_movie_ids @> array[$1::integer]
 """
 
 #: Candidates by trigram similarity (index-assisted); app.py re-ranks them by edit

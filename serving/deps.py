@@ -57,7 +57,11 @@ async def version_of(conn, rows) -> dict:
 
 
 async def require_movie(conn, movie_id: int):
+    """The film ``movie_id`` names: itself, else the film a duplicate entry of the release
+    was merged into (rare, so looked up only then)."""
     row = await conn.fetchrow(db.MOVIE, movie_id)
+    if row is None:
+        row = await conn.fetchrow(db.MERGED_MOVIE, movie_id)
     if row is None:
         raise HTTPException(404, f"movie {movie_id} is not in the catalogue")
     return row

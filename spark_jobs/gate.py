@@ -107,9 +107,9 @@ def decide(*, challenger_metrics: dict[str, float], challenger: tuple[ModelParam
     if same_config and champion.tags.get("mfy.split_id") != split_id:
         return True, (f"same configuration as champion v{champion.version}, trained on newer "
                       f"data (snapshot {digest})"), None
-    if thin_holdout(judged_users):
-        return False, (f"champion v{champion.version} stays: {thin_holdout(judged_users)}"
-                       ), None
+    thin = thin_holdout(judged_users)
+    if thin:
+        return False, f"champion v{champion.version} stays: {thin}", None
     if champion.tags.get("mfy.split_id") == split_id:
         champion_metrics = {key[len("mfy.metric."):]: float(value)
                             for key, value in champion.tags.items()
@@ -153,6 +153,7 @@ def gate_trained(settings: Settings, version: str, metrics: dict[str, float],
     client = registry.configure(settings)
     champion = registry.current_champion(settings, client)
     split_id = splits.identity(snapshot)
+    judged = len(evaluator.users)  # viewers with a liked held-out film
     registry.tag_figures(settings, version, metrics, split_id=split_id,
                          dataset=snapshot.dataset)
     promoted, reason, champion_metrics = decide(
@@ -162,11 +163,11 @@ def gate_trained(settings: Settings, version: str, metrics: dict[str, float],
         evaluate=lambda e, i: {"rmse": evaluator.explicit(e).rmse,
                                **evaluator.implicit(i).ranking},
         k=config.k, rmse_tolerance=config.rmse_tolerance,
-        judged_users=len(evaluator.users))
+        judged_users=judged)
     return _apply(settings, Decision(
         promoted, reason, str(champion.version) if champion else None, metrics,
         champion_metrics, version, snapshot.dataset, snapshot.digest, run_id,
-        warning=thin_holdout(len(evaluator.users))))
+        warning=thin_holdout(judged)))
 
 
 def gate_challenger(settings: Settings, version: str, config: TrainConfig | None = None, *,

@@ -52,6 +52,16 @@ def last_good_load(cur, dataset: str) -> dict | None:
     return {"load_id": row[0], "files": row[1], "archive_sha256": row[2], "loaded_at": row[3]}
 
 
+def record_merges(cur, dataset: str, merged: int) -> None:
+    """Count, on the live load of ``dataset``, its catalogue entries merged into another
+    entry of the same film (the build that modelled it knows them: dbt's
+    int_movie_merges)."""
+    cur.execute("""update ops.source_loads set merged_entries = %s
+                   where load_id = (select max(load_id) from ops.source_loads
+                                    where dataset = %s and status = 'loaded')""",
+                (merged, dataset))
+
+
 def staged_load(conn, load_id: int) -> LoadResult:
     """The ledger entry of a staged load, to audit and attach it (e.g. in the next task)."""
     with conn, conn.cursor() as cur:

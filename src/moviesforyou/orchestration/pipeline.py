@@ -22,7 +22,7 @@ import time
 
 from moviesforyou.foundation import releases, warehouse
 from moviesforyou.foundation.config import Settings
-from moviesforyou.ingestion import ingest, sources
+from moviesforyou.ingestion import ingest, ledger, sources
 from moviesforyou.orchestration import recs_publish
 from moviesforyou.quality import checks
 from moviesforyou.transformation import transform
@@ -197,10 +197,7 @@ def build_marts(settings: Settings, *, logical_date=None) -> dict:
         cur.execute("select count(*) from intermediate.int_movie_merges "
                     "where dataset = %s and movie_id <> canonical_movie_id", (settings.dataset,))
         merged = cur.fetchone()[0]
-        cur.execute("""update ops.source_loads set merged_entries = %s
-                       where load_id = (select max(load_id) from ops.source_loads
-                                        where dataset = %s and status = 'loaded')""",
-                    (merged, settings.dataset))
+        ledger.record_merges(cur, settings.dataset, merged)
     log.info("%d catalogue entries merged into the film they duplicate", merged)
     return {"dbt": summary.build.counts(), "fct_ratings": rows, "merged_entries": merged,
             "seconds": round(time.time() - started, 2)}
@@ -219,8 +216,7 @@ def export_snapshot(settings: Settings) -> dict:
 def score_recs(settings: Settings) -> dict:
     """Score the champion and build the recs tables beside the live ones; with
     ``MFY_SPARK_CONN_ID`` set, the scoring is submitted to that cluster, as training is."""
-    return {"publish_id": recs_publish.prepare(settings,
-                                               on_cluster=bool(settings.spark.conn_id))}
+    return {"publish_id": recs_publish.prepare(settings, submit=True)}
 
 
 def validate_recs(settings: Settings, scored: dict) -> dict:

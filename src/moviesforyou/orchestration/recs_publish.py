@@ -54,11 +54,11 @@ def score_config(settings: Settings):
                        min_ratings=config.similar_min_ratings, similarity=config.similarity)
 
 
-def scorer_for(settings: Settings, spark=None, *, on_cluster: bool = False):
-    """Where scoring runs: with ``on_cluster`` (the nightly DAG's ``score_recs`` when
-    ``MFY_SPARK_CONN_ID`` names a Spark connection, as for training), submitted to that
-    cluster; else a Spark session here (``spark``, or one started when needed)."""
-    if on_cluster and settings.spark.conn_id:
+def scorer_for(settings: Settings, spark=None, *, submit: bool = False):
+    """Where scoring runs: with ``submit`` (the nightly DAG's ``score_recs``) and
+    ``MFY_SPARK_CONN_ID`` naming a Spark connection, submitted to that cluster as
+    training is; else a Spark session here (``spark``, or one started when needed)."""
+    if submit and settings.spark.conn_id:
         from moviesforyou.foundation.config import find_project_root
         from moviesforyou.orchestration.spark_submit import ScoreOnCluster
 
@@ -67,15 +67,15 @@ def scorer_for(settings: Settings, spark=None, *, on_cluster: bool = False):
 
 
 def prepare(settings: Settings, *, spark=None, factors: Path | None = None,
-            on_cluster: bool = False) -> int:
-    """Step 1: the champion from the registry (or ``factors``), scored (on the Spark
-    cluster with ``on_cluster``, see :func:`scorer_for`) and built."""
+            submit: bool = False) -> int:
+    """Step 1: the champion from the registry (or ``factors``), scored (by
+    :func:`scorer_for`) and built."""
     from spark_jobs import registry
 
     started = time.perf_counter()
     factors = factors or registry.export_champion(settings)
     return stage.prepare(settings, factors=factors,
-                         scorer=scorer_for(settings, spark, on_cluster=on_cluster),
+                         scorer=scorer_for(settings, spark, submit=submit),
                          export_seconds=time.perf_counter() - started)
 
 

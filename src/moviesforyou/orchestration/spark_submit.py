@@ -58,18 +58,23 @@ def code_archive(project: str | Path, out: Path) -> Path:
     return out
 
 
-def submit_env(settings: Settings, conn_id: str) -> dict[str, str]:
-    """What a submitted driver needs: the run's settings as ``MFY_*`` variables, the
-    MLflow URI, and the Pythons (client mode: the driver runs here, in this
-    environment's Python; on a local master the workers do too)."""
+def submit_env(settings: Settings, conn_id: str,
+               configured: dict | None = None) -> dict[str, str]:
+    """What a submitted driver needs, over the job's ``configured`` variables: the run's
+    settings as ``MFY_*`` variables, the MLflow URI and the Pythons."""
     from airflow.sdk import Connection
 
     from spark_jobs import registry
 
-    env = {**settings.to_env(), "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
-           "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
+    env = {
+        **(configured or {}), **settings.to_env(),
+        "MLFLOW_TRACKING_URI": registry.tracking_uri(settings),
+        # client mode: the driver runs here, in this environment's Python
+        "PYSPARK_DRIVER_PYTHON": os.environ.get("PYSPARK_DRIVER_PYTHON", sys.executable),
+    }
     if str(Connection.get(conn_id).host or "").startswith("local"):
-        env["PYSPARK_PYTHON"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
+        # a local master: the workers run here too, in this environment's Python
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
     return env
 
 
@@ -95,7 +100,7 @@ class TrainOnSpark(SparkSubmitOperator):
         from moviesforyou.orchestration import summary, tasks, training
 
         settings = tasks.settings_from_airflow()
-        self.env_vars = {**(self.env_vars or {}), **submit_env(settings, self._conn_id)}
+        self.env_vars = submit_env(settings, self._conn_id, self.env_vars)
         with tempfile.TemporaryDirectory(prefix="mfy-submit-") as folder:
             # the driver and every executor import the project from this archive
             self.py_files = str(code_archive(self.project, Path(folder) / "moviesforyou-code.zip"))
