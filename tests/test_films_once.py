@@ -37,6 +37,18 @@ def test_no_two_published_films_share_an_imdb_link(wh):
                      ([d for _, d in TWICE],)) == [(0,)], table
 
 
+def test_the_sql_functions_take_either_id_of_a_film(wh):
+    for kept, duplicate in TWICE:
+        assert query(wh, "select recs.film_id(%s), recs.film_id(%s)",
+                     (kept, duplicate)) == [(kept, kept)]
+        (by_kept, by_duplicate), = query(
+            wh, "select recs.predict_rating(1, %s), recs.predict_rating(1, %s)",
+            (kept, duplicate))
+        assert by_kept is not None and by_kept == by_duplicate
+    assert query(wh, "select recs.film_id(999999), recs.predict_rating(1, 999999)") == [
+        (None, None)]
+
+
 def test_similar_never_answers_the_film_itself(api_server, wh):
     for kept, duplicate in TWICE[:3]:
         for asked in (kept, duplicate):  # a merged id answers with its film

@@ -173,3 +173,14 @@ create table if not exists ops.writer (
 comment on table ops.writer is
     'Who took the warehouse''s writer lock last (warehouse.writer_lock): the holder '
     'while the advisory lock is held, the last one after.';
+-- A warehouse upgraded in place: the published catalogue gains the merged ids of
+-- each film (empty until the next publish fills them), so the API and the SQL
+-- functions that read them work before that publish.
+do $upgrade$
+begin
+    if to_regclass('recs.movie_catalogue') is not null then
+        alter table recs.movie_catalogue
+            add column if not exists merged_movie_ids integer[] not null default '{}';
+    end if;
+end
+$upgrade$;

@@ -18,6 +18,19 @@ $$;
 comment on function recs.age_band(integer) is
     'The MovieLens age band of an age in years, as in marts.dim_users.age_band.';
 
+create or replace function recs.film_id(p_movie_id integer) returns integer
+language sql stable parallel safe as $$
+    select c.movie_id from recs.movie_catalogue as c where c.movie_id = p_movie_id
+    union all
+    select c.movie_id from recs.movie_catalogue as c
+    where c.merged_movie_ids @> array[p_movie_id]
+    limit 1
+$$;
+comment on function recs.film_id(integer) is
+    'The published film an id of the release names: the id itself, or the film a '
+    'duplicate catalogue entry was merged into (marts.dim_movies.merged_movie_ids); '
+    'null for an id not in the catalogue.';
+
 create or replace function recs.predict_rating(p_user_id integer, p_movie_id integer)
 returns double precision
 language sql stable parallel safe as $$
@@ -26,13 +39,14 @@ language sql stable parallel safe as $$
         + coalesce((select sum(a * b)
                     from unnest(u.explicit_factors, m.explicit_factors) as t (a, b)), 0)))
     from recs.publication as pub
-    join recs.movie_factors as m on m.movie_id = p_movie_id
+    join recs.movie_factors as m on m.movie_id = recs.film_id(p_movie_id)
     left join recs.user_factors as u on u.user_id = p_user_id
 $$;
 comment on function recs.predict_rating(integer, integer) is
     'Predicted star rating of a user for a movie by the published explicit ALS model '
     '(global mean + biases + factors, clipped to the rating scale). A user the model does '
-    'not know gets the bias baseline; a movie it does not know gets null.';
+    'not know gets the bias baseline; a movie it does not know gets null. A merged '
+    'duplicate id counts as its film (recs.film_id).';
 
 create or replace function recs.recommend(
     p_user_id integer, k integer default 10, exclude_genres text[] default '{}')
