@@ -105,7 +105,9 @@ def _run_date():
     default_args={
         "owner": "data-team",
         "retries": 2,
-        "retry_delay": timedelta(minutes=2),
+        # Airflow's own setting (compose: AIRFLOW_RETRY_DELAY), two minutes by default
+        "retry_delay": timedelta(seconds=int(
+            os.environ.get("AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY", "120"))),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=3),
@@ -118,7 +120,7 @@ def movielens_nightly():
     def extract_source() -> dict:
         return run(pipeline.extract_source, force=bool(_conf().get("force_ingest")))
 
-    @task(retries=0, outlets=[RAW])
+    @task(outlets=[RAW])
     def validate_raw(load: dict) -> dict:
         return run(pipeline.validate_raw, load)
 
@@ -132,7 +134,7 @@ def movielens_nightly():
     def build_marts() -> dict:
         return run(pipeline.build_marts, logical_date=_run_date())
 
-    @task(retries=0)
+    @task
     def validate_marts() -> dict:
         return run(pipeline.validate_marts)
 
@@ -148,7 +150,7 @@ def movielens_nightly():
     def score_recs() -> dict:
         return run(pipeline.score_recs)
 
-    @task(retries=0)
+    @task
     def validate_recs(scored: dict) -> dict:
         return run(pipeline.validate_recs, scored)
 
@@ -156,9 +158,9 @@ def movielens_nightly():
     def publish_recs(scored: dict) -> dict:
         return run(pipeline.publish_recs, scored)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    @task(trigger_rule=TriggerRule.ALL_DONE)
     def write_summary() -> dict:
-        from airflow.sdk.exceptions import AirflowException
+        from airflow.sdk.exceptions import AirflowFailException
 
         context = get_current_context()
         ti, dag_run = context["ti"], context["dag_run"]
@@ -180,7 +182,7 @@ def movielens_nightly():
             logical_date=dag_run.logical_date, started_at=dag_run.start_date, tasks=tasks,
             results=results, state=state, errors=errors)
         if failed:
-            raise AirflowException(ended["note"])
+            raise AirflowFailException(ended["note"])  # written: no retry
         return ended
 
     load = extract_source()

@@ -196,7 +196,8 @@ def test_a_crash_during_a_publish_leaves_the_previous_recommendations_live(
                            "where publish_id > %s", (last,)) == [(last + 1, "building")]
         crashed = last + 1
         assert query(conn, "select count(*) from recs.recommend(1, 10)")[0][0] == 10
-    # the next publish waits MFY_WRITER_WAIT (5 s) for it, marks it failed and goes live
+    # it died in its first step, its lock gone with its session: the next publish marks
+    # it failed at once, without waiting MFY_WRITER_WAIT for it, and goes live
     result = recs_publish.publish(settings, spark=spark)
     with contextlib.closing(fragile.connect()) as conn:
         status, error = query(conn, "select status, error from ops.publish_log "

@@ -6,7 +6,8 @@ passwords required: airflow-init, the Airflow api-server, scheduler,
 dag-processor and triggerer on a Postgres metadata database, the MLflow server on
 its Postgres store, and the API as the read-only role. The scheduler then runs
 the nightly DAG's scheduled run on its own, end to end, and a backfilled past night
-beside it.
+beside it; the scheduler is killed (SIGKILL, with its task runners) in the middle of
+a publish build, and the one started after it finishes the runs.
 """
 
 from __future__ import annotations
@@ -142,8 +143,12 @@ def local_stack(tmp_path_factory, release):
     runs of the DAG go at the same time (a backfill has its own max_active_runs)."""
     folder = tmp_path_factory.mktemp("stack")
     folder.chmod(0o755)  # the embedded server's OS user walks into it when we are root
+    # a killed task runner is noticed after 45 s without heartbeats, a dead scheduler's
+    # tasks within 30 s, and a failed try is retried 5 s on
     write_env(folder / ".env", MFY_SOURCE=str(release), MFY_TRAIN_CONF=json.dumps(QUICK_TRAIN),
-              AIRFLOW_VIEWER_PASSWORD="-" + secrets.token_urlsafe(24))
+              AIRFLOW_VIEWER_PASSWORD="-" + secrets.token_urlsafe(24),
+              AIRFLOW_TASK_HEARTBEAT_TIMEOUT="45", AIRFLOW_ORPHAN_CHECK_SECONDS="30",
+              AIRFLOW_RETRY_DELAY="5")
     running = stack.LocalStack(folder / "state", folder / ".env")
     with running:
         token = running.airflow_token()
@@ -168,6 +173,11 @@ def owner_url(local_stack) -> str:
             f"@127.0.0.1:{port}/moviesforyou")
 
 
+#: The writer lock granted (``warehouse.writer_lock``: a session advisory lock).
+WRITER_HELD = """exists (select 1 from pg_locks where locktype = 'advisory' and granted
+                         and objid = hashtext('moviesforyou.writer')::oid)"""
+
+
 def ingest_during_a_dbt_build(local_stack, release: Path, home: Path,
                               timeout: float = 600) -> subprocess.CompletedProcess:
     """Once an Airflow task's dbt build holds the warehouse's writer lock, a CLI ingest
@@ -177,9 +187,8 @@ def ingest_during_a_dbt_build(local_stack, release: Path, home: Path,
     lock is seen held: a dbt build of this small release lasts seconds, and a CLI started
     only then, spending them on its imports, once came too late and found the release
     unchanged."""
-    held = """select 1 from ops.writer where holder like 'Airflow %%(dbt build)'
-              and exists (select 1 from pg_locks where locktype = 'advisory' and granted
-                          and objid = hashtext('moviesforyou.writer')::oid)"""
+    held = f"""select 1 from ops.writer where holder like 'Airflow %%(dbt build)'
+               and {WRITER_HELD}"""
     # this process's MLflow store and settings are not the CLI's
     env = {k: v for k, v in os.environ.items()
            if k != "MLFLOW_TRACKING_URI" and not k.startswith(("MFY_", "AIRFLOW"))}
@@ -216,6 +225,42 @@ def ingest_during_a_dbt_build(local_stack, release: Path, home: Path,
     return subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr)
 
 
+def kill_the_scheduler_during_a_publish_build(local_stack, timeout: float = 900) -> dict:
+    """SIGKILL the scheduler with everything it started (its executor, the task runners
+    and their tasks) while a run's ``score_recs`` builds a publish under the writer lock,
+    then start a scheduler again. What was killed: the run, the publish and the task's pid."""
+    building = f"""select w.holder, w.pid, p.publish_id from ops.writer as w
+                   join ops.publish_log as p on p.status = 'building'
+                       and p.action = 'publish' and p.row_counts = '{{}}'::jsonb
+                   where w.holder like 'Airflow %% task score_recs (publish)'
+                       and {WRITER_HELD}"""
+    deadline = time.time() + timeout
+    with contextlib.closing(psycopg2.connect(owner_url(local_stack))) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while True:
+                cur.execute(building)
+                found = cur.fetchone()
+                if found:
+                    break
+                assert time.time() < deadline, local_stack.log_tail("airflow-scheduler")
+                time.sleep(0.2)
+            holder, pid, publish_id = found
+            killed = local_stack.kill("airflow-scheduler")
+            assert pid in killed, (pid, killed)  # the task itself, not only the scheduler
+            # its session died with it, and Postgres let the lock go
+            lock_deadline = time.time() + 60
+            while True:
+                cur.execute(f"select {WRITER_HELD}")
+                if not cur.fetchone()[0]:
+                    break
+                assert time.time() < lock_deadline, "the writer lock outlived its task"
+                time.sleep(0.5)
+    local_stack.restart("airflow-scheduler")
+    run_id = re.search(r" run (\S+) task ", holder).group(1)
+    return {"run_id": run_id, "publish_id": publish_id, "pid": pid}
+
+
 def test_the_compose_services_run_a_scheduled_nightly_and_a_backfill_at_once(
         local_stack, release, tmp_path, monkeypatch):
     """The scheduler runs the scheduled nightly and a backfilled past night at the same
@@ -225,6 +270,7 @@ def test_the_compose_services_run_a_scheduled_nightly_and_a_backfill_at_once(
     holder's name. Training logs to the MLflow server over HTTP, its registry lives in
     Postgres, and the API serves the publish as mfy_reader."""
     refused = ingest_during_a_dbt_build(local_stack, release, tmp_path / "cli-home")
+    killed = kill_the_scheduler_during_a_publish_build(local_stack)
     scheduled = local_stack.wait_for_dag_run("movielens_nightly", timeout=1800)
     backfilled = local_stack.wait_for_dag_run("movielens_nightly", run_type="backfill",
                                               timeout=1800)
@@ -241,10 +287,26 @@ def test_the_compose_services_run_a_scheduled_nightly_and_a_backfill_at_once(
                      r"run (scheduled|backfill)__\S+ task build_marts \(dbt build\) on \S+, "
                      r"pid \d+, since ", said), said
 
+    # the new scheduler found the killed task without heartbeats (Airflow's own
+    # detection), failed that try and retried it; the retry closed the dead build
+    # at once and published
+    token = local_stack.airflow_token()
+    task = local_stack.airflow(f"/dags/movielens_nightly/dagRuns/{killed['run_id']}"
+                               "/taskInstances/score_recs", token)
+    assert task["state"] == "success" and task["try_number"] >= 2, task
+
     env = local_stack.env_values
     warehouse_port = local_stack.plan.local_port("warehouse", 5432)
     with contextlib.closing(psycopg2.connect(owner_url(local_stack))) as conn, \
             conn.cursor() as cur:
+        cur.execute("select status, error from ops.publish_log where publish_id = %s",
+                    (killed["publish_id"],))
+        status, error = cur.fetchone()
+        assert status == "failed" and error.startswith("superseded: still building"), error
+        cur.execute("select count(*) from ops.publish_log where status = 'building'")
+        assert cur.fetchone() == (0,)
+        cur.execute(f"select {WRITER_HELD}")
+        assert cur.fetchone() == (False,)
         cur.execute("""select run_id, source_status, trained, published
                        from ops.pipeline_runs where dag_id = 'movielens_nightly'""")
         rows = {run_id: rest for run_id, *rest in cur.fetchall()}

@@ -212,6 +212,38 @@ class LocalStack:
         if self.warehouse is not None:
             self.warehouse.stop()
 
+    def session_pids(self, name: str) -> list[int]:
+        """Every live process of service ``name``: its session, which the service's
+        children (an executor's workers, their task runners in process groups of their
+        own) stay in."""
+        session = self.processes[name].pid
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rpartition(")")[2].split()
+                if int(fields[3]) == session and fields[0] != "Z":
+                    pids.append(int(stat.parent.name))
+        return pids
+
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL service ``name`` and every process it started, as a lost container or
+        the OOM killer would: no handler runs. Returns the pids killed."""
+        pids = self.session_pids(name)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.processes[name].wait()
+        deadline = time.time() + 30
+        while self.session_pids(name) and time.time() < deadline:
+            time.sleep(0.2)
+        return pids
+
+    def restart(self, name: str) -> None:
+        """Start service ``name`` again (``docker compose up``) and wait until healthy."""
+        self._healthy.discard(name)
+        self.processes[name] = self._spawn(self.services[name])
+        self._wait(name, "service_healthy")
+
     def __enter__(self) -> LocalStack:
         try:
             self.start()

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class MoviesForYouError(Exception):
-    """Base class: the CLI prints these without a traceback."""
+    """Base class: the CLI prints these without a traceback.
+
+    ``retry_helps``: whether trying the same step again could succeed. False for
+    errors in the data itself (a failed validation): Airflow then fails the task at
+    once instead of retrying it (a task killed with its runner is still retried).
+    """
+
+    retry_helps = True
 
 
 class SourceError(MoviesForYouError):

@@ -4,8 +4,10 @@
 step (a plain function of :mod:`~moviesforyou.orchestration.pipeline`,
 :mod:`~moviesforyou.orchestration.training`, :mod:`~moviesforyou.orchestration.summary`
 or :mod:`~moviesforyou.orchestration.freshness`) and, when it fails, keeps the
-message for the run summary (XCom key ``error``); a run whose conf says
-``fail_fast`` fails the task at once, without retries.
+message for the run summary (XCom key ``error``). A run whose conf says
+``fail_fast`` fails the task at once, without retries, and so does an error a retry
+cannot mend (``retry_helps`` false: bad data); anything else, a killed runner
+included, gets the DAG's retries.
 
 Configuration follows Airflow conventions (:func:`settings_from_airflow`):
 
@@ -66,7 +68,8 @@ def run(step: Callable[..., Any], *args, **kwargs) -> Any:
         return step(settings_from_airflow(), *args, **kwargs)
     except Exception as exc:
         record_error(context["ti"], exc)
-        if (context["dag_run"].conf or {}).get("fail_fast"):
+        if (context["dag_run"].conf or {}).get("fail_fast") \
+                or not getattr(exc, "retry_helps", True):
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(str(exc)) from exc

@@ -173,8 +173,7 @@ def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
     """
     warehouse.ensure(settings)
     champion = json.loads((factors.parent / "champion.json").read_text())
-    _wait_for_other_builds(settings)
-    with warehouse.writer_lock(settings, "publish") as conn:
+    with _lock_for_a_new_build(settings) as conn:
         with conn, conn.cursor() as cur:
             _supersede_builds(cur)
             publish_id = _log_start(cur, settings, "publish", model_name=champion["model_name"],
@@ -208,30 +207,59 @@ def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
-    steps.save(row_counts=counts)
+        # still under the lock: a build without row counts is one still in this step
+        # or one whose process died in it (_open_builds)
+        steps.save(row_counts=counts)
     return publish_id
+
+
+#: Builds that finished step 1 and wait for their validation and swap. One without row
+#: counts is still in step 1, holding the writer lock, or died there, its lock gone
+#: with its session.
+_OPEN_BUILDS = """select publish_id, started_at from ops.publish_log
+                  where status = 'building' and action = 'publish'
+                      and row_counts <> '{}'::jsonb order by publish_id"""
 
 
 def _open_builds(settings: Settings) -> list[tuple[int, object]]:
     with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
-        cur.execute("select publish_id, started_at from ops.publish_log "
-                    "where status = 'building' and action = 'publish' order by publish_id")
+        cur.execute(_OPEN_BUILDS)
         return cur.fetchall()
 
 
-def _wait_for_other_builds(settings: Settings) -> None:
-    """A publish builds, validates and swaps in three steps (three DAG tasks), each under
-    the writer lock but not between them. A second publish that began meanwhile would
-    replace ``recs_build`` under the first; so it waits, up to ``MFY_WRITER_WAIT``, for
-    other builds to go live or fail. One still ``building`` after that lost its process
-    or its server, and :func:`_supersede_builds` closes it."""
-    deadline, told = time.monotonic() + settings.writer_wait, False
+def _wait_for_other_builds(settings: Settings, deadline: float) -> None:
+    told = False
     while (open_builds := _open_builds(settings)) and time.monotonic() < deadline:
         if not told:
             log.info("publish waits for publish %s (building since %s) to go live or fail",
                      open_builds[-1][0], open_builds[-1][1])
             told = True
         time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
+
+
+@contextlib.contextmanager
+def _lock_for_a_new_build(settings: Settings):
+    """The writer lock, once no other build waits for its validation and swap.
+
+    A publish builds, validates and swaps in three steps (three DAG tasks), each under
+    the writer lock but not between them. A second publish that began meanwhile would
+    replace ``recs_build`` under the first; so it waits, up to ``MFY_WRITER_WAIT``, for
+    other builds to go live or fail, and checks again once it holds the lock (another
+    build may have finished its first step while this one waited for the lock). A
+    build still in step 1 when this one holds the lock died there (its lock went with
+    its session), and one still ``building`` after the wait lost its process or its
+    server: :func:`_supersede_builds` closes both. So the retry of a task killed in
+    step 1 goes on at once."""
+    deadline = time.monotonic() + settings.writer_wait
+    while True:
+        _wait_for_other_builds(settings, deadline)
+        with warehouse.writer_lock(settings, "publish") as conn:
+            with conn, conn.cursor() as cur:
+                cur.execute(_OPEN_BUILDS)
+                waiting = cur.fetchall()
+            if not waiting or time.monotonic() >= deadline:
+                yield conn
+                return
 
 
 def _supersede_builds(cur) -> None:

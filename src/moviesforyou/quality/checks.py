@@ -54,6 +54,8 @@ _URL_VARIABLE = "MFY_GX_WAREHOUSE_URL"
 class ValidationFailed(MoviesForYouError):
     """A layer broke one or more of its expectations."""
 
+    retry_helps = False  # the same data breaks them again
+
     def __init__(self, report: Report) -> None:
         self.report = report
         lines = [f"{report.layer}: {len(report.failures)} expectation(s) failed"]
