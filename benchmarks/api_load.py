@@ -4,10 +4,11 @@ the same lookup straight on Postgres, in one run.
 Needs a published model in the warehouse (``make run`` first, or a kept
 ``nightly_run.py --keep`` home through ``MFY_HOME``). In one run:
 
-1. starts the API twice (``uvicorn serving.app:app``, ``--workers`` processes each,
-   as the read-only role) on 127.0.0.1: once with the answer cache off
+1. starts the API three times (``uvicorn serving.app:app``, ``--workers`` processes
+   each, as the read-only role) on 127.0.0.1: with the answer cache off
    (``MFY_API_CACHE_SIZE=0``, the issue's target: every request reaches Postgres),
-   once with it on;
+   with it on, and with it off and no exposure log (``MFY_API_EXPOSURE_BUFFER=0``:
+   what logging every list served costs);
 2. loads each with ``--connections`` keep-alive connections asking for
    ``/api/users/<random user>/recommendations?k=10`` (users drawn from the
    publish's own), bounded by ``--seconds``: with Debian's ``wrk`` when it is
@@ -32,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -72,12 +74,15 @@ end
 """
 
 
-def start_api(settings: Settings, port: int, workers: int, cache: bool) -> subprocess.Popen:
+def start_api(settings: Settings, port: int, workers: int, cache: bool,
+              exposures: bool = True) -> subprocess.Popen:
     env = {"MFY_API_POOL_MAX": "8", **os.environ,  # 8 per worker unless told otherwise
            "MFY_API_DATABASE_URL": warehouse.reader_url(settings),
            "MFY_DATASET": settings.dataset}
     if not cache:
         env["MFY_API_CACHE_SIZE"] = "0"
+    if not exposures:
+        env["MFY_API_EXPOSURE_BUFFER"] = "0"
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--log-level", "warning",
@@ -124,6 +129,28 @@ def wrk(args, port: int, seconds: float | None = None) -> dict | None:
     return figures
 
 
+def cache_figures(port: int) -> list[dict]:
+    """The answer caches' counters, asked until every worker has answered once."""
+    seen: dict[int, dict] = {}
+    for _ in range(50):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/metrics", timeout=5) as r:
+            figures = json.load(r)
+        seen[figures["pid"]] = figures["cache"]
+    return list(seen.values())
+
+
+def hit_rate(before: list[dict], after: list[dict]) -> float | None:
+    hits = sum(a["hits"] for a in after) - sum(b["hits"] for b in before)
+    asked = hits + sum(a["misses"] for a in after) - sum(b["misses"] for b in before)
+    return round(hits / asked, 3) if asked else None
+
+
+def exposures_logged(settings: Settings) -> int:
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from app.exposures")
+        return cur.fetchone()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
@@ -131,6 +158,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000_000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--no-publish", action="store_true", help="skip the publish phase")
+    parser.add_argument("--zipf", type=float, default=1.0,
+                        help="exponent of the cache-on run's Zipf draw of users")
     args = parser.parse_args()
 
     settings = Settings.from_env()
@@ -145,19 +174,31 @@ def main() -> None:
     print(f"publish: {users:,} users, {rows_published:,} recommendation rows; "
           f"{args.connections} connections, {args.workers} API worker(s), "
           f"{os.cpu_count()} cores", flush=True)
-    apis = {cache: (embedded.free_port(18100 + 10 * cache), cache) for cache in (False, True)}
-    processes = {cache: start_api(settings, port, args.workers, cache)
-                 for cache, (port, _) in apis.items()}
+    # cache off, on, and off without the exposure log (what logging every list costs)
+    apis = {key: (embedded.free_port(18100 + 10 * n), key)
+            for n, key in enumerate((False, True, "no log"))}
+    processes = {key: start_api(settings, port, args.workers, cache=key is True,
+                                exposures=key != "no log")
+                 for key, (port, _) in apis.items()}
     rows = []
+    logged = exposures_logged(settings)
     try:
-        for cache, (port, _) in apis.items():
+        for key, (port, _) in apis.items():
             warm = argparse.Namespace(**{**vars(args), "seconds": 3, "requests": 5000})
             load("http", warm, port, dsn)  # connections, prepared statements
-            name = f"API, cache {'on' if cache else 'off'}"
+            name = ("API, cache off, no exposure log" if key == "no log"
+                    else f"API, cache {'on' if key else 'off'}")
             figures = wrk(args, port)
             if figures:
                 rows.append((f"{name}, wrk", figures))
+            hits = cache_figures(port) if key is True else None
             rows.append((f"{name}, loadgen.py", load("http", args, port, dsn)))
+            if key is True:  # and viewers as they come back: a few often, most rarely
+                rows[-1][1]["hit_rate"] = hit_rate(hits, hits := cache_figures(port))
+                rows.append((f"{name}, Zipf {args.zipf} users", load(
+                    "http", args, port, dsn, "--zipf", str(args.zipf))))
+                rows[-1][1]["hit_rate"] = hit_rate(hits, cache_figures(port))
+        logged = exposures_logged(settings) - logged
         rows.append(("Postgres (recs.recommend), loadgen.py", load("sql", args, port, dsn)))
         # the stored top 50 minus five genres is short of 40: the rest is scored live,
         # by the API in NumPy, or by recs.recommend in SQL
@@ -194,14 +235,15 @@ def main() -> None:
             process.wait(10)
 
     print(f"\n{'':40} {'requests':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'short':>6}")
+          f"{'short':>6} {'cache hits':>10}")
     for name, r in rows:
         print(f"{name:40} {r['requests']:>9} {r['throughput']:>8} {r['p50_ms']:>7} "
-              f"{r['p99_ms']:>7} {r['errors']:>6} {r['empty']:>6}")
+              f"{r['p99_ms']:>7} {r['errors']:>6} {r['empty']:>6} {r.get('hit_rate', ''):>10}")
     target = next((r for name, r in rows if re.match(r"API, cache off, wrk", name)), None)
     if target:
         print(f"\ntarget (cache off, wrk): {target['throughput']:,.0f} req/s against 2,000, "
               f"p99 {target['p99_ms']} ms against 20")
+    print(f"exposures logged during the run: {logged:,}")
     if not args.no_publish:
         print(f"swap of publish {pid}: locks held {lock_ms:.1f} ms, waited "
               f"{timings.get('swap_wait', 0) * 1000:.1f} ms for readers")

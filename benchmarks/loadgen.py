@@ -24,12 +24,27 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def user_picker(args, rng: random.Random):
+    """Draws user ids: uniform over 1..USERS, or with ``--zipf S`` the way viewers come
+    back (the r-th most active of a fixed shuffle of the ids asks with weight 1/r^S)."""
+    if not args.zipf:
+        return lambda: rng.randint(1, args.users)
+    order = list(range(1, args.users + 1))
+    random.Random(args.seed).shuffle(order)  # the same most active viewers in every worker
+    cumulative, total = [], 0.0
+    for r in range(1, args.users + 1):
+        total += r ** -args.zipf
+        cumulative.append(total)
+    return lambda: rng.choices(order, cum_weights=cumulative)[0]
+
+
 async def http_worker(args, state, rng: random.Random) -> None:
     reader, writer = await asyncio.open_connection(args.host, args.port)
+    pick = user_picker(args, rng)
     try:
         while state["sent"] < args.requests and time.perf_counter() < state["deadline"]:
             state["sent"] += 1
-            user = rng.randint(1, args.users)
+            user = pick()
             writer.write(f"GET /api/users/{user}/recommendations?{args.query} HTTP/1.1\r\n"
                          f"Host: {args.host}\r\n\r\n".encode())
             started = time.perf_counter()
@@ -49,10 +64,11 @@ async def http_worker(args, state, rng: random.Random) -> None:
 
 
 async def sql_worker(args, state, rng: random.Random, pool) -> None:
+    pick = user_picker(args, rng)
     async with pool.acquire() as conn:
         while state["sent"] < args.requests and time.perf_counter() < state["deadline"]:
             state["sent"] += 1
-            user = rng.randint(1, args.users)
+            user = pick()
             started = time.perf_counter()
             try:
                 rows = await conn.fetch(
@@ -111,6 +127,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--users", type=int, default=943, help="user ids drawn from 1..USERS")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--zipf", type=float, default=0.0,
+                        help="draw users with Zipf weights of this exponent (0: uniform)")
     parser.add_argument("--k", type=int, default=10, help="recommendations per lookup")
     parser.add_argument("--exclude", default="", help="genres to exclude, comma-separated: "
                         "long lists make the lookup score extra movies live")

@@ -9,7 +9,7 @@ answer that carries recommendations names the ``model_version`` and
 two narrow ``security definer`` functions of the warehouse.
 
 This module builds the app: its state (settings, pool, rate limits, the fold-in
-models, the answer cache), one router per area (``serving/routes/``) and the two
+models, the answer cache, the exposure log), one router per area (``serving/routes/``) and the two
 middlewares (:mod:`serving.middleware`).
 """
 
@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from moviesforyou.foundation.config import Settings
 from serving import auth, db, live
 from serving.cache import AnswerCache, following
+from serving.exposures import ExposureLog, writing
 from serving.middleware import LookupFastPath, ServerTiming
 from serving.routes import catalogue, health, pages, recommendations, users
 
@@ -41,8 +42,10 @@ async def lifespan(app: FastAPI):
     app.state.live = live.LiveModels()
     try:
         cache = AnswerCache(settings.api.cache_size, settings.api.cache_ttl)
-        async with following(cache, app.state.pool, settings.api.cache_seconds):
-            app.state.cache = cache
+        exposures = ExposureLog(settings.api.exposure_buffer, settings.api.exposure_flush_seconds)
+        async with following(cache, app.state.pool, settings.api.cache_seconds), \
+                writing(exposures, app.state.pool):
+            app.state.cache, app.state.exposures = cache, exposures
             yield
     finally:
         await app.state.pool.close()

@@ -22,24 +22,39 @@ from collections import OrderedDict
 log = logging.getLogger(__name__)
 
 
+#: What a cached answer showed, for the exposure log: (model version, source, movie
+#: ids in rank order).
+Shown = tuple[str | None, str, list[int]]
+
+
 class AnswerCache:
     def __init__(self, size: int, ttl: float) -> None:
         self.size, self.ttl = size, ttl
         self.publish_id: int | None = None
-        self._entries: OrderedDict[tuple, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[float, bytes, Shown]] = OrderedDict()
+        self.hits = self.misses = 0
 
-    def get(self, key: tuple) -> bytes | None:
+    def get(self, key: tuple) -> tuple[bytes, Shown] | None:
+        """The answer and what it showed, while it is fresh."""
         entry = self._entries.get(key)
         if entry is None or entry[0] < time.monotonic():
+            self.misses += 1
             return None
-        return entry[1]
+        self.hits += 1
+        return entry[1], entry[2]
 
-    def put(self, key: tuple, publish_id: int, body: bytes) -> None:
+    def put(self, key: tuple, publish_id: int, body: bytes, shown: Shown) -> None:
         if not self.size or publish_id != self.publish_id:
             return  # only answers from the publish we know is live
-        self._entries[key] = (time.monotonic() + self.ttl, body)
+        self._entries[key] = (time.monotonic() + self.ttl, body, shown)
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def figures(self) -> dict:
+        """This worker's hit rate since it started (``/api/metrics``)."""
+        asked = self.hits + self.misses
+        return {"size": self.size, "entries": len(self._entries), "hits": self.hits,
+                "misses": self.misses, "hit_rate": round(self.hits / asked, 4) if asked else None}
 
     def forget_user(self, user_id: int) -> None:
         for key in [k for k in self._entries if k[0] == user_id]:

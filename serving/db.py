@@ -151,6 +151,7 @@ _PENDING = """exists (
 #: off): the API tops it up from the movie factors it keeps (serving/live.py).
 RECOMMEND_JSON = f"""
 select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as publish_id,
+       min(model_version) as model_version, array_agg(movie_id order by rank) as movie_ids,
        json_build_object(
            'user_id', $1::integer,
            'model_version', min(model_version),

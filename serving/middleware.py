@@ -67,8 +67,10 @@ class LookupFastPath:
     @staticmethod
     async def _stored(state, user_id: int, k: int) -> bytes | None:
         key = (user_id, k, ())
-        body = state.cache.get(key)
-        if body is not None:
+        cached = state.cache.get(key)
+        if cached is not None:
+            body, (version, source, movie_ids) = cached
+            state.exposures.record(user_id, state.cache.publish_id, version, source, movie_ids)
             return body
         try:
             async with state.pool.acquire() as conn:
@@ -78,5 +80,7 @@ class LookupFastPath:
         if not row["personal"] or row["pending"] or row["n"] < k:  # short: recommend() tops up
             return None
         body = row["body"].encode()
-        state.cache.put(key, row["publish_id"], body)
+        shown = (row["model_version"], "stored", row["movie_ids"])
+        state.cache.put(key, row["publish_id"], body, shown)
+        state.exposures.record(user_id, row["publish_id"], *shown)
         return body

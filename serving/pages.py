@@ -67,6 +67,9 @@ async def sections_and_list(request: Request, user_id: int, k: int,
             await version_of(conn, [])  # 503 when nothing is published yet
         made = await made_now(request, conn, user_id, max(k, n), [], row)
         top = json.loads(made[1] if made else row["body"])
+        request.app.state.exposures.record_answer(  # the page shows the list's first k
+            user_id, {**top, "recommendations": top["recommendations"][:k]},
+            "live" if made else "stored" if row["personal"] else "cold")
         rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
         seen = [r["movie_id"] for r in rated]
         profile = await conn.fetchrow(db.SECTION_PROFILE, user_id)

@@ -255,6 +255,39 @@ def record_decision(settings: Settings, version: str, promoted: bool, reason: st
         client.set_tag(run_id, "mfy.promoted", str(promoted))
 
 
+def log_online_measures(settings: Settings, by_version: dict[str, list[tuple]]) -> int:
+    """Each model version's online measures (``marts.mart_online_measures``), as metrics
+    of the run that trained it, one point per day (step: the day's ordinal) and as the
+    version's ``mfy.online.*`` tags (its latest day). ``by_version``: version ->
+    [(day, {measure: value})]. Returns the points logged; versions the registry does
+    not hold (another tracking store) are skipped."""
+    import datetime as dt
+
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client, name, logged = configure(settings), model_name(settings), 0
+    for version, days in by_version.items():
+        try:
+            run_id = client.get_model_version(name, str(version)).run_id
+        except MlflowException:
+            log.info("online measures: %s v%s is not in this registry", name, version)
+            continue
+        points = [Metric(f"online_{key}", float(value), step=day.toordinal(),
+                         timestamp=int(dt.datetime.combine(day, dt.time(), dt.UTC)
+                                       .timestamp() * 1000))
+                  for day, figures in days for key, value in figures.items()
+                  if value is not None]
+        if points and run_id:
+            client.log_batch(run_id, metrics=points)
+            logged += len(points)
+        for key, value in (days[-1][1] if days else {}).items():
+            if value is not None:
+                client.set_model_version_tag(name, str(version), f"mfy.online.{key}",
+                                             f"{value:.6f}")
+    return logged
+
+
 def families(settings: Settings, versions) -> dict[str, str]:
     """Each version's model families (its ``mfy.families`` tag: "ratings bpmf, lists
     ease"); versions registered before families were recorded are ALS."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -34,3 +35,13 @@ async def health(request: Request):
                                "source_loaded_at": live["source_loaded_at"],
                                "last_source_check_at": extra["last_source_check_at"],
                                "last_app_rating_at": extra["last_app_rating_at"]}}
+
+
+@router.get("/api/metrics")
+async def metrics(request: Request):
+    """This worker's figures since it started: its answer cache (hits, misses, hit
+    rate) and its exposure log (written, buffered, dropped). Each worker answers
+    for itself: ask a few times to see them all (``pid`` says which)."""
+    state = request.app.state
+    return {"pid": os.getpid(), "cache": state.cache.figures(),
+            "exposures": state.exposures.figures()}

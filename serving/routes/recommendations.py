@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -72,23 +73,34 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     ``folded_in_ratings`` says from how many ratings); the next nightly run
     re-trains with their ratings and takes over."""
     excluded = genre_list(exclude_genres)
-    cache, key = request.app.state.cache, (user_id, k, tuple(excluded))
-    body = cache.get(key)
-    if body is None:
-        async with pool(request).acquire() as conn:
-            await check_genres(conn, "exclude_genres", excluded)
-            row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
-            made = await made_now(request, conn, user_id, k, excluded, row)
-            if made:  # kept until they rate again, or the next publish
-                cache.put(key, *made)
-                return Response(content=made[1], media_type="application/json")
-            if not row["personal"]:
-                await require_user(conn, user_id, await live_dataset(conn, request))
-                if not row["n"]:
-                    await version_of(conn, [])  # 503 when nothing is published yet
-        body = row["body"].encode()
-        if row["personal"]:  # newcomers' lists change with every rating they post
-            cache.put(key, row["publish_id"], body)
+    state = request.app.state
+    cache, exposures, key = state.cache, state.exposures, (user_id, k, tuple(excluded))
+    cached = cache.get(key)
+    if cached is not None:
+        body, (version, source, movie_ids) = cached
+        exposures.record(user_id, cache.publish_id, version, source, movie_ids)
+        return Response(content=body, media_type="application/json")
+    async with pool(request).acquire() as conn:
+        await check_genres(conn, "exclude_genres", excluded)
+        row = await conn.fetchrow(db.RECOMMEND_JSON, user_id, k, excluded)
+        made = await made_now(request, conn, user_id, k, excluded, row)
+        if made:  # kept until they rate again, or the next publish
+            publish_id, body = made
+            answer = json.loads(body)
+            shown = (answer["model_version"], "live",
+                     [m["movie_id"] for m in answer["recommendations"]])
+            cache.put(key, publish_id, body, shown)
+            exposures.record(user_id, publish_id, *shown)
+            return Response(content=body, media_type="application/json")
+        if not row["personal"]:
+            await require_user(conn, user_id, await live_dataset(conn, request))
+            if not row["n"]:
+                await version_of(conn, [])  # 503 when nothing is published yet
+    body = row["body"].encode()
+    shown = (row["model_version"], "stored" if row["personal"] else "cold", row["movie_ids"])
+    if row["personal"]:  # newcomers' lists change with every rating they post
+        cache.put(key, row["publish_id"], body, shown)
+    exposures.record(user_id, row["publish_id"], *shown)
     return Response(content=body, media_type="application/json")
 
 

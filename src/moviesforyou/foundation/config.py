@@ -94,6 +94,9 @@ class ApiSettings:
     cache_seconds: float = 1.0
     #: writes (sign-ups, rating posts) per token and per client address a minute
     write_limit: int = 30
+    #: exposures a worker holds before they are written (0: no exposure log)
+    exposure_buffer: int = 100_000
+    exposure_flush_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Settings:
     dbt_threads: int = 4
     #: seconds a writing step waits for another writer before it fails
     writer_wait: float = 600.0
+    #: days the exposure log (app.exposures) keeps what viewers were shown
+    exposure_retention_days: int = 90
     publish: PublishSettings = field(default_factory=PublishSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -372,4 +377,10 @@ VARIABLES: tuple[Variable, ...] = (
              "how often the API looks for a new publish", _positive),
     Variable("MFY_API_WRITE_LIMIT", "api.write_limit", "30",
              "sign-ups and rating posts per token and per client address a minute", _whole(1)),
+    Variable("MFY_API_EXPOSURE_BUFFER", "api.exposure_buffer", "100000",
+             "exposures a worker buffers before writing (0: no exposure log)", _whole(0)),
+    Variable("MFY_API_EXPOSURE_FLUSH_SECONDS", "api.exposure_flush_seconds", "1",
+             "how often the API writes its buffered exposures", _positive),
+    Variable("MFY_EXPOSURE_RETENTION_DAYS", "exposure_retention_days", "90",
+             "days app.exposures keeps what viewers were shown", _whole(1)),
 )

@@ -250,7 +250,8 @@ OWNER_ONLY_FUNCTIONS = ("app.sign_up(text, integer, text, text, text, text[])",
 
 def _reader_writes_only_with_tokens(cur, reader: str) -> None:
     """The reader (the API's role) gets execute on sign-up only through the function
-    that issues a token; the functions that write for any user are the owner's."""
+    that issues a token; the functions that write for any user are the owner's. It
+    appends to the exposure log (``app.exposures``), and changes nothing there."""
     r = sql.Identifier(reader)
     cur.execute(sql.SQL("revoke select on app.tokens from {}").format(r))
     for function in OWNER_ONLY_FUNCTIONS:
@@ -258,6 +259,7 @@ def _reader_writes_only_with_tokens(cur, reader: str) -> None:
             sql.SQL(function), r))
     for function in READER_WRITE_FUNCTIONS:
         cur.execute(sql.SQL("grant execute on function {} to {}").format(sql.SQL(function), r))
+    cur.execute(sql.SQL("grant insert on app.exposures to {}").format(r))  # the log only
 
 
 #: The warehouse's own tables, in the order they are created (``sql/<name>.sql``).

@@ -17,9 +17,55 @@ from moviesforyou.transformation import transform
 log = logging.getLogger(__name__)
 
 
+#: The online measures logged on each model version (``marts.mart_online_measures``):
+#: name -> (successes, trials) summed over a day's sources.
+ONLINE = {"hit_rate_10": ("hit_viewers_10", "exposed_viewers"),
+          "hit_rate_50": ("hit_viewers_50", "exposed_viewers"),
+          "liked_hit_rate_10": ("liked_hit_viewers_10", "exposed_viewers"),
+          "liked_hit_rate_50": ("liked_hit_viewers_50", "exposed_viewers"),
+          "shown_share": ("new_ratings_of_shown", "new_ratings"),
+          "liked_shown_share": ("liked_ratings_of_shown", "liked_ratings")}
+
+
+def prune_exposures(settings: Settings) -> int:
+    """Drop exposures older than ``MFY_EXPOSURE_RETENTION_DAYS``; returns how many."""
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
+        cur.execute("delete from app.exposures where shown_at < now() - make_interval(days => %s)",
+                    (settings.exposure_retention_days,))
+        return cur.rowcount
+
+
+def online_measures(settings: Settings) -> dict[str, list[tuple]]:
+    """Each model version's online measures by day, over its sources: version ->
+    [(day, {measure: value})], oldest day first (empty before the first nightly build
+    that had exposures)."""
+    sums = ", ".join(f"sum({column})" for column in sorted({c for pair in ONLINE.values()
+                                                             for c in pair}))
+    columns = sorted({c for pair in ONLINE.values() for c in pair})
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('marts.mart_online_measures') is not null")
+        if not cur.fetchone()[0]:
+            return {}
+        cur.execute(f"""select model_version, shown_on, {sums} from marts.mart_online_measures
+                        where model_version is not null group by 1, 2 order by 1, 2""")
+        rows = cur.fetchall()
+    by_version: dict[str, list[tuple]] = {}
+    for version, day, *values in rows:
+        total = dict(zip(columns, values, strict=True))
+        by_version.setdefault(version, []).append((day, {
+            name: (total[hits] / total[trials] if total[trials] else None)
+            for name, (hits, trials) in ONLINE.items()}))
+    return by_version
+
+
 def measure_recs(settings: Settings) -> dict:
     """Coverage and popularity bias of the live recommendations, into ops.recs_quality
-    (the dbt models tagged ``after_publish``)."""
+    (the dbt models tagged ``after_publish``); the exposure log pruned to its
+    retention, and the online measures logged on each model version in MLflow."""
+    from spark_jobs import registry  # MLflow and pandas: not when the DAG file is parsed
+
+    pruned = prune_exposures(settings)
+    logged = registry.log_online_measures(settings, online_measures(settings))
     transform.run_dbt(settings, ["build", "--select", "tag:after_publish"])
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute("""select q.publish_id, q.catalogue_coverage, q.mean_popularity_percentile,
@@ -30,7 +76,8 @@ def measure_recs(settings: Settings) -> dict:
     log.info("publish %s: coverage %.1f%%, mean popularity percentile %.2f, %.0f%% from the "
              "top 10%%", publish_id, 100 * coverage, percentile, 100 * top)
     return {"publish_id": publish_id, "catalogue_coverage": coverage,
-            "mean_popularity_percentile": percentile, "share_of_top_10pct": top}
+            "mean_popularity_percentile": percentile, "share_of_top_10pct": top,
+            "exposures_pruned": pruned, "online_points_logged": logged}
 
 
 class StaleRecommendations(RuntimeError):

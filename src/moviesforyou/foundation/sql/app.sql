@@ -29,6 +29,25 @@ create index if not exists ratings_received_at_idx on app.ratings (received_at);
 -- one scanned all app ratings (2.6 ms at 40,000, 570 lookups/s on the 25M publish)
 create index if not exists ratings_user_movie_idx on app.ratings (user_id, movie_id);
 
+-- What viewers were shown (serving/exposures.py): append-only, written by the API in
+-- batches (COPY) as the read-only role, which may insert here and nowhere else.
+-- The films in rank order (the first is rank 1). Kept MFY_EXPOSURE_RETENTION_DAYS.
+create table if not exists app.exposures (
+    shown_at timestamptz not null,
+    user_id integer not null,
+    publish_id bigint,
+    model_version text,
+    arm text not null default 'champion',
+    source text not null check (source in ('stored', 'live', 'cold')),
+    channel text not null default 'api' check (channel in ('api', 'sql')),
+    movie_ids integer[] not null
+);
+comment on table app.exposures is
+    'Every list the API (or recs.recommend_logged in SQL) served: viewer, time, publish, '
+    'model version, arm, source (stored list, live fold-in, cold start) and the films '
+    'in rank order. Append-only; pruned after MFY_EXPOSURE_RETENTION_DAYS.';
+create index if not exists exposures_shown_at_idx on app.exposures using brin (shown_at);
+
 -- The season of a moment, as the cold-start season lists and marts.dim_dates name it:
 -- the one definition (dbt's season_of macro calls it; the API asks it for today's).
 create or replace function app.season_of(moment timestamp) returns text

@@ -186,3 +186,30 @@ comment on function recs.recommend(integer, integer, text[]) is
     'set mfy.recommend_top_up to off: they get the stored rows only); others (newcomers '
     'signed up through the API, unknown ids) get cold-start lists: preferred genres, age '
     'band and gender, occupation, overall.';
+
+create or replace function recs.recommend_logged(
+    p_user_id integer, k integer default 10, exclude_genres text[] default '{}')
+returns table (
+    rank integer, movie_id integer, title text, release_year integer, genres text[],
+    score double precision, predicted_rating double precision, source text,
+    model_version text, publish_id bigint
+)
+language sql volatile as $$
+    with shown as (
+        select * from recs.recommend(p_user_id, k, exclude_genres)
+    ),
+    logged as (
+        insert into app.exposures (shown_at, user_id, publish_id, model_version, source,
+                                   channel, movie_ids)
+        select now(), p_user_id, min(s.publish_id), min(s.model_version),
+               case when bool_and(s.source = 'als') then 'stored' else 'cold' end, 'sql',
+               array_agg(s.movie_id order by s.rank)
+        from shown as s
+        having count(*) > 0
+    )
+    select * from shown as s order by s.rank
+$$;
+comment on function recs.recommend_logged(integer, integer, text[]) is
+    'recs.recommend, and the list it gave recorded in the exposure log (app.exposures, '
+    'channel sql) like the API''s lookups: for an application that serves lists '
+    'straight from SQL and wants them in the online measures.';
