@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -347,6 +348,16 @@ def health_data(published):
             results={"train_als": {"metrics": dict(run.data.metrics), "baselines": baselines},
                      "gate_model": {"promoted": n == 0, "champion": str(champion.version)}},
             state="success")
+    # three newcomers shown their lists (the product's own logging, in SQL), one of whom
+    # rated a film of it: the online measures' rows
+    with contextlib.closing(warehouse.connect(published)) as conn:
+        for n in range(3):
+            (user,), = query(conn, "select app.sign_up('ml-100k', 30, 'F', null, null, "
+                                   "'{Comedy}')")
+            shown = query(conn, "select movie_id from recs.recommend_logged(%s, 10)", (user,))
+            if n == 0:
+                query(conn, "select app.submit_rating('ml-100k', %s, %s, 5)",
+                      (user, shown[0][0]))
     freshness.measure_recs(published)
     freshness.check_freshness(published)
     return published

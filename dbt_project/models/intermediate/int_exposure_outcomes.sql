@@ -2,7 +2,7 @@
     lists of one day from one publish, arm and source (asking ten times a day is one
     exposure), with the ratings they gave in the exposure_window_days after the
     first of those lists, and which of them were of a film shown. -#}
-{{ config(materialized='table') }}
+{{ config(materialized='table', tags=['after_publish']) }}
 
 with
 

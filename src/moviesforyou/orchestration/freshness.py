@@ -59,14 +59,16 @@ def online_measures(settings: Settings) -> dict[str, list[tuple]]:
 
 
 def measure_recs(settings: Settings) -> dict:
-    """Coverage and popularity bias of the live recommendations, into ops.recs_quality
-    (the dbt models tagged ``after_publish``); the exposure log pruned to its
-    retention, and the online measures logged on each model version in MLflow."""
+    """After a publish: the exposure log pruned to its retention; the dbt models tagged
+    ``after_publish`` (coverage and popularity bias of the live lists into
+    ops.recs_quality; the online measures of what viewers were shown up to now,
+    marts.mart_online_measures); and those measures logged on each model version in
+    MLflow."""
     from spark_jobs import registry  # MLflow and pandas: not when the DAG file is parsed
 
     pruned = prune_exposures(settings)
-    logged = registry.log_online_measures(settings, online_measures(settings))
     transform.run_dbt(settings, ["build", "--select", "tag:after_publish"])
+    logged = registry.log_online_measures(settings, online_measures(settings))
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute("""select q.publish_id, q.catalogue_coverage, q.mean_popularity_percentile,
                               q.share_of_top_10pct

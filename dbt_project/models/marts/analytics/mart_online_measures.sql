@@ -3,6 +3,8 @@
     and 50), what share of their new ratings were of shown films and at what mean
     rank, and the same for liked ratings (4 stars or more), each share with its
     95% Wilson interval. -#}
+{{ config(tags=['after_publish']) }}
+
 with
 
 outcomes as (

@@ -1,5 +1,7 @@
 {#- The exposure log of the current release: every list served, one row per film
     shown, with its rank (its place in the list). -#}
+{{ config(tags=['after_publish']) }}
+
 with
 
 source as (
