@@ -28,7 +28,7 @@ language sql stable parallel safe as $$
 $$;
 comment on function recs.film_id(integer) is
     'The published film an id of the release names: the id itself, or the film a '
-    'duplicate catalogue entry was merged into (marts.dim_movies.merged_movie_ids); '
+    'duplicate catalogue entry was merged into (recs.movie_catalogue.merged_movie_ids); '
     'null for an id not in the catalogue.';
 
 create or replace function recs.predict_rating(p_user_id integer, p_movie_id integer)
