@@ -100,6 +100,6 @@ def counts_table(title: str, schema: str, counts: dict[str, int]) -> Table:
 
 
 # the commands register themselves on `main`
-from moviesforyou.orchestration.cli import data, models, run  # noqa: E402
+from moviesforyou.orchestration.cli import data, models, replay, run  # noqa: E402
 
-__all__ = ["console", "data", "main", "models", "run"]
+__all__ = ["console", "data", "main", "models", "replay", "run"]

@@ -1,0 +1,389 @@
+"""A replay of a release's own later history: ``moviesforyou backtest``.
+
+The release is cut at the start of a day: a copy of it keeps the ratings from before
+the cut, and the ratings of the next ``nights`` days are held back. Each arm (a
+policy) replays those days in a throw-away home of its own (embedded warehouse,
+MLflow store, Airflow home):
+
+1. the nightly DAG runs once on the cut release and publishes;
+2. each day, that day's viewers ask the API for their lists (so the exposure log
+   records them), and the lists are judged against the ratings the viewers gave
+   that day: the hit rate at 10 (a viewer rated a film of their list) and NDCG@10
+   of the films they liked (4 stars or more);
+3. the day's ratings then go into ``app.ratings`` with their real times (the table
+   the API's write path fills), and the arm's night follows (but for the last day:
+   no later day would judge its lists).
+
+Arms: ``refresh`` (the nightly DAG as configured: refresh nights, the tuning day,
+the gate), ``refit`` (the same with ``MFY_REFIT=full``: every night re-fits in
+Spark) and ``frozen`` (no nightly run: the first model's lists, folded in live for
+viewers who rated since).
+
+The table of every night and arm is printed, logged to the MLflow experiment
+``moviesforyou-backtest`` (one run per arm, the night as the step) and plotted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from moviesforyou.foundation import embedded, warehouse
+from moviesforyou.foundation.config import Settings, find_project_root
+from moviesforyou.foundation.errors import MoviesForYouError
+from moviesforyou.foundation.releases import REQUIRED_FILES
+from moviesforyou.ingestion.sources import detect_layout, release_for
+from moviesforyou.orchestration import airflow_local
+
+#: Each arm's settings on top of the replay's: None runs no nightly at all.
+ARMS: dict[str, dict[str, str] | None] = {"refresh": {}, "refit": {"MFY_REFIT": "full"},
+                                          "frozen": None}
+#: How each layout writes its ratings: file, separator, header line, text encoding.
+RATINGS_FILE = {"100k": ("u.data", "\t", False, "latin-1"),
+                "1m": ("ratings.dat", "::", False, "latin-1"),
+                "csv": ("ratings.csv", ",", True, "utf-8")}
+EXPERIMENT = "moviesforyou-backtest"
+LIKED = 4.0
+K = 10
+
+Rating = tuple[int, int, float, int]  # user, movie, stars, unix time
+
+
+class BacktestError(MoviesForYouError):
+    pass
+
+
+@dataclasses.dataclass
+class Night:
+    arm: str
+    night: int
+    day: dt.date
+    viewers: int
+    hit_rate_10: float | None
+    ndcg_10: float | None
+    coverage: float | None
+    model_version: str | None
+    family: str | None
+    seconds: float
+
+
+# --------------------------------------------------------------------------- the cut
+
+
+def release_folder(source: Path, work: Path) -> tuple[Path, str]:
+    """The folder holding the release's files (a zip is extracted under ``work``),
+    and its layout."""
+    if source.suffix == ".zip":
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(work / "release")
+        source = work / "release"
+    for folder in [source, *sorted(p for p in source.rglob("*") if p.is_dir())]:
+        layout = detect_layout({p.name for p in folder.iterdir() if p.is_file()})
+        if layout:
+            return folder, layout
+    raise BacktestError(f"{source}: no MovieLens ratings file "
+                        f"({', '.join(f[0] for f in REQUIRED_FILES.values())})")
+
+
+def read_ratings(folder: Path, layout: str) -> list[Rating]:
+    name, sep, header, encoding = RATINGS_FILE[layout]
+    ratings = []
+    with open(folder / name, encoding=encoding) as handle:
+        if header:
+            next(handle, None)
+        for number, line in enumerate(handle, start=2 if header else 1):
+            fields = line.rstrip("\r\n").split(sep)
+            try:
+                ratings.append((int(fields[0]), int(fields[1]), float(fields[2]),
+                                int(fields[3])))
+            except (IndexError, ValueError):
+                raise BacktestError(f"{folder / name}, line {number}: expected user, movie, "
+                                    f"rating and time, got {line.strip()[:80]!r}") from None
+    return ratings
+
+
+def cut_release(folder: Path, layout: str, cut: int, out: Path) -> Path:
+    """A copy of the release in ``out`` whose ratings all come before ``cut``."""
+    name, sep, header, encoding = RATINGS_FILE[layout]
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns(name))
+    with open(folder / name, encoding=encoding) as source, \
+            open(out / name, "w", encoding=encoding) as kept:
+        if header:
+            kept.write(next(source))
+        for line in source:
+            if int(line.split(sep)[3]) < cut:
+                kept.write(line)
+    sums = out / "SHA256SUMS"  # the release's checksums, of the copy as it now is
+    if sums.exists():
+        listed = [line.split()[-1] for line in sums.read_text().splitlines() if line.strip()]
+        sums.write_text("".join(f"{hashlib.sha256((out / f).read_bytes()).hexdigest()}  {f}\n"
+                                for f in listed if (out / f).is_file()))
+    return out
+
+
+def replay_days(ratings: list[Rating], nights: int,
+                start: dt.date | None) -> list[tuple[dt.date, list[Rating]]]:
+    """The ``nights`` days replayed (UTC), from ``start`` or ending on the release's
+    last day, with their ratings."""
+    def day_of(ts: int) -> dt.date:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+    last = max(day_of(r[3]) for r in ratings)
+    first = start or last - dt.timedelta(days=nights - 1)
+    days: dict[dt.date, list[Rating]] = {first + dt.timedelta(days=n): [] for n in range(nights)}
+    for rating in ratings:
+        if (day := day_of(rating[3])) in days:
+            days[day].append(rating)
+    return sorted(days.items())
+
+
+def midnight(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def judge(lists: dict[int, list[int]], ratings: list[Rating]) -> tuple[float | None, float | None]:
+    """Hit rate at 10 of the viewers' lists against what they rated, and the mean NDCG@10
+    of the films they liked (viewers who liked none are left out of it)."""
+    rated, liked = defaultdict(set), defaultdict(set)
+    for user, movie, stars, _ in ratings:
+        rated[user].add(movie)
+        if stars >= LIKED:
+            liked[user].add(movie)
+    hits, gains = [], []
+    for user, shown in lists.items():
+        top = shown[:K]
+        hits.append(any(m in rated[user] for m in top))
+        if liked[user]:
+            dcg = sum(1 / math.log2(i + 2) for i, m in enumerate(top) if m in liked[user])
+            ideal = sum(1 / math.log2(i + 2) for i in range(min(K, len(liked[user]))))
+            gains.append(dcg / ideal)
+    return (sum(hits) / len(hits) if hits else None,
+            sum(gains) / len(gains) if gains else None)
+
+
+# --------------------------------------------------------------------------- one arm
+
+
+@contextlib.contextmanager
+def clean_environment():
+    """No MFY_* or MLflow variable of the caller reaches an arm's pipeline: its warehouse,
+    MLflow store and settings are its own home's, never the caller's."""
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(("MFY_", "MLFLOW_", "AIRFLOW")):
+            del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def serving(settings: Settings):
+    """The API on the arm's home (cache off: every lookup is the live one)."""
+    port = embedded.free_port(18500)
+    env = {**os.environ, **settings.to_env(), "MFY_API_CACHE_SIZE": "0",
+           "MFY_API_DATABASE_URL": warehouse.reader_url(settings)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port",
+         str(port), "--log-level", "warning"], cwd=find_project_root(), env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/openapi.json", timeout=5)
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise BacktestError("the API did not start") from None
+                time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def nightly(settings: Settings, night: int, anchor: dt.date) -> None:
+    """The nightly DAG once, its logical date ``night`` days after ``anchor``."""
+    when = dt.datetime.combine(anchor + dt.timedelta(days=night), dt.time(2, 30), dt.UTC)
+    status, log, _ = airflow_local.run_dag(settings, conf={"fail_fast": True},
+                                           logical_date=when.isoformat())
+    if status:
+        raise BacktestError(f"night {night}: the nightly DAG failed (log: {log})")
+
+
+def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rating]]],
+               anchor: dt.date, on_night: Callable[[Night], None] | None = None) -> list[Night]:
+    """One arm over ``days``, in ``settings``' home (the cut release as its source)."""
+    overrides = ARMS[arm]
+    warehouse.ensure(settings)
+    nightly(settings, 0, anchor)
+    out = []
+    try:
+        with serving(settings) as base:
+            for night, (day, ratings) in enumerate(days, start=1):
+                started = time.time()
+                lists = {}
+                for user in sorted({r[0] for r in ratings}):
+                    with urllib.request.urlopen(
+                            f"{base}/api/users/{user}/recommendations?k={K}", timeout=60) as r:
+                        lists[user] = [m["movie_id"] for m in json.load(r)["recommendations"]]
+                hit_rate, ndcg = judge(lists, ratings)
+                with contextlib.closing(warehouse.connect(settings)) as conn, conn, \
+                        conn.cursor() as cur:
+                    cur.executemany(
+                        "insert into app.ratings (dataset, user_id, movie_id, rating, rated_at) "
+                        "values (%s, %s, %s, %s, to_timestamp(%s))",
+                        [(settings.dataset, u, m, s, t) for u, m, s, t in ratings])
+                    cur.execute("select count(*) from recs.movie_catalogue")
+                    (films,), = cur.fetchall()
+                    cur.execute("select model_version, coalesce(to_jsonb(p) ->> 'list_family', "
+                                "'als') from recs.publication as p")
+                    version, family = cur.fetchone()
+                shown = {m for films_shown in lists.values() for m in films_shown}
+                if overrides is not None and night < len(days):  # no day judges the last
+                    nightly(settings, night, anchor)
+                result = Night(arm, night, day, len(lists), hit_rate, ndcg,
+                               len(shown) / films if films and lists else None, version, family,
+                               round(time.time() - started, 1))
+                out.append(result)
+                if on_night:
+                    on_night(result)
+    finally:
+        if settings.is_embedded:
+            warehouse.embedded(settings).stop()
+    return out
+
+
+def arm_settings(arm: str, home: Path, dataset: str, source: Path,
+                 extra: dict[str, str]) -> Settings:
+    env = {"MFY_HOME": str(home), "MFY_DATASET": dataset, "MFY_SOURCE": str(source),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+           **extra, **(ARMS[arm] or {})}
+    return Settings.from_env(env)
+
+
+# --------------------------------------------------------------------------- the replay
+
+
+def backtest(dataset: str, source: Path, nights: int, *, start: dt.date | None = None,
+             arms: tuple[str, ...] = ("refresh",), work: Path | None = None,
+             extra: dict[str, str] | None = None,
+             on_night: Callable[[Night], None] | None = None) -> list[Night]:
+    """Replay ``nights`` days of ``source`` under each arm (see the module's doc).
+
+    Args:
+        extra: settings of every arm's pipeline (e.g. ``MFY_TRAIN_CONF``,
+            ``MFY_TUNE_DAY``); nothing else of the caller's environment reaches them.
+        work: where the throw-away homes go (a temporary folder, removed after).
+    """
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise BacktestError(f"unknown arm(s) {', '.join(sorted(unknown))}: "
+                            f"choose from {', '.join(ARMS)}")
+    if nights < 1:
+        raise BacktestError("--nights must be at least 1")
+    owned = work is None
+    work = Path(tempfile.mkdtemp(prefix="mfy-backtest-")) if owned else work
+    try:
+        folder, layout = release_folder(source, work)
+        release_for(dataset, layout)  # a known release, or a named one of a known layout
+        ratings = read_ratings(folder, layout)
+        days = replay_days(ratings, nights, start)
+        cut = midnight(days[0][0])
+        if not any(r[3] < cut for r in ratings):
+            raise BacktestError(f"no rating of {source} comes before {days[0][0]}: "
+                                "nothing to publish from")
+        cut_folder = cut_release(folder, layout, cut, work / "cut")
+        # the DAG's weekday rules see the replayed weekdays, on dates inside its schedule
+        anchor = dt.date(2026, 1, 5) + dt.timedelta(days=days[0][0].weekday())  # a Monday
+        results = []
+        with clean_environment():
+            for arm in arms:
+                settings = arm_settings(arm, work / arm, dataset, cut_folder, extra or {})
+                results += replay_arm(arm, settings, days, anchor, on_night)
+        return results
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def plot(results: list[Night], out: Path) -> Path:
+    """Hit rate at 10 and NDCG@10 by night, one line per arm (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for arm in dict.fromkeys(r.arm for r in results):
+        rows = [r for r in results if r.arm == arm]
+        for axis, field in zip(axes, ("hit_rate_10", "ndcg_10"), strict=True):
+            axis.plot([r.night for r in rows], [getattr(r, field) for r in rows], marker="o",
+                      label=arm)
+    for axis, title in zip(axes, ("hit rate at 10", "NDCG@10 of liked films"), strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("night")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+def log_to_mlflow(settings: Settings, results: list[Night], params: dict,
+                  figure: Path) -> list[str]:
+    """One MLflow run per arm in the ``moviesforyou-backtest`` experiment of the caller's
+    tracking store: the nights as steps, the table and the plot as artifacts."""
+    import mlflow
+
+    from spark_jobs import registry
+
+    client = registry.configure(settings)  # the caller's store, as training uses it
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        local = registry.tracking_uri(settings).startswith("sqlite:///")
+        client.create_experiment(EXPERIMENT, artifact_location=(
+            (settings.home / "mlflow" / "artifacts").as_uri() if local else None))
+    mlflow.set_experiment(EXPERIMENT)
+    run_ids = []
+    for arm in dict.fromkeys(r.arm for r in results):
+        rows = [r for r in results if r.arm == arm]
+        with mlflow.start_run(run_name=f"{params['dataset']} {arm}") as run:
+            mlflow.log_params({**params, "arm": arm})
+            for r in rows:
+                mlflow.log_metrics({k: v for k, v in (
+                    ("hit_rate_10", r.hit_rate_10), ("ndcg_10", r.ndcg_10),
+                    ("coverage", r.coverage), ("viewers", r.viewers),
+                    ("seconds", r.seconds)) if v is not None}, step=r.night)
+            mlflow.log_dict([{**dataclasses.asdict(r), "day": r.day.isoformat()} for r in rows],
+                            "nights.json")
+            mlflow.log_artifact(str(figure))
+            run_ids.append(run.info.run_id)
+    return run_ids
