@@ -15,3 +15,12 @@ case
     ) / (1 + {{ z }} * {{ z }} / ({{ trials }})))
 end
 {%- endmacro -%}
+
+
+{%- macro share_with_interval(successes, trials, name) -%}
+{#- Three columns: the share successes / trials as name (null without trials) and
+    its 95% Wilson interval as name_low and name_high. -#}
+cast({{ successes }} as double precision) / nullif({{ trials }}, 0) as {{ name }},
+{{ wilson_bound(successes, trials, 'low') }} as {{ name }}_low,
+{{ wilson_bound(successes, trials, 'high') }} as {{ name }}_high
+{%- endmacro -%}

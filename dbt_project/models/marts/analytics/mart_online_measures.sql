@@ -48,43 +48,24 @@ final as (
         source,
         cast(exposed_viewers as integer) as exposed_viewers,
         cast(hit_viewers_10 as integer) as hit_viewers_10,
-        cast(hit_viewers_10 as double precision) / exposed_viewers as hit_rate_10,
-        {{ wilson_bound('hit_viewers_10', 'exposed_viewers', 'low') }} as hit_rate_10_low,
-        {{ wilson_bound('hit_viewers_10', 'exposed_viewers', 'high') }} as hit_rate_10_high,
+        {{ share_with_interval('hit_viewers_10', 'exposed_viewers', 'hit_rate_10') }},
         cast(hit_viewers_50 as integer) as hit_viewers_50,
-        cast(hit_viewers_50 as double precision) / exposed_viewers as hit_rate_50,
-        {{ wilson_bound('hit_viewers_50', 'exposed_viewers', 'low') }} as hit_rate_50_low,
-        {{ wilson_bound('hit_viewers_50', 'exposed_viewers', 'high') }} as hit_rate_50_high,
+        {{ share_with_interval('hit_viewers_50', 'exposed_viewers', 'hit_rate_50') }},
         cast(liked_hit_viewers_10 as integer) as liked_hit_viewers_10,
-        cast(liked_hit_viewers_10 as double precision) / exposed_viewers
-            as liked_hit_rate_10,
-        {{ wilson_bound('liked_hit_viewers_10', 'exposed_viewers', 'low') }}
-            as liked_hit_rate_10_low,
-        {{ wilson_bound('liked_hit_viewers_10', 'exposed_viewers', 'high') }}
-            as liked_hit_rate_10_high,
+        {{ share_with_interval('liked_hit_viewers_10', 'exposed_viewers',
+                               'liked_hit_rate_10') }},
         cast(liked_hit_viewers_50 as integer) as liked_hit_viewers_50,
-        cast(liked_hit_viewers_50 as double precision) / exposed_viewers
-            as liked_hit_rate_50,
-        {{ wilson_bound('liked_hit_viewers_50', 'exposed_viewers', 'low') }}
-            as liked_hit_rate_50_low,
-        {{ wilson_bound('liked_hit_viewers_50', 'exposed_viewers', 'high') }}
-            as liked_hit_rate_50_high,
+        {{ share_with_interval('liked_hit_viewers_50', 'exposed_viewers',
+                               'liked_hit_rate_50') }},
         cast(new_ratings as integer) as new_ratings,
         cast(new_ratings_of_shown as integer) as new_ratings_of_shown,
-        cast(new_ratings_of_shown as double precision)
-        / nullif(new_ratings, 0) as shown_share,
-        {{ wilson_bound('new_ratings_of_shown', 'new_ratings', 'low') }} as shown_share_low,
-        {{ wilson_bound('new_ratings_of_shown', 'new_ratings', 'high') }} as shown_share_high,
+        {{ share_with_interval('new_ratings_of_shown', 'new_ratings', 'shown_share') }},
         cast(shown_rank_sum as double precision)
         / nullif(new_ratings_of_shown, 0) as shown_mean_rank,
         cast(liked_ratings as integer) as liked_ratings,
         cast(liked_ratings_of_shown as integer) as liked_ratings_of_shown,
-        cast(liked_ratings_of_shown as double precision)
-        / nullif(liked_ratings, 0) as liked_shown_share,
-        {{ wilson_bound('liked_ratings_of_shown', 'liked_ratings', 'low') }}
-            as liked_shown_share_low,
-        {{ wilson_bound('liked_ratings_of_shown', 'liked_ratings', 'high') }}
-            as liked_shown_share_high,
+        {{ share_with_interval('liked_ratings_of_shown', 'liked_ratings',
+                               'liked_shown_share') }},
         cast(liked_shown_rank_sum as double precision)
         / nullif(liked_ratings_of_shown, 0) as liked_shown_mean_rank,
         window_closed
