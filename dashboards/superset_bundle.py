@@ -282,7 +282,7 @@ def screenshots(url: str, user: str, password: str, out: Path, prefix: str,
     saved = []
     try:
         driver.get(f"{url}/login/")
-        wait = WebDriverWait(driver, 60)
+        wait = WebDriverWait(driver, 180)  # a busy 2-core machine renders slowly
         wait.until(ec.presence_of_element_located((By.ID, "username"))).send_keys(user)
         driver.find_element(By.ID, "password").send_keys(password)
         driver.find_element(By.CSS_SELECTOR, "button[type='submit'], input[type='submit']").click()
