@@ -53,7 +53,16 @@ def backtest_command(settings: Settings, dataset: str | None, source: Path, nigh
                          "MFY_RECS_N", "MFY_SPARK_DRIVER_MEMORY")}
     chosen = tuple(a.strip() for a in arms.split(",") if a.strip())
 
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    figure = plot_path or settings.home / "backtests" / f"{dataset}-{stamp}.png"
+    record = figure.with_suffix(".json")  # rewritten each night: a long replay that dies
+    record.parent.mkdir(parents=True, exist_ok=True)  # keeps the nights it finished
+    done: list[backtest.Night] = []
+
     def on_night(n: backtest.Night) -> None:
+        done.append(n)
+        record.write_text(json.dumps(
+            [{**dataclasses.asdict(r), "day": r.day.isoformat()} for r in done], indent=1))
         console.print(f"{n.arm} night {n.night} ({n.day}): {n.viewers} viewers, hit rate at "
                       f"10 {_fmt(n.hit_rate_10)}, NDCG@10 {_fmt(n.ndcg_10)}, "
                       f"v{n.model_version}, {n.seconds:.0f} s")
@@ -73,13 +82,9 @@ def backtest_command(settings: Settings, dataset: str | None, source: Path, nigh
                      f"{_fmt(r.hit_rate_10):>6} {_fmt(r.ndcg_10):>7} {_fmt(r.coverage):>8} "
                      f"{r.model_version or '':>5} {r.family or '':10} {r.seconds:>7.0f}")
     click.echo("\n".join(lines))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    figure = backtest.plot(results, plot_path or settings.home / "backtests"
-                           / f"{dataset}-{stamp}.png")
+    backtest.plot(results, figure)
     runs = backtest.log_to_mlflow(settings, results, {
         "dataset": dataset, "source": str(source), "nights": nights,
         "start": results[0].day.isoformat() if results else "", **extra}, figure)
-    console.print(f"plot: {figure}; MLflow runs {', '.join(runs)} in experiment "
-                  f"{backtest.EXPERIMENT}")
-    (figure.with_suffix(".json")).write_text(json.dumps(
-        [{**dataclasses.asdict(r), "day": r.day.isoformat()} for r in results], indent=1))
+    console.print(f"plot: {figure}; table: {record}; MLflow runs {', '.join(runs)} in "
+                  f"experiment {backtest.EXPERIMENT}")
