@@ -77,7 +77,7 @@ def year_of_ratings(tmp_path_factory):
 def test_two_nights_replayed_through_the_dag_and_the_api(year_of_ratings, tmp_path):
     """The release cut before two of its days: the first publish, then each day its
     viewers' lists through the API, judged, their ratings in, and a refresh night."""
-    ratings = backtest.read_ratings(year_of_ratings, "100k")
+    ratings = list(backtest.read_ratings(year_of_ratings, "100k"))
     times = sorted(r[3] for r in ratings)
     start = dt.datetime.fromtimestamp(times[len(times) * 4 // 5], dt.UTC).date()
     days = backtest.replay_days(ratings, 2, start)

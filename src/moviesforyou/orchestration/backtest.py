@@ -40,7 +40,7 @@ import time
 import urllib.request
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from moviesforyou.foundation import embedded, warehouse
@@ -100,21 +100,19 @@ def release_folder(source: Path, work: Path) -> tuple[Path, str]:
                         f"({', '.join(f[0] for f in REQUIRED_FILES.values())})")
 
 
-def read_ratings(folder: Path, layout: str) -> list[Rating]:
+def read_ratings(folder: Path, layout: str) -> Iterator[Rating]:
+    """The release's ratings, one at a time (a 25M release never sits in memory)."""
     name, sep, header, encoding = RATINGS_FILE[layout]
-    ratings = []
     with open(folder / name, encoding=encoding) as handle:
         if header:
             next(handle, None)
         for number, line in enumerate(handle, start=2 if header else 1):
             fields = line.rstrip("\r\n").split(sep)
             try:
-                ratings.append((int(fields[0]), int(fields[1]), float(fields[2]),
-                                int(fields[3])))
+                yield int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
             except (IndexError, ValueError):
                 raise BacktestError(f"{folder / name}, line {number}: expected user, movie, "
                                     f"rating and time, got {line.strip()[:80]!r}") from None
-    return ratings
 
 
 def cut_release(folder: Path, layout: str, cut: int, out: Path) -> Path:
@@ -136,20 +134,32 @@ def cut_release(folder: Path, layout: str, cut: int, out: Path) -> Path:
     return out
 
 
-def replay_days(ratings: list[Rating], nights: int,
+EPOCH = dt.date(1970, 1, 1)
+
+
+def day_of(ts: int) -> dt.date:
+    """The UTC day of a unix time."""
+    return EPOCH + dt.timedelta(days=ts // 86_400)
+
+
+def replay_days(ratings: Iterable[Rating], nights: int,
                 start: dt.date | None) -> list[tuple[dt.date, list[Rating]]]:
     """The ``nights`` days replayed (UTC), from ``start`` or ending on the release's
-    last day, with their ratings."""
-    def day_of(ts: int) -> dt.date:
-        return dt.datetime.fromtimestamp(ts, dt.UTC).date()
-
-    last = max(day_of(r[3]) for r in ratings)
-    first = start or last - dt.timedelta(days=nights - 1)
-    days: dict[dt.date, list[Rating]] = {first + dt.timedelta(days=n): [] for n in range(nights)}
+    last day, with their ratings (only those are kept in memory)."""
+    days: dict[dt.date, list[Rating]] = defaultdict(list)
+    last = None
     for rating in ratings:
-        if (day := day_of(rating[3])) in days:
+        day = day_of(rating[3])
+        last = day if last is None or day > last else last
+        if start is None or start <= day < start + dt.timedelta(days=nights):
             days[day].append(rating)
-    return sorted(days.items())
+        if start is None and len(days) > nights:  # keep the latest nights days seen
+            del days[min(days)]
+    if last is None:
+        return []
+    first = start or last - dt.timedelta(days=nights - 1)
+    return [(day, sorted(days.get(day, []), key=lambda r: r[3]))
+            for day in (first + dt.timedelta(days=n) for n in range(nights))]
 
 
 def midnight(day: dt.date) -> int:
@@ -308,10 +318,11 @@ def backtest(dataset: str, source: Path, nights: int, *, start: dt.date | None =
     try:
         folder, layout = release_folder(source, work)
         release_for(dataset, layout)  # a known release, or a named one of a known layout
-        ratings = read_ratings(folder, layout)
-        days = replay_days(ratings, nights, start)
+        days = replay_days(read_ratings(folder, layout), nights, start)
+        if not days:
+            raise BacktestError(f"{source}: the release has no ratings")
         cut = midnight(days[0][0])
-        if not any(r[3] < cut for r in ratings):
+        if not any(r[3] < cut for r in read_ratings(folder, layout)):
             raise BacktestError(f"no rating of {source} comes before {days[0][0]}: "
                                 "nothing to publish from")
         cut_folder = cut_release(folder, layout, cut, work / "cut")
