@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import QUICK_TRAIN, ROOT, query
+from conftest import QUICK_TRAIN, ROOT, call, query
 from moviesforyou.foundation import warehouse
 from moviesforyou.orchestration import backtest
 
@@ -57,6 +57,23 @@ def test_the_cut_keeps_what_came_before_and_holds_the_days_back(tmp_path):
                     for f in ("u.data", "u.item")}
     with pytest.raises(backtest.BacktestError, match="unknown arm"):
         backtest.backtest("ml-100k", release, 2, arms=("sometimes",))
+
+
+@pytest.mark.integration
+def test_a_viewer_the_api_does_not_know_yet_gets_the_cold_start_list(api_server, published,
+                                                                      wh):
+    since = query(wh, "select now()")[0][0]
+    unknown = 2_000_000  # a CSV release's viewer whose first rating is in the replay
+    lists = backtest.lists_for(api_server, published, [1, unknown])
+    status, answer = call(api_server, "/api/users/1/recommendations?k=10")
+    assert status == 200 and lists[1] == [m["movie_id"] for m in answer["recommendations"]]
+    assert call(api_server, f"/api/users/{unknown}/recommendations?k=10")[0] == 404
+    cold = [m for (m,) in query(wh, "select movie_id from recs.recommend(%s, 10) order by rank",
+                                (unknown,))]
+    assert len(cold) == 10 and lists[unknown] == cold
+    logged = query(wh, """select source, channel, movie_ids from app.exposures
+                          where user_id = %s and shown_at >= %s""", (unknown, since))
+    assert logged == [("cold", "sql", cold)]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ Spark) and ``frozen`` (no nightly run: the first model's lists, folded in live f
 viewers who rated since).
 
 The table of every night and arm is printed, logged to the MLflow experiment
-``moviesforyou-backtest`` (one run per arm, the night as the step) and plotted.
+``moviesforyou-backtest`` (one run per arm, the night as the step) and plotted
+(:mod:`moviesforyou.orchestration.backtest_record`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections import defaultdict
@@ -57,7 +59,6 @@ ARMS: dict[str, dict[str, str] | None] = {"refresh": {}, "refit": {"MFY_REFIT": 
 RATINGS_FILE = {"100k": ("u.data", "\t", False, "latin-1"),
                 "1m": ("ratings.dat", "::", False, "latin-1"),
                 "csv": ("ratings.csv", ",", True, "utf-8")}
-EXPERIMENT = "moviesforyou-backtest"
 LIKED = 4.0
 K = 10
 
@@ -242,6 +243,27 @@ def nightly(settings: Settings, night: int, anchor: dt.date) -> None:
         raise BacktestError(f"night {night}: the nightly DAG failed (log: {log})")
 
 
+def lists_for(base: str, settings: Settings, users: list[int]) -> dict[int, list[int]]:
+    """Each viewer's top ``K`` as the API at ``base`` serves it (and logs it). A viewer
+    it does not know yet, whose first rating comes on a replayed day (a CSV release
+    lists no users), gets the cold-start list of ``recs.recommend_logged`` in SQL."""
+    lists = {}
+    for user in users:
+        try:
+            with urllib.request.urlopen(f"{base}/api/users/{user}/recommendations?k={K}",
+                                        timeout=60) as answer:
+                lists[user] = [m["movie_id"] for m in json.load(answer)["recommendations"]]
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+            with contextlib.closing(warehouse.connect(settings)) as conn, conn, \
+                    conn.cursor() as cur:
+                cur.execute("select movie_id from recs.recommend_logged(%s, %s) order by rank",
+                            (user, K))
+                lists[user] = [m for (m,) in cur.fetchall()]
+    return lists
+
+
 def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rating]]],
                anchor: dt.date, on_night: Callable[[Night], None] | None = None) -> list[Night]:
     """One arm over ``days``, in ``settings``' home (the cut release as its source)."""
@@ -253,11 +275,7 @@ def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rati
         with serving(settings) as base:
             for night, (day, ratings) in enumerate(days, start=1):
                 started = time.time()
-                lists = {}
-                for user in sorted({r[0] for r in ratings}):
-                    with urllib.request.urlopen(
-                            f"{base}/api/users/{user}/recommendations?k={K}", timeout=60) as r:
-                        lists[user] = [m["movie_id"] for m in json.load(r)["recommendations"]]
+                lists = lists_for(base, settings, sorted({r[0] for r in ratings}))
                 hit_rate, ndcg = judge(lists, ratings)
                 with contextlib.closing(warehouse.connect(settings)) as conn, conn, \
                         conn.cursor() as cur:
@@ -337,64 +355,3 @@ def backtest(dataset: str, source: Path, nights: int, *, start: dt.date | None =
     finally:
         if owned:
             shutil.rmtree(work, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- the record
-
-
-def plot(results: list[Night], out: Path) -> Path:
-    """Hit rate at 10 and NDCG@10 by night, one line per arm (a PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for arm in dict.fromkeys(r.arm for r in results):
-        rows = [r for r in results if r.arm == arm]
-        for axis, field in zip(axes, ("hit_rate_10", "ndcg_10"), strict=True):
-            axis.plot([r.night for r in rows], [getattr(r, field) for r in rows], marker="o",
-                      label=arm)
-    for axis, title in zip(axes, ("hit rate at 10", "NDCG@10 of liked films"), strict=True):
-        axis.set_title(title)
-        axis.set_xlabel("night")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.grid(alpha=0.3)
-    axes[0].legend()
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
-
-
-def log_to_mlflow(settings: Settings, results: list[Night], params: dict,
-                  figure: Path) -> list[str]:
-    """One MLflow run per arm in the ``moviesforyou-backtest`` experiment of the caller's
-    tracking store: the nights as steps, the table and the plot as artifacts."""
-    import mlflow
-
-    from spark_jobs import registry
-
-    client = registry.configure(settings)  # the caller's store, as training uses it
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        local = registry.tracking_uri(settings).startswith("sqlite:///")
-        client.create_experiment(EXPERIMENT, artifact_location=(
-            (settings.home / "mlflow" / "artifacts").as_uri() if local else None))
-    mlflow.set_experiment(EXPERIMENT)
-    run_ids = []
-    for arm in dict.fromkeys(r.arm for r in results):
-        rows = [r for r in results if r.arm == arm]
-        with mlflow.start_run(run_name=f"{params['dataset']} {arm}") as run:
-            mlflow.log_params({**params, "arm": arm})
-            for r in rows:
-                mlflow.log_metrics({k: v for k, v in (
-                    ("hit_rate_10", r.hit_rate_10), ("ndcg_10", r.ndcg_10),
-                    ("coverage", r.coverage), ("viewers", r.viewers),
-                    ("seconds", r.seconds)) if v is not None}, step=r.night)
-            mlflow.log_dict([{**dataclasses.asdict(r), "day": r.day.isoformat()} for r in rows],
-                            "nights.json")
-            mlflow.log_artifact(str(figure))
-            run_ids.append(run.info.run_id)
-    return run_ids

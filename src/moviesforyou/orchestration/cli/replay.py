@@ -45,7 +45,7 @@ def backtest_command(settings: Settings, dataset: str | None, source: Path, nigh
     training and weekday settings of this environment (MFY_TRAIN_CONF, MFY_TUNE_DAY,
     MFY_DBT_REBUILD_DAY, MFY_REFIT, MFY_RECS_N), and nothing else of it.
     """
-    from moviesforyou.orchestration import backtest
+    from moviesforyou.orchestration import backtest, backtest_record
 
     dataset = dataset or settings.dataset
     extra = {name: value for name, value in settings.to_env().items()
@@ -82,9 +82,9 @@ def backtest_command(settings: Settings, dataset: str | None, source: Path, nigh
                      f"{_fmt(r.hit_rate_10):>6} {_fmt(r.ndcg_10):>7} {_fmt(r.coverage):>8} "
                      f"{r.model_version or '':>5} {r.family or '':10} {r.seconds:>7.0f}")
     click.echo("\n".join(lines))
-    backtest.plot(results, figure)
-    runs = backtest.log_to_mlflow(settings, results, {
+    backtest_record.plot(results, figure)
+    runs = backtest_record.log_to_mlflow(settings, results, {
         "dataset": dataset, "source": str(source), "nights": nights,
         "start": results[0].day.isoformat() if results else "", **extra}, figure)
     console.print(f"plot: {figure}; table: {record}; MLflow runs {', '.join(runs)} in "
-                  f"experiment {backtest.EXPERIMENT}")
+                  f"experiment {backtest_record.EXPERIMENT}")
