@@ -289,13 +289,17 @@ def screenshots(url: str, user: str, password: str, out: Path, prefix: str,
         wait.until(lambda d: "/login" not in d.current_url)
         out.mkdir(parents=True, exist_ok=True)
         for dashboard in dashboards:
+            driver.set_window_size(1600, 1400)
             driver.get(f"{url}/superset/dashboard/{dashboard['id']}/?standalone=1")
             wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".dashboard-component")))
+            time.sleep(2)  # the whole dashboard in the window: Superset renders only the
+            _fit_window(driver)  # charts in view, and the picture is the window
             deadline = time.time() + 90
             while time.time() < deadline:  # until no chart is loading any more
                 if not driver.find_elements(By.CSS_SELECTOR, ".loading, [aria-label='loading']"):
                     break
                 time.sleep(1)
+            _fit_window(driver)  # rows that rendered late made the page taller
             time.sleep(2)
             slug = dashboard.get("slug") or str(dashboard["id"])
             path = out / f"superset-{slug}.png"
@@ -304,6 +308,13 @@ def screenshots(url: str, user: str, password: str, out: Path, prefix: str,
     finally:
         driver.quit()
     return saved
+
+
+def _fit_window(driver) -> None:
+    """The browser window as tall as the page (at most 6,000 px)."""
+    height = driver.execute_script(
+        "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    driver.set_window_size(1600, max(1400, min(int(height) + 60, 6000)))
 
 
 def main(argv: list[str] | None = None) -> None:
