@@ -15,6 +15,9 @@ built from client input.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from moviesforyou.foundation.config import Settings
 
 
@@ -25,6 +28,14 @@ def database_url(settings: Settings) -> str:
     from moviesforyou.foundation import warehouse
 
     return warehouse.reader_url(settings)
+
+
+def api_environment(settings: Settings, **api_changes) -> dict[str, str]:
+    """The environment of an API process on ``settings``' warehouse: this process's,
+    with every setting written out and the reader's URL (``api_changes`` change other
+    API settings, e.g. ``cache_size=0``). Its workers build their settings from it."""
+    api = dataclasses.replace(settings.api, database_url=database_url(settings), **api_changes)
+    return {**os.environ, **dataclasses.replace(settings, api=api).to_env()}
 
 
 async def create_pool(settings: Settings):

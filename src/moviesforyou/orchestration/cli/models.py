@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -182,10 +181,8 @@ def serve_command(settings: Settings, host: str, port: int, workers: int) -> Non
     """Run the API and web page (connects as the read-only role)."""
     from serving import db
 
-    # uvicorn, in place of this process, with the environment given explicitly: the
-    # API's workers build their settings from it (the reader's URL among them)
-    api = dataclasses.replace(settings.api, database_url=db.database_url(settings))
-    env = {**os.environ, **dataclasses.replace(settings, api=api).to_env()}
+    # uvicorn, in place of this process, with the environment given explicitly
+    env = db.api_environment(settings)
     os.execvpe(sys.executable, [
         sys.executable, "-m", "uvicorn", "serving.app:app", "--host", host, "--port", str(port),
         "--workers", str(workers), "--log-level", "warning", "--no-access-log"], env)
