@@ -31,7 +31,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -51,6 +50,8 @@ from moviesforyou.foundation.errors import MoviesForYouError
 from moviesforyou.foundation.releases import REQUIRED_FILES
 from moviesforyou.ingestion.sources import detect_layout, release_for
 from moviesforyou.orchestration import airflow_local
+from serving import db
+from spark_jobs import metrics
 
 #: Each arm's settings on top of the replay's: None runs no nightly at all.
 ARMS: dict[str, dict[str, str] | None] = {"refresh": {}, "refit": {"MFY_REFIT": "full"},
@@ -172,22 +173,17 @@ def midnight(day: dt.date) -> int:
 
 def judge(lists: dict[int, list[int]], ratings: list[Rating]) -> tuple[float | None, float | None]:
     """Hit rate at 10 of the viewers' lists against what they rated, and the mean NDCG@10
-    of the films they liked (viewers who liked none are left out of it)."""
+    of the films they liked (the training's metric; viewers who liked none are left
+    out of it)."""
     rated, liked = defaultdict(set), defaultdict(set)
     for user, movie, stars, _ in ratings:
         rated[user].add(movie)
         if stars >= LIKED:
             liked[user].add(movie)
-    hits, gains = [], []
-    for user, shown in lists.items():
-        top = shown[:K]
-        hits.append(any(m in rated[user] for m in top))
-        if liked[user]:
-            dcg = sum(1 / math.log2(i + 2) for i, m in enumerate(top) if m in liked[user])
-            ideal = sum(1 / math.log2(i + 2) for i in range(min(K, len(liked[user]))))
-            gains.append(dcg / ideal)
+    hits = [any(m in rated[user] for m in shown[:K]) for user, shown in lists.items()]
+    judged = {user: liked[user] for user in lists if liked[user]}
     return (sum(hits) / len(hits) if hits else None,
-            sum(gains) / len(gains) if gains else None)
+            metrics.ndcg_at_k(lists, judged, K) if judged else None)
 
 
 # --------------------------------------------------------------------------- one arm
@@ -212,8 +208,7 @@ def clean_environment():
 def serving(settings: Settings):
     """The API on the arm's home (cache off: every lookup is the live one)."""
     port = embedded.free_port(18500)
-    env = {**os.environ, **settings.to_env(), "MFY_API_CACHE_SIZE": "0",
-           "MFY_API_DATABASE_URL": warehouse.reader_url(settings)}
+    env = db.api_environment(settings, cache_size=0)
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port",
          str(port), "--log-level", "warning"], cwd=find_project_root(), env=env)
