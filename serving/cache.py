@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 #: What a cached answer showed, for the exposure log: (model version, source, movie
-#: ids in rank order).
-Shown = tuple[str | None, str, list[int]]
+#: ids in rank order, the viewer's arm).
+Shown = tuple[str | None, str, list[int], str]
 
 
 class AnswerCache:

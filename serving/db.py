@@ -179,29 +179,43 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
        -- when the list is short, so the usual lookup skips the probe; else null)
        case when count(*) < $2 then exists (
            select 1 from recs.user_factors as u
-           where u.user_id = $1 and u.implicit_factors is not null) end as known
+           where u.user_id = $1 and u.implicit_factors is not null) end as known,
+       -- the viewer's arm (app.arm_of): champion unless an experiment runs
+       (select app.arm_of(to_jsonb(p) ->> 'experiment',
+                          (to_jsonb(p) ->> 'challenger_share')::float8, $1)
+        from recs.publication as p) as arm
 from recs.recommend($1, $2, $3::text[])
 """
 
-#: What a fold-in needs from the live publish (older publishes, rolled back, lack the
-#: model's settings: then nobody is folded in).
+#: What a fold-in needs from the live publish: the champion's model settings (older
+#: publishes, rolled back, lack them: then nobody is folded in) and the experiment.
 FOLD_IN_SETTINGS = """
 select p.publish_id, p.model_version, p.global_mean, p.rating_min, p.rating_max,
        (to_jsonb(p) ->> 'explicit_reg_param')::float8 as explicit_reg,
        (to_jsonb(p) ->> 'implicit_reg_param')::float8 as implicit_reg,
        (to_jsonb(p) ->> 'implicit_alpha')::float8 as alpha,
        (to_jsonb(p) ->> 'bias_reg_user')::float8 as bias_reg_user,
-       coalesce(to_jsonb(p) ->> 'list_family', 'als') as list_family
+       coalesce(to_jsonb(p) ->> 'list_family', 'als') as list_family,
+       to_jsonb(p) ->> 'experiment' as experiment,
+       coalesce((to_jsonb(p) ->> 'challenger_share')::float8, 0) as challenger_share
 from recs.publication as p
 """
 
-#: Every movie's factors and genres, for the fold-in model (once per publish).
+#: The same settings of an experiment's challenger arm.
+ARM_SETTINGS = """
+select model_version, global_mean, rating_min, rating_max, explicit_reg_param as explicit_reg,
+       implicit_reg_param as implicit_reg, implicit_alpha as alpha, bias_reg_user, list_family
+from recs.arms where arm = $1
+"""
+
+#: Every movie's factors (of arm $1) and genres, for the fold-in model (once per publish).
 FOLD_IN_MOVIES = """
 select f.movie_id, f.bias, f.explicit_factors, f.implicit_factors,
        (to_jsonb(f) ->> 'fold_weight')::float8 as fold_weight,
        coalesce(m.genres, '{}') as genres
 from recs.movie_factors as f
 left join recs.movie_catalogue as m on m.movie_id = f.movie_id
+where coalesce(to_jsonb(f) ->> 'arm', 'champion') = $1
 order by f.movie_id
 """
 

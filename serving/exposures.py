@@ -23,6 +23,8 @@ import json
 import logging
 import time
 
+from moviesforyou.foundation.experiments import CHAMPION
+
 log = logging.getLogger(__name__)
 
 #: ``app.exposures``' columns, in the order of a recorded row.
@@ -30,8 +32,6 @@ COLUMNS = ("shown_at", "user_id", "publish_id", "model_version", "arm", "source"
            "movie_ids")
 #: Rows that make the writer go at once, without waiting for its next turn.
 BATCH = 5_000
-#: The arm of every viewer until a publish splits them (champion against challenger).
-CHAMPION = "champion"
 
 
 class ExposureLog:
@@ -56,12 +56,13 @@ class ExposureLog:
         if len(self._rows) >= BATCH:
             self._wake.set()
 
-    def record_answer(self, user_id: int, body: bytes | str | dict, source: str) -> None:
+    def record_answer(self, user_id: int, body: bytes | str | dict, source: str,
+                      arm: str = CHAMPION) -> None:
         """Note a list from its JSON answer (the paths that make a list now: rare enough
         to read it back)."""
         answer = body if isinstance(body, dict) else json.loads(body)
         self.record(user_id, answer.get("publish_id"), answer.get("model_version"), source,
-                    [m["movie_id"] for m in answer.get("recommendations", ())])
+                    [m["movie_id"] for m in answer.get("recommendations", ())], arm)
 
     async def flush(self, pool) -> int:
         """Write what is buffered with one COPY; returns the rows written (0 on failure,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moviesforyou.foundation import foldin
+from moviesforyou.foundation.experiments import CHAMPION, arm_of
 from serving import db
 
 log = logging.getLogger(__name__)
@@ -44,29 +45,36 @@ class Predictions:
 
 
 class LiveModels:
-    """The live publish's fold-in model, one per worker process."""
+    """The live publish's fold-in models, one per arm, per worker process."""
 
     def __init__(self) -> None:
-        self._publish_id: int | None = None
-        self._model: foldin.Model | None = None
-        self._genres: dict[str, np.ndarray] = {}
+        #: arm -> (publish id, model, per genre the model rows of its movies)
+        self._models: dict[str, tuple[int, foldin.Model | None, dict[str, np.ndarray]]] = {}
         self._lock = asyncio.Lock()
 
-    async def model(self, conn) -> tuple[foldin.Model | None, dict[str, np.ndarray], dict]:
-        """(model, per genre the model rows of its movies, publication) of the live
-        publish; the model is None when the publish lacks the settings a fold-in needs."""
+    async def model(self, conn, user_id: int
+                    ) -> tuple[foldin.Model | None, dict[str, np.ndarray], dict]:
+        """(model, per genre the model rows of its movies, its settings) of the viewer's
+        arm in the live publish (:func:`~moviesforyou.foundation.experiments.arm_of`, the
+        rule ``recs.arm`` applies); the model is None when the publish lacks the settings
+        a fold-in needs."""
         live = await conn.fetchrow(db.FOLD_IN_SETTINGS)
         if live is None:
             return None, {}, {}
+        live = dict(live)
+        arm = arm_of(live["experiment"], live["challenger_share"], user_id)
+        if arm != CHAMPION:
+            live.update(dict(await conn.fetchrow(db.ARM_SETTINGS, arm)))
         async with self._lock:
-            if self._publish_id != live["publish_id"]:
-                self._model, self._genres = await self._load(conn, live)
-                self._publish_id = live["publish_id"]
-        return self._model, self._genres, dict(live)
+            kept = self._models.get(arm)
+            if kept is None or kept[0] != live["publish_id"]:
+                kept = (live["publish_id"], *await self._load(conn, live, arm))
+                self._models[arm] = kept
+        return kept[1], kept[2], live
 
     @staticmethod
-    async def _load(conn, live) -> tuple[foldin.Model | None, dict[str, np.ndarray]]:
-        rows = await conn.fetch(db.FOLD_IN_MOVIES)
+    async def _load(conn, live, arm: str) -> tuple[foldin.Model | None, dict[str, np.ndarray]]:
+        rows = await conn.fetch(db.FOLD_IN_MOVIES, arm)
         model = foldin.Model.from_rows(rows, live)
         if model is None:
             log.info("publish %s has no fold-in settings: no live fold-ins", live["publish_id"])
@@ -75,7 +83,8 @@ class LiveModels:
         for i, row in enumerate(rows):
             for genre in row["genres"]:
                 genres.setdefault(genre, []).append(i)
-        log.info("fold-in model of publish %s: %d movies", live["publish_id"], len(rows))
+        log.info("fold-in model of publish %s, arm %s: %d movies", live["publish_id"], arm,
+                 len(rows))
         return model, {g: np.array(i) for g, i in genres.items()}
 
 
@@ -88,7 +97,7 @@ async def recommend(models: LiveModels, conn, user_id: int, dataset: str, k: int
                     excluded: list[str]) -> tuple[int, bytes] | None:
     """(publish id, JSON answer) of a folded-in list, or None when the viewer's
     ratings give the model nothing to fold in (no rated movie has factors)."""
-    model, genres, live = await models.model(conn)
+    model, genres, live = await models.model(conn, user_id)
     if model is None:
         return None
     rated, stars = await _history(conn, user_id, dataset)
@@ -119,7 +128,7 @@ async def top_up(models: LiveModels, conn, user_id: int, dataset: str, k: int,
     without the excluded genres, the movies they rated and those already listed; ranked
     as ``recs.recommend``'s own top-up ranks them (score, then movie id). None without a
     fold-in model or published factors: then Postgres tops it up."""
-    model, genres, live = await models.model(conn)
+    model, genres, live = await models.model(conn, user_id)
     if model is None:
         return None
     row = await conn.fetchrow(db.USER_FACTORS, user_id)
@@ -164,7 +173,7 @@ async def viewer_predictions(models: LiveModels, conn, user_id: int, dataset: st
     """A viewer's predictions for the search: folded in when they rated films since the
     publish (``pending``), else from their published factors, else the bias baseline;
     None without a fold-in model."""
-    model, _, _ = await models.model(conn)
+    model, _, _ = await models.model(conn, user_id)
     if model is None:
         return None
     rated, stars = await _history(conn, user_id, dataset)

@@ -69,8 +69,8 @@ class LookupFastPath:
         key = (user_id, k, ())
         cached = state.cache.get(key)
         if cached is not None:
-            body, (version, source, movie_ids) = cached
-            state.exposures.record(user_id, state.cache.publish_id, version, source, movie_ids)
+            body, shown = cached
+            state.exposures.record(user_id, state.cache.publish_id, *shown)
             return body
         try:
             async with state.pool.acquire() as conn:
@@ -80,7 +80,7 @@ class LookupFastPath:
         if not row["personal"] or row["pending"] or row["n"] < k:  # short: recommend() tops up
             return None
         body = row["body"].encode()
-        shown = (row["model_version"], "stored", row["movie_ids"])
+        shown = (row["model_version"], "stored", row["movie_ids"], row["arm"])
         state.cache.put(key, row["publish_id"], body, shown)
         state.exposures.record(user_id, row["publish_id"], *shown)
         return body

@@ -69,7 +69,7 @@ async def sections_and_list(request: Request, user_id: int, k: int,
         top = json.loads(made[1] if made else row["body"])
         request.app.state.exposures.record_answer(  # the page shows the list's first k
             user_id, {**top, "recommendations": top["recommendations"][:k]},
-            "live" if made else "stored" if row["personal"] else "cold")
+            "live" if made else "stored" if row["personal"] else "cold", row["arm"])
         rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
         seen = [r["movie_id"] for r in rated]
         profile = await conn.fetchrow(db.SECTION_PROFILE, user_id)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -210,3 +211,64 @@ def _apply(settings: Settings, decision: Decision) -> Decision:
     if decision.warning:
         log.warning("gate: %s", decision.warning)
     return decision
+
+
+# --------------------------------------------------------------------------- live
+
+
+@dataclass(frozen=True)
+class LiveTest:
+    """Champion against challenger on real viewers: viewer-days shown each arm's lists
+    and those who then rated a film it showed (hit rate at 10), and a two-sided
+    two-proportion z-test of the difference."""
+
+    champion_viewers: int
+    champion_hits: int
+    challenger_viewers: int
+    challenger_hits: int
+
+    def rate(self, arm: str) -> float | None:
+        viewers, hits = ((self.champion_viewers, self.champion_hits) if arm == "champion"
+                         else (self.challenger_viewers, self.challenger_hits))
+        return hits / viewers if viewers else None
+
+    @property
+    def difference(self) -> float | None:
+        """Challenger's hit rate minus the champion's."""
+        if not (self.champion_viewers and self.challenger_viewers):
+            return None
+        return self.rate("challenger") - self.rate("champion")
+
+    @property
+    def z(self) -> float | None:
+        n1, n2 = self.champion_viewers, self.challenger_viewers
+        if not (n1 and n2):
+            return None
+        pooled = (self.champion_hits + self.challenger_hits) / (n1 + n2)
+        spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        return self.difference / spread if spread > 0 else 0.0
+
+    @property
+    def p_value(self) -> float | None:
+        """Two-sided: the chance of a difference this large if both arms were alike."""
+        return None if self.z is None else math.erfc(abs(self.z) / math.sqrt(2))
+
+
+#: Viewer-days per arm below which a live test decides nothing.
+MIN_LIVE_VIEWERS = 100
+
+
+def decide_live(test: LiveTest, alpha: float = 0.05) -> tuple[bool, str]:
+    """Whether the challenger won on real viewers: a higher hit rate at 10, significant
+    at ``alpha``, with at least :data:`MIN_LIVE_VIEWERS` viewer-days in each arm."""
+    if min(test.champion_viewers, test.challenger_viewers) < MIN_LIVE_VIEWERS:
+        return False, (f"too few viewer-days to judge: {test.champion_viewers} champion, "
+                       f"{test.challenger_viewers} challenger (at least {MIN_LIVE_VIEWERS} "
+                       "each)")
+    figures = (f"hit rate at 10 {test.rate('challenger'):.4f} vs "
+               f"{test.rate('champion'):.4f} (p = {test.p_value:.4f})")
+    if test.difference > 0 and test.p_value < alpha:
+        return True, f"challenger better live: {figures}"
+    if test.difference <= 0 and test.p_value < alpha:
+        return False, f"champion better live: {figures}"
+    return False, f"no significant difference at {alpha}: {figures}"

@@ -302,9 +302,11 @@ def families(settings: Settings, versions) -> dict[str, str]:
     return out
 
 
-def rollback(settings: Settings, version: str, reason: str = "manual rollback") -> str | None:
-    """Point ``champion`` at an earlier version. Returns the version it replaced (the
-    orchestration records the rollback in the promotion ledger)."""
+def rollback(settings: Settings, version: str, reason: str = "manual rollback",
+             gate_tag: str = "rolled back to") -> str | None:
+    """Point ``champion`` at another version (an earlier one, or an experiment's winner:
+    ``gate_tag`` says which). Returns the version it replaced (the orchestration
+    records the move in the promotion ledger)."""
     configure(settings)
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -317,8 +319,46 @@ def rollback(settings: Settings, version: str, reason: str = "manual rollback") 
     current = current_champion(settings, client)
     version = str(target.version)
     client.set_registered_model_alias(model_name(settings), "champion", version)
-    client.set_model_version_tag(model_name(settings), version, "mfy.gate", "rolled back to")
+    client.set_model_version_tag(model_name(settings), version, "mfy.gate", gate_tag)
     return str(current.version) if current else None
+
+
+def _download(settings: Settings, version: str, out: Path) -> Path:
+    """A version's factor folder, ``<out>/<version>/`` (downloaded once)."""
+    import mlflow
+
+    target = out / version
+    if not (target / "model.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name(settings)}/{version}", dst_path=str(target))
+        factors = next(Path(local).rglob("model.json")).parent
+        for item in factors.iterdir():
+            item.replace(target / item.name)
+    return target
+
+
+def current_challenger(settings: Settings) -> str | None:
+    """The version with the alias ``challenger`` if it was trained on
+    ``settings.dataset``, else None."""
+    from mlflow.exceptions import MlflowException
+
+    client = configure(settings)
+    try:
+        version = client.get_model_version_by_alias(model_name(settings), "challenger")
+    except MlflowException:
+        return None
+    return str(version.version) if dataset_of(client, version) == settings.dataset else None
+
+
+def export_version(settings: Settings, version: str, out: Path | None = None) -> tuple[Path, dict]:
+    """A version's factors for an experiment's challenger arm: its folder and what the
+    publish records of it (``model_name``, ``version``, ``run_id``)."""
+    client = configure(settings)
+    found = client.get_model_version(model_name(settings), str(version))
+    folder = _download(settings, str(found.version), out or settings.home / "models")
+    return folder, {"model_name": model_name(settings), "version": str(found.version),
+                    "run_id": found.run_id}
 
 
 def export_champion(settings: Settings, out: Path | None = None) -> Path:
@@ -342,14 +382,7 @@ def export_champion(settings: Settings, out: Path | None = None) -> Path:
                             f"{settings.dataset} first "
                             "(`moviesforyou train`), or publish with MFY_DATASET={trained_on}")
     out = out or settings.home / "models"
-    target = out / version
-    if not (target / "model.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name(settings)}/{version}", dst_path=str(target))
-        factors = next(Path(local).rglob("model.json")).parent
-        for item in factors.iterdir():
-            item.replace(target / item.name)
+    target = _download(settings, version, out)
     # a refresh names the version it refreshed and since when: a publish of it
     # re-scores only the users who rated since (publish.prepare)
     refresh = {key: champion.tags[f"mfy.{key}"] for key in ("refresh_of", "refreshed_since")

@@ -311,7 +311,8 @@ def similar_scorer(implicit: Factors, counts: pd.Series, cfg: ScoreConfig, *,
 
 def score(spark, factors: Path, ratings: Path, out: Path,
           cfg: ScoreConfig | None = None, *, rated_after: int | None = None,
-          genres: pd.Series | None = None, tags: pd.Series | None = None) -> ScoreResult:
+          genres: pd.Series | None = None, tags: pd.Series | None = None,
+          similar: bool = True) -> ScoreResult:
     """Write both scored tables as Parquet under ``out``.
 
     Args:
@@ -322,6 +323,8 @@ def score(spark, factors: Path, ratings: Path, out: Path,
         genres: each movie's genres (movie_id -> list), for similarities with
             ``+genres``; without them those use the factors alone.
         tags: each movie's tags (movie_id -> {tag: users}), for ``+tags``.
+        similar: score the similar movies too (not for an experiment's challenger,
+            whose arm has the champion's neighbours).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -344,10 +347,9 @@ def score(spark, factors: Path, ratings: Path, out: Path,
     recs_path = out / "user_recommendations"
     recs.write.mode("overwrite").parquet(str(recs_path))
     users.unpersist()
-    if rated_after is not None:
+    if rated_after is not None or not similar:
         seconds = time.time() - started
-        log.info("scored the %d users who rated since %d in %.1f s", n_users, rated_after,
-                 seconds)
+        log.info("scored %d users (rated since %s) in %.1f s", n_users, rated_after, seconds)
         return ScoreResult(recs_path, None, n_users, seconds)
 
     movies = spark.createDataFrame(pd.DataFrame({ITEM: implicit.item_ids.astype("int32")}))

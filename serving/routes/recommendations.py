@@ -77,8 +77,8 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     cache, exposures, key = state.cache, state.exposures, (user_id, k, tuple(excluded))
     cached = cache.get(key)
     if cached is not None:
-        body, (version, source, movie_ids) = cached
-        exposures.record(user_id, cache.publish_id, version, source, movie_ids)
+        body, shown = cached
+        exposures.record(user_id, cache.publish_id, *shown)
         return Response(content=body, media_type="application/json")
     async with pool(request).acquire() as conn:
         await check_genres(conn, "exclude_genres", excluded)
@@ -88,7 +88,7 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
             publish_id, body = made
             answer = json.loads(body)
             shown = (answer["model_version"], "live",
-                     [m["movie_id"] for m in answer["recommendations"]])
+                     [m["movie_id"] for m in answer["recommendations"]], row["arm"])
             cache.put(key, publish_id, body, shown)
             exposures.record(user_id, publish_id, *shown)
             return Response(content=body, media_type="application/json")
@@ -97,7 +97,8 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
             if not row["n"]:
                 await version_of(conn, [])  # 503 when nothing is published yet
     body = row["body"].encode()
-    shown = (row["model_version"], "stored" if row["personal"] else "cold", row["movie_ids"])
+    shown = (row["model_version"], "stored" if row["personal"] else "cold", row["movie_ids"],
+             row["arm"])
     if row["personal"]:  # newcomers' lists change with every rating they post
         cache.put(key, row["publish_id"], body, shown)
     exposures.record(user_id, row["publish_id"], *shown)

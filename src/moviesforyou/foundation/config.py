@@ -51,6 +51,8 @@ class PublishSettings:
     popular_n: int = 50
     keep: int = 3
     lock_timeout_ms: int = 200
+    #: share of viewers served the challenger's lists (0: no experiment)
+    challenger_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,9 @@ VARIABLES: tuple[Variable, ...] = (
              _whole(1)),
     Variable("MFY_RECS_KEEP", "publish.keep", "3", "earlier publishes kept for rollback",
              _whole(0)),
+    Variable("MFY_CHALLENGER_SHARE", "publish.challenger_share", "0",
+             "share of viewers a publish serves the challenger's lists (0: no experiment; "
+             "see moviesforyou models experiment)", _share),
     Variable("MFY_SWAP_LOCK_TIMEOUT_MS", "publish.lock_timeout_ms", "200",
              "lock wait per swap attempt, below deadlock_timeout (1 s)", _whole(1)),
     Variable("MFY_SPARK_MASTER", "spark.master", "local[*]", "Spark master URL"),

@@ -16,8 +16,9 @@ MLflow store, Airflow home):
 
 Arms: ``refresh`` (the nightly DAG as configured: refresh nights, the tuning day,
 the gate), ``refit`` (the same with ``MFY_REFIT=full``: every night re-fits in
-Spark) and ``frozen`` (no nightly run: the first model's lists, folded in live for
-viewers who rated since).
+Spark), ``frozen`` (no nightly run: the first model's lists, folded in live for
+viewers who rated since) and ``experiment`` (``refresh`` with a challenger served to
+half the viewers: :mod:`moviesforyou.orchestration.backtest_experiment`).
 
 The table of every night and arm is printed, logged to the MLflow experiment
 ``moviesforyou-backtest`` (one run per arm, the night as the step) and plotted
@@ -31,6 +32,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -50,12 +52,16 @@ from moviesforyou.foundation.errors import MoviesForYouError
 from moviesforyou.foundation.releases import REQUIRED_FILES
 from moviesforyou.ingestion.sources import detect_layout, release_for
 from moviesforyou.orchestration import airflow_local
+from moviesforyou.orchestration import backtest_experiment as experiment_arm
 from serving import db
 from spark_jobs import metrics
 
+log = logging.getLogger(__name__)
+
 #: Each arm's settings on top of the replay's: None runs no nightly at all.
-ARMS: dict[str, dict[str, str] | None] = {"refresh": {}, "refit": {"MFY_REFIT": "full"},
-                                          "frozen": None}
+ARMS: dict[str, dict[str, str] | None] = {
+    "refresh": {}, "refit": {"MFY_REFIT": "full"}, "frozen": None,
+    experiment_arm.ARM: {"MFY_CHALLENGER_SHARE": experiment_arm.SHARE}}
 #: How each layout writes its ratings: file, separator, header line, text encoding.
 RATINGS_FILE = {"100k": ("u.data", "\t", False, "latin-1"),
                 "1m": ("ratings.dat", "::", False, "latin-1"),
@@ -265,13 +271,13 @@ def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rati
     overrides = ARMS[arm]
     warehouse.ensure(settings)
     nightly(settings, 0, anchor)
+    run = experiment_arm.start(settings) if arm == experiment_arm.ARM else None
     out = []
     try:
         with serving(settings) as base:
             for night, (day, ratings) in enumerate(days, start=1):
                 started = time.time()
                 lists = lists_for(base, settings, sorted({r[0] for r in ratings}))
-                hit_rate, ndcg = judge(lists, ratings)
                 with contextlib.closing(warehouse.connect(settings)) as conn, conn, \
                         conn.cursor() as cur:
                     cur.executemany(
@@ -282,16 +288,24 @@ def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rati
                     (films,), = cur.fetchall()
                     cur.execute("select model_version, coalesce(to_jsonb(p) ->> 'list_family', "
                                 "'als') from recs.publication as p")
-                    version, family = cur.fetchone()
-                shown = {m for films_shown in lists.values() for m in films_shown}
+                    models = {arm: cur.fetchone()}
+                    if run is not None:
+                        models = {f"{arm}/{a}": m for a, m in experiment_arm.models(cur).items()}
+                groups = ({arm: lists} if run is None else
+                          {f"{arm}/{a}": g for a, g in experiment_arm.split(lists, run).items()})
                 if overrides is not None and night < len(days):  # no day judges the last
                     nightly(settings, night, anchor)
-                result = Night(arm, night, day, len(lists), hit_rate, ndcg,
-                               len(shown) / films if films and lists else None, version, family,
-                               round(time.time() - started, 1))
-                out.append(result)
-                if on_night:
-                    on_night(result)
+                for label, group in groups.items():
+                    hit_rate, ndcg = judge(group, ratings)
+                    shown = {m for films_shown in group.values() for m in films_shown}
+                    result = Night(label, night, day, len(group), hit_rate, ndcg,
+                                   len(shown) / films if films and group else None,
+                                   *models[label], round(time.time() - started, 1))
+                    out.append(result)
+                    if on_night:
+                        on_night(result)
+        if run is not None:
+            log.info(experiment_arm.verdict(settings))
     finally:
         if settings.is_embedded:
             warehouse.embedded(settings).stop()

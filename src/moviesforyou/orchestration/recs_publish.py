@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moviesforyou.foundation.config import Settings
+from moviesforyou.publishing import arms
 from moviesforyou.publishing import publish as stage
 from moviesforyou.quality import checks
 
@@ -34,7 +35,7 @@ class SparkScorer:
         return export_snapshot(self.settings, work).path
 
     def score(self, factors: Path, seen: Path, out: Path, *, rated_after: int | None,
-              genres, tags):
+              genres, tags, similar: bool = True):
         from spark_jobs.score import score
         from spark_jobs.session import get_spark
 
@@ -42,7 +43,7 @@ class SparkScorer:
             self.spark = get_spark(self.settings.home, app_name="moviesforyou-score",
                                    spark=self.settings.spark)
         return score(self.spark, factors, seen, out, score_config(self.settings),
-                     rated_after=rated_after, genres=genres, tags=tags)
+                     rated_after=rated_after, genres=genres, tags=tags, similar=similar)
 
 
 def score_config(settings: Settings):
@@ -74,9 +75,28 @@ def prepare(settings: Settings, *, spark=None, factors: Path | None = None,
 
     started = time.perf_counter()
     factors = factors or registry.export_champion(settings)
+    challenger = challenger_arm(settings, factors)
     return stage.prepare(settings, factors=factors,
                          scorer=scorer_for(settings, spark, submit=submit),
-                         export_seconds=time.perf_counter() - started)
+                         export_seconds=time.perf_counter() - started, challenger=challenger)
+
+
+def challenger_arm(settings: Settings, factors: Path) -> arms.Challenger | None:
+    """The challenger's arm of this publish (``MFY_CHALLENGER_SHARE``): the running
+    experiment's, or one started with the registry's ``challenger``; None without."""
+    import json
+
+    from spark_jobs import registry
+
+    champion = json.loads((factors.parent / "champion.json").read_text())
+    wanted = settings.publish.challenger_share > 0
+    experiment = arms.plan(settings, champion_version=champion["version"],
+                           challenger_version=registry.current_challenger(settings)
+                           if wanted else None, model_name=champion["model_name"])
+    if experiment is None:
+        return None
+    folder, meta = registry.export_version(settings, experiment.challenger_version)
+    return arms.Challenger(experiment, folder, meta)
 
 
 def validate_build(settings: Settings, publish_id: int) -> checks.Report:

@@ -34,7 +34,10 @@ _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
               required=True, help="The films' genres and tags (a pickle the scorer wrote).")
 @click.option("--rated-after", type=int, default=None,
               help="Score only the users who rated after this time (epoch seconds).")
-def main(factors: Path, seen: Path, out: Path, content: Path, rated_after: int | None) -> None:
+@click.option("--similar/--no-similar", default=True, show_default=True,
+              help="Score the similar movies too (not for an experiment's challenger).")
+def main(factors: Path, seen: Path, out: Path, content: Path, rated_after: int | None,
+         similar: bool) -> None:
     """Score the champion as the nightly ``score_recs`` does (spark-submit
     .../score_job.py)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -44,7 +47,7 @@ def main(factors: Path, seen: Path, out: Path, content: Path, rated_after: int |
     click.echo(f"executors import spark_jobs from {session.executor_code(spark)}")
     signals = pickle.loads(content.read_bytes())
     result = score(spark, factors, seen, out, score_config(settings), rated_after=rated_after,
-                   genres=signals["genres"], tags=signals["tags"])
+                   genres=signals["genres"], tags=signals["tags"], similar=similar)
     done = {"user_recommendations": str(result.user_recommendations),
             "similar_movies": str(result.similar_movies) if result.similar_movies else None,
             "users": result.users, "seconds": result.seconds}

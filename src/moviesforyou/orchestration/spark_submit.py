@@ -136,7 +136,7 @@ class ScoreOnCluster:
         return export_snapshot(self.settings, work).path
 
     def score(self, factors: Path, seen: Path, out: Path, *, rated_after: int | None,
-              genres, tags):
+              genres, tags, similar: bool = True):
         from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
         from spark_jobs.score import ScoreResult
@@ -148,6 +148,8 @@ class ScoreOnCluster:
                 "--content", str(inputs)]
         if rated_after is not None:
             args += ["--rated-after", str(rated_after)]
+        if not similar:
+            args += ["--no-similar"]
         with tempfile.TemporaryDirectory(prefix="mfy-submit-") as folder:
             hook = SparkSubmitHook(
                 conn_id=self.conn_id, name="moviesforyou-score", application_args=args,

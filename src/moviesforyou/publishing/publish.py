@@ -50,6 +50,7 @@ from psycopg2 import sql
 
 from moviesforyou.foundation import warehouse
 from moviesforyou.foundation.config import Settings
+from moviesforyou.publishing.arms import Challenger, seen_of_arm
 from moviesforyou.publishing.recs_build import (
     BUILD,
     build,
@@ -154,19 +155,21 @@ class Scorer(Protocol):
         """Every user's rated movies, written under ``work``; returns the Parquet path."""
 
     def score(self, factors: Path, seen: Path, out: Path, *, rated_after: int | None,
-              genres, tags) -> Any:
-        """Top-N lists and similar movies, written under ``out``; returns the scored
-        folders and ``users``, the number of users scored."""
+              genres, tags, similar: bool = True) -> Any:
+        """Top-N lists and (with ``similar``) similar movies, written under ``out``;
+        returns the scored folders and ``users``, the number of users scored."""
 
 
 def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
-            export_seconds: float = 0.0) -> int:
+            export_seconds: float = 0.0, challenger: Challenger | None = None) -> int:
     """Step 1: score the champion and build every recs table in ``recs_build``.
 
     Args:
         factors: the champion's factor folder, with ``champion.json`` beside it.
         scorer: scores it (:class:`Scorer`).
         export_seconds: how long fetching the champion took (kept with the timings).
+        challenger: a running experiment's arm (:mod:`moviesforyou.publishing.arms`):
+            its viewers are scored by the challenger and get its lists.
 
     Returns:
         The publish id (its ``ops.publish_log`` row is ``building``).
@@ -181,6 +184,8 @@ def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
                                     run_id=champion.get("run_id"))
         steps = _Steps(settings, publish_id)
         steps.timings["export_champion"] = round(export_seconds, 3)
+        if challenger is not None:
+            _log_update(settings, publish_id, experiment=challenger.experiment.name)
         log.info("publish %d: model %s v%s", publish_id, champion["model_name"],
                  champion["version"])
         work = None
@@ -188,7 +193,8 @@ def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
             work = Path(tempfile.mkdtemp(prefix="mfy-publish-", dir=settings.home))
             seen = steps.run("export_seen", scorer.seen, work / "snapshot")
             with conn.cursor() as cur:
-                since = live_refreshed_since(cur, settings, champion)
+                since = live_refreshed_since(cur, settings, champion,
+                                             challenger.experiment if challenger else None)
             if since is not None:
                 log.info("publish %d: v%s refreshes the live v%s: scoring only the users "
                          "who rated since %d", publish_id, champion["version"],
@@ -197,8 +203,16 @@ def prepare(settings: Settings, *, factors: Path, scorer: Scorer,
                                rated_after=since,
                                genres=movie_genres(conn) if since is None else None,
                                tags=movie_tags(conn) if since is None else None)
+            if challenger is not None:  # its viewers only, and no similar movies
+                arm_seen = steps.run("export_seen_challenger", seen_of_arm, seen,
+                                     work / "snapshot_challenger", challenger.experiment)
+                challenger.scored = steps.run(
+                    "score_challenger", scorer.score, challenger.factors, arm_seen,
+                    work / "scored_challenger", rated_after=None, genres=None, tags=None,
+                    similar=False)
             counts = steps.run("build", build, conn, settings, publish_id=publish_id,
-                               champion=champion, factors=factors, scored=scored)
+                               champion=champion, factors=factors, scored=scored,
+                               challenger=challenger)
             counts["users_scored"] = scored.users  # the rest copied from the live publish
         except BaseException as exc:
             conn.rollback()

@@ -20,15 +20,18 @@ from moviesforyou.foundation.config import Settings
 
 LIVE, BUILD, HISTORY = "recs", "recs_build", "recs_history"
 #: The published tables, in the order the swap moves them.
-TABLES = ("publication", "user_recommendations", "popular_movies", "similar_movies",
+TABLES = ("publication", "arms", "user_recommendations", "popular_movies", "similar_movies",
           "movie_catalogue", "user_factors", "movie_factors")
 
 
 _COMMENTS = {
     "publication": "The publish behind every other recs table: model, time and data freshness.",
+    "arms": ("The model behind each arm (champion, and challenger while an experiment runs: "
+             "ops.experiments) and the settings a fold-in against it needs."),
     "user_recommendations": (
-        "Top-N movies per user, already-rated movies excluded. source: als (implicit ALS "
-        "ranking) or popular (users the model does not know yet)."),
+        "Top-N movies per user, already-rated movies excluded, by the model of the user's "
+        "arm (recs.arm). source: als (implicit ALS ranking) or popular (users the model "
+        "does not know yet)."),
     "similar_movies": (
         "Nearest movies per movie (MFY_SIMILARITY): by default the mean cosine of the "
         "explicit and the centred implicit ALS factors, plus a genre overlap term."),
@@ -38,9 +41,10 @@ _COMMENTS = {
         "trending (the last 30 days of ratings, each weighing exp(-days old / 7))."),
     "movie_catalogue": ("The catalogue as the API serves it, one row per film, with a "
                         "trigram-searchable title and the ids merged into each film."),
-    "user_factors": "Per-user bias and factor vectors of the rating and list models.",
+    "user_factors": ("Per-user bias and factor vectors of the rating and list models of the "
+                     "user's arm."),
     "movie_factors": ("Per-movie bias and factor vectors of the rating and list models, and "
-                      "an EASE list model's fold weights."),
+                      "an EASE list model's fold weights; one row per arm."),
 }
 
 #: The cold-start lists and the catalogue are dbt models (marts/serving); the
@@ -65,7 +69,14 @@ select %(pid)s, %(dataset)s, %(model_name)s, %(version)s, %(run_id)s, %(generate
        %(explicit_reg)s, %(implicit_reg)s, %(alpha)s, %(bias_reg_user)s,
        (select max(ingested_at) from marts.fct_ratings
         where dataset = %(dataset)s and rating_source = 'app'),
-       %(rating_family)s, %(list_family)s
+       %(rating_family)s, %(list_family)s, %(experiment)s, %(share)s
+"""
+
+_ARM = """
+insert into {s}.arms
+values (%(arm)s, %(share)s, %(model_name)s, %(version)s, %(run_id)s, %(mu)s, %(lo)s, %(hi)s,
+        %(explicit_reg)s, %(implicit_reg)s, %(alpha)s, %(bias_reg_user)s, %(rating_family)s,
+        %(list_family)s)
 """
 
 
@@ -106,21 +117,26 @@ def _copy_live(cur, table: str, columns: list[str], key: str | None = None) -> i
     return cur.rowcount
 
 
-def live_refreshed_since(cur, settings: Settings, champion: dict) -> int | None:
+def live_refreshed_since(cur, settings: Settings, champion: dict,
+                         experiment=None) -> int | None:
     """Since when (epoch seconds) the champion, a refresh of the live publish's model,
     re-solved users; None when its publish must score everyone: not a refresh, a
-    refresh of another version than the live one, or list lengths that changed."""
+    refresh of another version than the live one, list lengths that changed, or
+    arms drawn otherwise (another ``experiment``, or none where one ran)."""
     if "refreshed_since" not in champion:
         return None
     cur.execute("select to_regclass(%s) is not null", (f"{LIVE}.publication",))
     if not cur.fetchone()[0]:
         return None
     cur.execute(sql.SQL("select model_version, dataset, recommendations_per_user, "
-                        "(select coalesce(max(rank), 0) from {l}.similar_movies) "
-                        "from {l}.publication").format(l=sql.Identifier(LIVE)))
+                        "(select coalesce(max(rank), 0) from {l}.similar_movies), "
+                        "to_jsonb(p) ->> 'experiment', "
+                        "coalesce((to_jsonb(p) ->> 'challenger_share')::float8, 0) "
+                        "from {l}.publication as p").format(l=sql.Identifier(LIVE)))
     live = cur.fetchone()
     config = settings.publish
-    if live != (champion["refresh_of"], settings.dataset, config.n, config.similar_n):
+    arms = (experiment.name, experiment.share) if experiment else (None, 0.0)
+    if live != (champion["refresh_of"], settings.dataset, config.n, config.similar_n, *arms):
         return None
     return int(champion["refreshed_since"])
 
@@ -171,17 +187,23 @@ def _pg_array(vector) -> str:
     return "{" + ",".join(repr(float(x)) for x in vector) + "}"
 
 
-def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias) -> int:
+def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias, *,
+                  arm: str, version: str, keep=None) -> int:
     """COPY both models' factors (outer-joined on id) and the bias into ``table``.
 
     Args:
         key: ``user`` or ``item``, which side of the factor sets to write.
+        arm, version: the arm and model version the rows are of.
+        keep: a function of the ids giving a mask of those to write (the users of
+            ``arm``); all of them without it.
     """
     import numpy as np  # NumPy and pandas only when building: the DAG file imports this
 
     from moviesforyou.foundation.factors import lookup, positions
 
     ids = np.union1d(getattr(explicit, f"{key}_ids"), getattr(implicit, f"{key}_ids"))
+    if keep is not None:
+        ids = ids[keep(ids)]
     columns = [lookup(bias, ids, 0.0).astype(str)]
     for factors in (explicit, implicit):
         rows = positions(getattr(factors, f"{key}_index"), ids)
@@ -192,11 +214,11 @@ def _copy_factors(cur, table: sql.Composable, key: str, explicit, implicit, bias
     columns.append([repr(float(weights[r])) if r >= 0 else r"\N" for r in rows])
     buffer = io.StringIO()
     for ident, *values in zip(ids, *columns, strict=True):
-        buffer.write(f"{int(ident)}\t" + "\t".join(values) + "\n")
+        buffer.write(f"{int(ident)}\t" + "\t".join(values) + f"\t{arm}\t{version}\n")
     buffer.seek(0)
     id_column = "user_id" if key == "user" else "movie_id"
-    cur.copy_expert(sql.SQL("copy {} ({}, bias, explicit_factors, implicit_factors, fold_weight) "
-                            "from stdin")
+    cur.copy_expert(sql.SQL("copy {} ({}, bias, explicit_factors, implicit_factors, fold_weight, "
+                            "arm, model_version) from stdin")
                     .format(table, sql.Identifier(id_column)).as_string(cur), buffer)
     return len(ids)
 
@@ -206,12 +228,53 @@ def _has_extension(cur, name: str) -> bool:
     return cur.fetchone() is not None
 
 
+def _arm_values(settings: Settings, arm: str, share: float, meta: dict, explicit,
+                implicit) -> dict:
+    """An arm's model, as ``publication`` and ``arms`` record it."""
+    return {"arm": arm, "share": share, "model_name": meta["model_name"],
+            "version": meta["version"], "run_id": meta.get("run_id"),
+            "mu": explicit.biases.mu, "lo": explicit.scale[0], "hi": explicit.scale[1],
+            "explicit_reg": explicit.fold_in_regularisation,
+            "implicit_reg": implicit.params.reg_param, "alpha": implicit.params.alpha,
+            "bias_reg_user": foldin.BIAS_REG_USER, "rating_family": explicit.params.family,
+            "list_family": implicit.params.family}
+
+
+def _challenger_lists(cur, s: sql.Identifier, challenger, columns: list[str]) -> int:
+    """The challenger's viewers' lists in place of the champion's: its scored lists,
+    COPYed beside the build and kept for the viewers ``app.arm_of`` puts in its arm."""
+    arm = {"salt": challenger.experiment.name, "share": challenger.experiment.share,
+           "version": challenger.meta["version"]}
+    cur.execute(sql.SQL("delete from {}.user_recommendations "
+                        "where app.arm_of(%(salt)s, %(share)s, user_id) = 'challenger'")
+                .format(s), arm)
+    cur.execute(sql.SQL("create temporary table challenger_lists "
+                        "(like {}.user_recommendations including defaults) on commit drop").format(s))
+    _copy_parquet(cur, sql.Identifier("challenger_lists"),
+                  challenger.scored.user_recommendations, columns)
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    cur.execute(sql.SQL("insert into {s}.user_recommendations ({c}, arm, model_version) "
+                        "select {c}, 'challenger', %(version)s from challenger_lists "
+                        "where app.arm_of(%(salt)s, %(share)s, user_id) = 'challenger'")
+                .format(s=s, c=names), arm)
+    return cur.rowcount
+
+
 def build(conn, settings: Settings, *, publish_id: int, champion: dict,
-          factors: Path, scored) -> dict[str, int]:
-    """Create and fill every recs table in the build schema (one transaction)."""
+          factors: Path, scored, challenger=None) -> dict[str, int]:
+    """Create and fill every recs table in the build schema (one transaction).
+
+    ``challenger``: the arm of a running experiment
+    (:class:`moviesforyou.publishing.arms.Challenger`, scored for its viewers), whose
+    lists and factors its viewers get in place of the champion's; None: everyone is
+    the champion's.
+    """
+    from moviesforyou.foundation.experiments import CHALLENGER, CHAMPION, challenger_mask
     from moviesforyou.foundation.factors import load_factors
 
     explicit, implicit = load_factors(factors)
+    experiment = challenger.experiment if challenger else None
+    salt, share = (experiment.name, experiment.share) if experiment else (None, 0.0)
     config = settings.publish
     s = sql.Identifier(BUILD)
     generated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -222,9 +285,10 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
                   "version": sql.Literal(champion["version"])}
         cur.execute(sql.SQL(warehouse.ddl("recs_tables")).format(
             generated=sql.Literal(generated), **values))
-        for side in ("user", "movie"):
+        for side, keys in (("user", ("user_id",)), ("movie", ("arm", "movie_id"))):
             cur.execute(sql.SQL(warehouse.ddl("recs_factors")).format(
                 table=sql.Identifier(f"{side}_factors"), key=sql.Identifier(f"{side}_id"),
+                keys=sql.SQL(", ").join(map(sql.Identifier, keys)),
                 pkey=sql.Identifier(f"{side}_factors_p{publish_id}_pkey"), **values))
         for table, comment in _COMMENTS.items():
             cur.execute(sql.SQL("comment on table {}.{} is {}").format(
@@ -234,6 +298,11 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
         counts["user_recommendations"] = _copy_parquet(
             cur, sql.SQL("{}.user_recommendations").format(s), scored.user_recommendations,
             recs_columns)
+        if challenger is not None:
+            counts["challenger_recommendations"] = _challenger_lists(cur, s, challenger,
+                                                                     recs_columns)
+            cur.execute(sql.SQL("select count(*) from {}.user_recommendations").format(s))
+            counts["user_recommendations"] = cur.fetchone()[0]
         if scored.similar_movies is None:
             # a refresh's publish: only the users who rated since were scored; every
             # other list and every movie's neighbours are the live ones, unchanged
@@ -244,10 +313,23 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
             counts["similar_movies"] = _copy_parquet(
                 cur, sql.SQL("{}.similar_movies").format(s), scored.similar_movies,
                 similar_columns)
-        counts["user_factors"] = _copy_factors(cur, sql.SQL("{}.user_factors").format(s), "user",
-                                               explicit, implicit, explicit.biases.user)
-        counts["movie_factors"] = _copy_factors(cur, sql.SQL("{}.movie_factors").format(s),
-                                                "item", explicit, implicit, explicit.biases.item)
+        arms = [(CHAMPION, 1 - share, champion, explicit, implicit)]
+        if challenger is not None:
+            arms.append((CHALLENGER, share, challenger.meta,
+                         *load_factors(challenger.factors)))
+        for arm, arm_share, meta, arm_explicit, arm_implicit in arms:
+            counts[f"user_factors_{arm}"] = _copy_factors(
+                cur, sql.SQL("{}.user_factors").format(s), "user", arm_explicit, arm_implicit,
+                arm_explicit.biases.user, arm=arm, version=meta["version"],
+                keep=lambda ids, arm=arm: challenger_mask(salt, share, ids) == (arm == CHALLENGER))
+            counts[f"movie_factors_{arm}"] = _copy_factors(
+                cur, sql.SQL("{}.movie_factors").format(s), "item", arm_explicit,
+                arm_implicit, arm_explicit.biases.item, arm=arm, version=meta["version"])
+            cur.execute(sql.SQL(_ARM).format(s=s), _arm_values(
+                settings, arm, arm_share, meta, arm_explicit, arm_implicit))
+        counts["arms"] = len(arms)
+        counts["user_factors"] = sum(counts.pop(f"user_factors_{arm[0]}") for arm in arms)
+        counts["movie_factors"] = sum(counts.pop(f"movie_factors_{arm[0]}") for arm in arms)
         for table, (mart, columns) in COPY_FROM_MARTS.items():
             names = sql.SQL(", ").join(map(sql.Identifier, columns))
             cur.execute(sql.SQL("insert into {}.{} ({}) select {} from marts.{}").format(
@@ -256,14 +338,9 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
                    if table == "popular_movies" else sql.SQL("")))
             counts[table] = cur.rowcount
         cur.execute(sql.SQL(_PUBLICATION).format(s=s), {
-            "pid": publish_id, "dataset": settings.dataset, "model_name": champion["model_name"],
-            "version": champion["version"], "run_id": champion.get("run_id"),
-            "generated": generated, "n": config.n, "mu": explicit.biases.mu,
-            "lo": explicit.scale[0], "hi": explicit.scale[1],
-            "explicit_reg": explicit.fold_in_regularisation,
-            "implicit_reg": implicit.params.reg_param, "alpha": implicit.params.alpha,
-            "bias_reg_user": foldin.BIAS_REG_USER, "rating_family": explicit.params.family,
-            "list_family": implicit.params.family})
+            **_arm_values(settings, CHAMPION, 1 - share, champion, explicit, implicit),
+            "pid": publish_id, "dataset": settings.dataset, "generated": generated,
+            "n": config.n, "experiment": salt, "share": share})
         counts["publication"] = 1
         # a film's other ids (duplicate entries of the release) find it: /api/movies/{id}
         cur.execute(sql.SQL(

@@ -48,6 +48,23 @@ comment on table app.exposures is
     'in rank order. Append-only; pruned after MFY_EXPOSURE_RETENTION_DAYS.';
 create index if not exists exposures_shown_at_idx on app.exposures using brin (shown_at);
 
+-- A viewer's arm in a champion-against-challenger experiment: the one definition
+-- (foundation/experiments.py is the same rule in Python; a test checks they agree).
+create or replace function app.arm_of(salt text, share double precision, user_id integer)
+returns text
+language sql immutable parallel safe as $$
+    select case
+        when salt is null or salt = '' or coalesce(share, 0) <= 0 then 'champion'
+        when ('x' || substr(md5(salt || ':' || user_id::text), 1, 8))::bit(32)::bigint
+             % 10000 < round(share * 10000) then 'challenger'
+        else 'champion'
+    end
+$$;
+comment on function app.arm_of(text, double precision, integer) is
+    'The arm of a viewer in an experiment (ops.experiments; salt: its name, share: the '
+    'challenger''s share): the first 32 bits of md5(salt:user_id) modulo 10,000, below '
+    'share x 10,000 is the challenger''s. Without an experiment everyone is the champion''s.';
+
 -- The season of a moment, as the cold-start season lists and marts.dim_dates name it:
 -- the one definition (dbt's season_of macro calls it; the API asks it for today's).
 create or replace function app.season_of(moment timestamp) returns text

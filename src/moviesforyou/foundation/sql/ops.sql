@@ -63,6 +63,30 @@ comment on table ops.model_promotions is
 alter table ops.model_promotions add column if not exists warning text;
 comment on column ops.model_promotions.warning is
     'Why the gate could not judge (a holdout too thin to tell models apart), or null.';
+alter table ops.model_promotions drop constraint if exists model_promotions_action_check;
+alter table ops.model_promotions add constraint model_promotions_action_check
+    check (action in ('gate', 'rollback', 'experiment'));
+-- Champion against challenger, live: a publish serves a fixed challenger version's
+-- lists to the viewers app.arm_of(name, share, user_id) puts in its arm.
+create table if not exists ops.experiments (
+    experiment_id bigserial primary key,
+    name text not null unique,
+    dataset text not null,
+    model_name text not null,
+    challenger_version text not null,
+    champion_version_at_start text,
+    share double precision not null check (share > 0 and share < 1),
+    started_at timestamptz not null default now(),
+    ended_at timestamptz,
+    outcome text,
+    reason text
+);
+create unique index if not exists experiments_one_running_idx
+    on ops.experiments (dataset) where ended_at is null;
+comment on table ops.experiments is
+    'Champion-against-challenger experiments (MFY_CHALLENGER_SHARE): the challenger version '
+    'they serve, the share of viewers in its arm (name is the arm hash''s salt), and how '
+    'they ended (outcome promoted or stopped). At most one runs per release.';
 create table if not exists ops.publish_log (
     publish_id bigserial primary key,
     action text not null check (action in ('publish', 'rollback')),
@@ -82,6 +106,10 @@ create table if not exists ops.publish_log (
     swap_lock_ms double precision,
     error text
 );
+alter table ops.publish_log add column if not exists experiment text;
+comment on column ops.publish_log.experiment is
+    'The champion-against-challenger experiment (ops.experiments.name) the publish served, '
+    'or null.';
 create table if not exists ops.pipeline_runs (
     dag_id text not null,
     run_id text not null,

@@ -31,19 +31,30 @@ comment on function recs.film_id(integer) is
     'duplicate catalogue entry was merged into (recs.movie_catalogue.merged_movie_ids); '
     'null for an id not in the catalogue.';
 
+create or replace function recs.arm(p_user_id integer) returns text
+language sql stable parallel safe as $$
+    select app.arm_of(pub.experiment, pub.challenger_share, p_user_id)
+    from recs.publication as pub
+$$;
+comment on function recs.arm(integer) is
+    'The arm the live publish serves a viewer: challenger for the share of viewers of a '
+    'running experiment (app.arm_of), else champion.';
+
 create or replace function recs.predict_rating(p_user_id integer, p_movie_id integer)
 returns double precision
 language sql stable parallel safe as $$
-    select greatest(pub.rating_min, least(pub.rating_max,
-        pub.global_mean + coalesce(u.bias, 0) + m.bias
-        + coalesce((select sum(a * b)
-                    from unnest(u.explicit_factors, m.explicit_factors) as t (a, b)), 0)))
-    from recs.publication as pub
-    join recs.movie_factors as m on m.movie_id = recs.film_id(p_movie_id)
-    left join recs.user_factors as u on u.user_id = p_user_id
+    select greatest(a.rating_min, least(a.rating_max,
+        a.global_mean + coalesce(u.bias, 0) + m.bias
+        + coalesce((select sum(x * y)
+                    from unnest(u.explicit_factors, m.explicit_factors) as t (x, y)), 0)))
+    from recs.arms as a
+    join recs.movie_factors as m
+        on m.arm = a.arm and m.movie_id = recs.film_id(p_movie_id)
+    left join recs.user_factors as u on u.user_id = p_user_id and u.arm = a.arm
+    where a.arm = recs.arm(p_user_id)
 $$;
 comment on function recs.predict_rating(integer, integer) is
-    'Predicted star rating of a user for a movie by the published explicit ALS model '
+    'Predicted star rating of a user for a movie by the explicit model of the user''s arm '
     '(global mean + biases + factors, clipped to the rating scale). A user the model does '
     'not know gets the bias baseline; a movie it does not know gets null. A merged '
     'duplicate id counts as its film (recs.film_id).';
@@ -104,7 +115,7 @@ begin
           into skippable;
         return query
             with me as (
-                select u.implicit_factors from recs.user_factors as u
+                select u.implicit_factors, u.arm from recs.user_factors as u
                 where u.user_id = p_user_id
             ),
             best as (
@@ -113,7 +124,7 @@ begin
                 from recs.movie_factors as f
                 join recs.movie_catalogue as m on m.movie_id = f.movie_id
                 cross join me
-                where f.implicit_factors is not null
+                where f.arm = me.arm and f.implicit_factors is not null
                     and not (m.genres && coalesce(exclude_genres, '{}'))
                 order by score desc, f.movie_id
                 limit k - got + skippable
@@ -121,9 +132,10 @@ begin
             select (got + row_number() over (order by s.score desc, s.movie_id))::integer,
                    s.movie_id, s.title, s.release_year, s.genres, s.score,
                    recs.predict_rating(p_user_id, s.movie_id), 'als'::text,
-                   pub.model_version, pub.publish_id
+                   arm_model.model_version, pub.publish_id
             from best as s
             cross join recs.publication as pub
+            join recs.arms as arm_model on arm_model.arm = recs.arm(p_user_id)
             where not exists (select 1 from recs.user_recommendations as r
                               where r.user_id = p_user_id and r.movie_id = s.movie_id)
                 and not exists (select 1 from marts.fct_ratings as f
@@ -199,9 +211,9 @@ language sql volatile as $$
         select * from recs.recommend(p_user_id, k, exclude_genres)
     ),
     logged as (
-        insert into app.exposures (shown_at, user_id, publish_id, model_version, source,
+        insert into app.exposures (shown_at, user_id, publish_id, model_version, arm, source,
                                    channel, movie_ids)
-        select now(), p_user_id, min(s.publish_id), min(s.model_version),
+        select now(), p_user_id, min(s.publish_id), min(s.model_version), recs.arm(p_user_id),
                case when bool_and(s.source = 'als') then 'stored' else 'cold' end, 'sql',
                array_agg(s.movie_id order by s.rank)
         from shown as s

@@ -24,6 +24,10 @@ create table {s}.publication (
     -- the model families behind predicted ratings and lists (als, bpmf, ease)
     rating_family text not null default 'als',
     list_family text not null default 'als',
+    -- champion against challenger (ops.experiments): the experiment's name (the arm
+    -- hash's salt) and the challenger's share; null and 0 when none runs
+    experiment text,
+    challenger_share double precision not null default 0,
     constraint publication_p{pid}_pkey primary key (publish_id)
 );
 create table {s}.user_recommendations (
@@ -33,10 +37,32 @@ create table {s}.user_recommendations (
     score double precision not null,
     predicted_rating double precision,
     source text not null,
+    -- the viewer's arm: champion, or challenger for an experiment's share of viewers
+    arm text not null default 'champion',
     model_version text not null default {version},
     publish_id bigint not null default {pid},
     generated_at timestamptz not null default {generated},
     constraint user_recommendations_p{pid}_pkey primary key (user_id, rank)
+);
+-- The model behind each arm and what a fold-in needs of it: one row (champion)
+-- without an experiment, two with one.
+create table {s}.arms (
+    arm text not null,
+    share double precision not null,
+    model_name text not null,
+    model_version text not null,
+    mlflow_run_id text,
+    global_mean double precision not null,
+    rating_min double precision not null,
+    rating_max double precision not null,
+    explicit_reg_param double precision,
+    implicit_reg_param double precision,
+    implicit_alpha double precision,
+    bias_reg_user double precision,
+    rating_family text not null,
+    list_family text not null,
+    publish_id bigint not null default {pid},
+    constraint arms_p{pid}_pkey primary key (arm)
 );
 create table {s}.similar_movies (
     movie_id integer not null,

@@ -93,6 +93,73 @@ def models_rollback(settings: Settings, version: str, reason: str) -> None:
     console.print(f"champion: v{before} -> v{version}")
 
 
+@models_group.group("experiment", invoke_without_command=True)
+@click.option("--alpha", default=0.05, show_default=True, help="Significance level.")
+@click.pass_context
+def models_experiment(ctx: click.Context, alpha: float) -> None:
+    """Champion against challenger, live (MFY_CHALLENGER_SHARE): the running experiment
+    (else the last), its arms, the figures so far and whether the difference is
+    significant."""
+    if ctx.invoked_subcommand is None:
+        from moviesforyou.orchestration import experiment
+
+        _print_experiment(experiment.status(ctx.obj, alpha))
+
+
+def _print_experiment(found) -> None:
+    run = found.experiment
+    if run is None:
+        console.print(found.verdict)
+        return
+    state = ("running" if run.ended_at is None
+             else f"ended {run.ended_at:%Y-%m-%d %H:%M} ({run.outcome})")
+    console.print(f"experiment {run.name}: {state}; challenger v{run.challenger_version} for "
+                  f"{run.share:.1%} of viewers, since {run.started_at:%Y-%m-%d %H:%M} UTC")
+    table = Table(title="arms")
+    for column in ("arm", "model versions", "viewer-days", "hit rate at 10", "hit rate at 50",
+                   "liked hit rate at 10", "days"):
+        table.add_column(column)
+    for arm in ("champion", "challenger"):
+        row = found.figures.get(arm)
+        if not row:
+            table.add_row(arm, "", "0", "", "", "", "")
+            continue
+        viewers = row["viewers"] or 0
+
+        def share(count, viewers=viewers) -> str:
+            return f"{count / viewers:.4f}" if viewers else ""
+
+        table.add_row(arm, row["model_versions"], f"{viewers:,}", share(row["hits_10"]),
+                      share(row["hits_50"]), share(row["liked_hits_10"]),
+                      f"{row['first_day']} to {row['last_day']}")
+    console.print(table)
+    console.print(f"test: {found.verdict}")
+
+
+@models_experiment.command("promote")
+@click.option("--alpha", default=0.05, show_default=True, help="Significance level.")
+@click.option("--force", is_flag=True, help="Promote without a significant win.")
+@click.pass_obj
+def models_experiment_promote(settings: Settings, alpha: float, force: bool) -> None:
+    """Make the running experiment's challenger the champion if it won live, record it in
+    the ledger and end the experiment; the next publish serves it to everyone."""
+    from moviesforyou.orchestration import experiment
+
+    found = experiment.promote(settings, alpha=alpha, force=force)
+    console.print(f"v{found.experiment.challenger_version} is the champion: {found.verdict}")
+
+
+@models_experiment.command("stop")
+@click.option("--reason", default="stopped by hand", show_default=True)
+@click.pass_obj
+def models_experiment_stop(settings: Settings, reason: str) -> None:
+    """End the running experiment; the next publish serves everyone the champion."""
+    from moviesforyou.orchestration import experiment
+
+    stopped = experiment.stop(settings, reason)
+    console.print(f"experiment {stopped.name} stopped")
+
+
 @models_group.command("export")
 @click.pass_obj
 def models_export(settings: Settings) -> None:

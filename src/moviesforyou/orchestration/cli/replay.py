@@ -27,7 +27,7 @@ def _fmt(value, digits: int = 3) -> str:
 @click.option("--start", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="First replayed day (UTC) [default: the release's last NIGHTS days].")
 @click.option("--arms", default="refresh", show_default=True,
-              help="Comma-separated policies: refresh, refit, frozen.")
+              help="Comma-separated policies: refresh, refit, frozen, experiment.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Where the plot goes [default: MFY_HOME/backtests/<dataset>-<time>.png].")
 @click.option("--keep", type=click.Path(path_type=Path),
