@@ -248,8 +248,8 @@ def _challenger_lists(cur, s: sql.Identifier, challenger, columns: list[str]) ->
     cur.execute(sql.SQL("delete from {}.user_recommendations "
                         "where app.arm_of(%(salt)s, %(share)s, user_id) = 'challenger'")
                 .format(s), arm)
-    cur.execute(sql.SQL("create temporary table challenger_lists "
-                        "(like {}.user_recommendations including defaults) on commit drop").format(s))
+    cur.execute(sql.SQL("create temporary table challenger_lists (like "
+                        "{}.user_recommendations including defaults) on commit drop").format(s))
     _copy_parquet(cur, sql.Identifier("challenger_lists"),
                   challenger.scored.user_recommendations, columns)
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
