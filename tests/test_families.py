@@ -197,7 +197,7 @@ def test_a_champion_of_the_numpy_families_publishes_and_serves(families_publishe
         with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(db.FOLD_IN_SETTINGS)
             live = cur.fetchone()
-            cur.execute(db.FOLD_IN_MOVIES)
+            cur.execute(db.FOLD_IN_MOVIES.replace("$1", "%s"), ("champion",))
             model = foldin.Model.from_rows(cur.fetchall(), live)
         assert model.list_family == "ease"
         history = query(connection, "select movie_id, rating::float8 from marts.fct_ratings "

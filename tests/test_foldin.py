@@ -22,7 +22,7 @@ def test_folding_in_a_known_user_gives_back_their_nightly_list(published):
         with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(db.FOLD_IN_SETTINGS)
             live = cur.fetchone()
-            cur.execute(db.FOLD_IN_MOVIES)
+            cur.execute(db.FOLD_IN_MOVIES.replace("$1", "%s"), ("champion",))
             model = foldin.Model.from_rows(cur.fetchall(), live)
         assert model is not None
         users = [u for (u,) in query(connection, """
