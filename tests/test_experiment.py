@@ -25,6 +25,7 @@ from moviesforyou.foundation.factors import load_factors
 from moviesforyou.orchestration import experiment, recs_publish, training
 from moviesforyou.orchestration.cli import main
 from moviesforyou.publishing import arms, publish
+from moviesforyou.publishing.recs_build import HISTORY, drop_schema_tables
 from spark_jobs.config import TrainConfig
 from spark_jobs.gate import LiveTest, decide_live
 
@@ -94,6 +95,8 @@ def live(published, spark):
     champion = str(client.get_model_version_by_alias(name, "champion").version)
     with contextlib.closing(warehouse.connect(published)) as conn, conn.cursor() as cur:
         before = publish.live_publish_id(cur)
+        cur.execute("select max(publish_id) from ops.publish_log")
+        (last,), = cur.fetchall()
     trained = training.train_and_gate(published, TrainConfig(**CHALLENGER_MODELS), spark=spark)
     if trained.promoted:  # the challenger must not be the champion
         training.rollback(published, champion, "the experiment test's champion")
@@ -108,6 +111,14 @@ def live(published, spark):
         if str(client.get_model_version_by_alias(name, "champion").version) != champion:
             training.rollback(published, champion, "the experiment test is over")
         publish.rollback(published, before)
+        # the versions this module published leave the history too: the fixture's next
+        # rollback finds what it would have found without this module
+        with contextlib.closing(warehouse.connect(published)) as conn, conn, \
+                conn.cursor() as cur:
+            cur.execute("select publish_id from ops.publish_log where action = 'publish' "
+                        "and publish_id > %s", (last,))
+            for (pid,) in cur.fetchall():
+                drop_schema_tables(cur, HISTORY, f"__p{pid}")
 
 
 def arm_users(wh, arm: str) -> list[int]:

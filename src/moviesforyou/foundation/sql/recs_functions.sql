@@ -47,11 +47,12 @@ language sql stable parallel safe as $$
         a.global_mean + coalesce(u.bias, 0) + m.bias
         + coalesce((select sum(x * y)
                     from unnest(u.explicit_factors, m.explicit_factors) as t (x, y)), 0)))
-    from recs.arms as a
+    from recs.publication as pub
+    -- app.arm_of inlines; recs.arm, a function with a FROM, would be planned per query
+    join recs.arms as a on a.arm = app.arm_of(pub.experiment, pub.challenger_share, p_user_id)
     join recs.movie_factors as m
         on m.arm = a.arm and m.movie_id = recs.film_id(p_movie_id)
     left join recs.user_factors as u on u.user_id = p_user_id and u.arm = a.arm
-    where a.arm = recs.arm(p_user_id)
 $$;
 comment on function recs.predict_rating(integer, integer) is
     'Predicted star rating of a user for a movie by the explicit model of the user''s arm '
@@ -135,7 +136,8 @@ begin
                    arm_model.model_version, pub.publish_id
             from best as s
             cross join recs.publication as pub
-            join recs.arms as arm_model on arm_model.arm = recs.arm(p_user_id)
+            join recs.arms as arm_model
+                on arm_model.arm = app.arm_of(pub.experiment, pub.challenger_share, p_user_id)
             where not exists (select 1 from recs.user_recommendations as r
                               where r.user_id = p_user_id and r.movie_id = s.movie_id)
                 and not exists (select 1 from marts.fct_ratings as f
@@ -213,7 +215,9 @@ language sql volatile as $$
     logged as (
         insert into app.exposures (shown_at, user_id, publish_id, model_version, arm, source,
                                    channel, movie_ids)
-        select now(), p_user_id, min(s.publish_id), min(s.model_version), recs.arm(p_user_id),
+        select now(), p_user_id, min(s.publish_id), min(s.model_version),
+               (select app.arm_of(pub.experiment, pub.challenger_share, p_user_id)
+                from recs.publication as pub),
                case when bool_and(s.source = 'als') then 'stored' else 'cold' end, 'sql',
                array_agg(s.movie_id order by s.rank)
         from shown as s
