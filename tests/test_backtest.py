@@ -121,11 +121,16 @@ def test_two_nights_replayed_through_the_dag_and_the_api(year_of_ratings, tmp_pa
         try:
             with contextlib.closing(warehouse.connect(settings)) as conn:
                 (logged,), = query(conn, "select count(*) from app.exposures")
+                dated = query(conn, "select extract(epoch from shown_at)::bigint, count(*) "
+                                    "from app.exposures group by 1 order by 1")
                 (rated,), = query(conn, "select count(*) from app.ratings")
                 (raw,), = query(conn, "select count(*) from raw.ratings")
         finally:
             warehouse.embedded(settings).stop()
     assert logged == sum(n.viewers for n in nights)
+    # each day's lists are dated at the replayed day's start, before its ratings
+    assert dated == [(backtest.midnight(d), n.viewers) for (d, _), n in zip(days, nights,
+                                                                           strict=True)]
     assert rated == sum(len(r) for _, r in days)
     assert raw == sum(t < backtest.midnight(start) for t in times)
 

@@ -7,9 +7,10 @@ MLflow store, Airflow home):
 
 1. the nightly DAG runs once on the cut release and publishes;
 2. each day, that day's viewers ask the API for their lists (so the exposure log
-   records them), and the lists are judged against the ratings the viewers gave
-   that day: the hit rate at 10 (a viewer rated a film of their list) and NDCG@10
-   of the films they liked (4 stars or more);
+   records them, dated at the start of the replayed day), and the lists are judged
+   against the ratings the viewers gave that day: the hit rate at 10 (a viewer
+   rated a film of their list) and NDCG@10 of the films they liked (4 stars or
+   more);
 3. the day's ratings then go into ``app.ratings`` with their real times (the table
    the API's write path fills), and the arm's night follows (but for the last day:
    no later day would judge its lists).
@@ -265,6 +266,33 @@ def lists_for(base: str, settings: Settings, users: list[int]) -> dict[int, list
     return lists
 
 
+def _database_now(settings: Settings) -> dt.datetime:
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        cur.execute("select now()")
+        return cur.fetchone()[0]
+
+
+def date_exposures(settings: Settings, since: dt.datetime, day: dt.date, lists: int,
+                   timeout: float = 30) -> int:
+    """Give the exposures the API logged for ``day`` (since ``since``, once all ``lists``
+    are written: it writes every second) the replayed day's start as their time, before
+    every rating of that day: the online measures then join them with the ratings that
+    came after, as they would have live. Returns the exposures dated."""
+    deadline = time.time() + timeout
+    with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
+        while True:
+            cur.execute("select count(*) from app.exposures where shown_at >= %s", (since,))
+            (logged,), = cur.fetchall()
+            conn.rollback()  # a fresh snapshot for the next look
+            if logged >= lists or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        cur.execute("update app.exposures set shown_at = to_timestamp(%s) where shown_at >= %s",
+                    (midnight(day), since))
+        conn.commit()
+        return cur.rowcount
+
+
 def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rating]]],
                anchor: dt.date, on_night: Callable[[Night], None] | None = None) -> list[Night]:
     """One arm over ``days``, in ``settings``' home (the cut release as its source)."""
@@ -277,7 +305,9 @@ def replay_arm(arm: str, settings: Settings, days: list[tuple[dt.date, list[Rati
         with serving(settings) as base:
             for night, (day, ratings) in enumerate(days, start=1):
                 started = time.time()
+                since = _database_now(settings)
                 lists = lists_for(base, settings, sorted({r[0] for r in ratings}))
+                date_exposures(settings, since, day, len(lists))
                 with contextlib.closing(warehouse.connect(settings)) as conn, conn, \
                         conn.cursor() as cur:
                     cur.executemany(
