@@ -48,8 +48,9 @@ class LiveModels:
     """The live publish's fold-in models, one per arm, per worker process."""
 
     def __init__(self) -> None:
-        #: arm -> (publish id, model, per genre the model rows of its movies)
-        self._models: dict[str, tuple[int, foldin.Model | None, dict[str, np.ndarray]]] = {}
+        #: arm -> (publish id, model, per genre the model rows of its movies, settings)
+        self._models: dict[str, tuple[int, foldin.Model | None, dict[str, np.ndarray],
+                                      dict]] = {}
         self._lock = asyncio.Lock()
 
     async def model(self, conn, user_id: int
@@ -61,16 +62,16 @@ class LiveModels:
         live = await conn.fetchrow(db.FOLD_IN_SETTINGS)
         if live is None:
             return None, {}, {}
-        live = dict(live)
         arm = arm_of(live["experiment"], live["challenger_share"], user_id)
-        if arm != CHAMPION:
-            live.update(dict(await conn.fetchrow(db.ARM_SETTINGS, arm)))
         async with self._lock:
             kept = self._models.get(arm)
             if kept is None or kept[0] != live["publish_id"]:
-                kept = (live["publish_id"], *await self._load(conn, live, arm))
+                settings = dict(live)  # the champion's; the challenger's are its arm's
+                if arm != CHAMPION:
+                    settings.update(dict(await conn.fetchrow(db.ARM_SETTINGS, arm)))
+                kept = (live["publish_id"], *await self._load(conn, settings, arm), settings)
                 self._models[arm] = kept
-        return kept[1], kept[2], live
+        return kept[1], kept[2], kept[3]
 
     @staticmethod
     async def _load(conn, live, arm: str) -> tuple[foldin.Model | None, dict[str, np.ndarray]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moviesforyou.foundation import warehouse
 from moviesforyou.foundation.config import Settings
 from moviesforyou.orchestration import ledger
 from moviesforyou.publishing import arms
@@ -27,6 +28,7 @@ def status(settings: Settings, alpha: float = 0.05) -> Status:
     """The running experiment (else the last one), its figures per arm and the test."""
     from spark_jobs.gate import LiveTest, decide_live
 
+    warehouse.ensure(settings)
     experiment = arms.latest(settings)
     if experiment is None:
         return Status(None, {}, None, False, "no experiment has run on "
@@ -74,6 +76,7 @@ def promote(settings: Settings, *, alpha: float = 0.05, force: bool = False) -> 
 def stop(settings: Settings, reason: str) -> arms.Experiment:
     """End the running experiment without promoting: the next publish serves everyone
     the champion (unless MFY_CHALLENGER_SHARE starts a new one)."""
+    warehouse.ensure(settings)
     experiment = arms.running(settings)
     if experiment is None:
         raise arms.ExperimentError(f"no experiment is running on {settings.dataset}")

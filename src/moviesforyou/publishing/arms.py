@@ -79,7 +79,6 @@ def latest(settings: Settings) -> Experiment | None:
 
 
 def _one(settings: Settings, query: str, params: tuple) -> Experiment | None:
-    warehouse.ensure(settings)
     with contextlib.closing(warehouse.connect(settings)) as conn, conn.cursor() as cur:
         cur.execute(query, params)
         row = cur.fetchone()
@@ -95,12 +94,14 @@ def start(settings: Settings, *, model_name: str, challenger_version: str,
     name = f"{settings.dataset}-v{challenger_version}-{time.strftime('%Y%m%dT%H%M%S')}"
     with contextlib.closing(warehouse.connect(settings)) as conn, conn, conn.cursor() as cur:
         cur.execute("insert into ops.experiments (name, dataset, model_name, challenger_version, "
-                    "champion_version_at_start, share) values (%s, %s, %s, %s, %s, %s)",
+                    f"champion_version_at_start, share) values (%s, %s, %s, %s, %s, %s) "
+                    f"returning {_COLUMNS}",
                     (name, settings.dataset, model_name, challenger_version, champion_version,
                      share))
+        started = Experiment(*cur.fetchone())
     log.info("experiment %s: v%s against the champion v%s for %.1f%% of viewers", name,
              challenger_version, champion_version, 100 * share)
-    return running(settings)
+    return started
 
 
 def end(settings: Settings, experiment: Experiment, outcome: str, reason: str) -> None:
@@ -120,6 +121,7 @@ def plan(settings: Settings, *, champion_version: str, challenger_version: str |
     * share above 0 and none running: one started with ``challenger_version`` (the
       registry's ``challenger``), unless that is the champion itself (then none).
     """
+    warehouse.ensure(settings)  # ops.experiments, on a warehouse from before it
     share = settings.publish.challenger_share
     current = running(settings)
     if share <= 0:
@@ -148,11 +150,11 @@ def seen_of_arm(seen: Path, out: Path, experiment: Experiment) -> Path:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    table = pads.dataset(str(seen), format="parquet").to_table()
-    users = pc.unique(table["user_id"]).to_numpy()
+    ratings = pads.dataset(str(seen), format="parquet")
+    users = pc.unique(ratings.to_table(columns=["user_id"])["user_id"]).to_numpy()
     chosen = users[challenger_mask(experiment.name, experiment.share, users)]
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.filter(pc.is_in(table["user_id"], value_set=pa.array(chosen))),
+    out.mkdir(parents=True, exist_ok=True)  # only the chosen viewers' ratings are read
+    pq.write_table(ratings.to_table(filter=pc.field("user_id").isin(pa.array(chosen))),
                    out / "part-0.parquet")
     log.info("experiment %s: %d of %d viewers in the %s arm", experiment.name, len(chosen),
              len(users), CHALLENGER)

@@ -80,21 +80,27 @@ values (%(arm)s, %(share)s, %(model_name)s, %(version)s, %(run_id)s, %(mu)s, %(l
 """
 
 
-def _copy_parquet(cur, table: sql.Composable, folder: Path, columns: list[str]) -> int:
-    """COPY a Parquet folder (Spark's output) into ``table``, in bounded batches."""
+def _copy_parquet(cur, table: sql.Composable, folder: Path, columns: list[str],
+                  constants: dict[str, str] | None = None) -> int:
+    """COPY a Parquet folder (Spark's output) into ``table``, in bounded batches, with
+    ``constants`` (column -> value) written beside its ``columns`` on every row."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.dataset as pads
 
     rows = 0
+    constants = constants or {}
     statement = sql.SQL("copy {} ({}) from stdin with (format csv)").format(
-        table, sql.SQL(", ").join(map(sql.Identifier, columns)))
+        table, sql.SQL(", ").join(map(sql.Identifier, [*columns, *constants])))
     for batch in pads.dataset(str(folder), format="parquet").to_batches(
             columns=columns, batch_size=250_000):
         if batch.num_rows == 0:
             continue
+        frame = pa.Table.from_batches([batch])
+        for name, value in constants.items():
+            frame = frame.append_column(name, pa.array([value] * batch.num_rows, pa.string()))
         buffer = io.BytesIO()
-        pacsv.write_csv(pa.Table.from_batches([batch]), buffer,
+        pacsv.write_csv(frame, buffer,
                         write_options=pacsv.WriteOptions(include_header=False))
         buffer.seek(0)
         cur.copy_expert(statement.as_string(cur), buffer)
@@ -228,7 +234,7 @@ def _has_extension(cur, name: str) -> bool:
     return cur.fetchone() is not None
 
 
-def _arm_values(settings: Settings, arm: str, share: float, meta: dict, explicit,
+def _arm_values(arm: str, share: float, meta: dict, explicit,
                 implicit) -> dict:
     """An arm's model, as ``publication`` and ``arms`` record it."""
     return {"arm": arm, "share": share, "model_name": meta["model_name"],
@@ -240,24 +246,19 @@ def _arm_values(settings: Settings, arm: str, share: float, meta: dict, explicit
             "list_family": implicit.params.family}
 
 
-def _challenger_lists(cur, s: sql.Identifier, challenger, columns: list[str]) -> int:
-    """The challenger's viewers' lists in place of the champion's: its scored lists,
-    COPYed beside the build and kept for the viewers ``app.arm_of`` puts in its arm."""
+def _challenger_lists(cur, s: sql.Identifier, challenger, columns: list[str]) -> tuple[int, int]:
+    """The challenger's viewers' lists in place of the champion's (scored for those
+    viewers only: ``arms.seen_of_arm``). Returns (champion rows removed, rows added)."""
     arm = {"salt": challenger.experiment.name, "share": challenger.experiment.share,
            "version": challenger.meta["version"]}
     cur.execute(sql.SQL("delete from {}.user_recommendations "
                         "where app.arm_of(%(salt)s, %(share)s, user_id) = 'challenger'")
                 .format(s), arm)
-    cur.execute(sql.SQL("create temporary table challenger_lists (like "
-                        "{}.user_recommendations including defaults) on commit drop").format(s))
-    _copy_parquet(cur, sql.Identifier("challenger_lists"),
-                  challenger.scored.user_recommendations, columns)
-    names = sql.SQL(", ").join(map(sql.Identifier, columns))
-    cur.execute(sql.SQL("insert into {s}.user_recommendations ({c}, arm, model_version) "
-                        "select {c}, 'challenger', %(version)s from challenger_lists "
-                        "where app.arm_of(%(salt)s, %(share)s, user_id) = 'challenger'")
-                .format(s=s, c=names), arm)
-    return cur.rowcount
+    removed = cur.rowcount
+    added = _copy_parquet(cur, sql.SQL("{}.user_recommendations").format(s),
+                          challenger.scored.user_recommendations, columns,
+                          constants={"arm": "challenger", "model_version": arm["version"]})
+    return removed, added
 
 
 def build(conn, settings: Settings, *, publish_id: int, champion: dict,
@@ -299,10 +300,9 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
             cur, sql.SQL("{}.user_recommendations").format(s), scored.user_recommendations,
             recs_columns)
         if challenger is not None:
-            counts["challenger_recommendations"] = _challenger_lists(cur, s, challenger,
-                                                                     recs_columns)
-            cur.execute(sql.SQL("select count(*) from {}.user_recommendations").format(s))
-            counts["user_recommendations"] = cur.fetchone()[0]
+            removed, counts["challenger_recommendations"] = _challenger_lists(
+                cur, s, challenger, recs_columns)
+            counts["user_recommendations"] += counts["challenger_recommendations"] - removed
         if scored.similar_movies is None:
             # a refresh's publish: only the users who rated since were scored; every
             # other list and every movie's neighbours are the live ones, unchanged
@@ -326,7 +326,7 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
                 cur, sql.SQL("{}.movie_factors").format(s), "item", arm_explicit,
                 arm_implicit, arm_explicit.biases.item, arm=arm, version=meta["version"])
             cur.execute(sql.SQL(_ARM).format(s=s), _arm_values(
-                settings, arm, arm_share, meta, arm_explicit, arm_implicit))
+                arm, arm_share, meta, arm_explicit, arm_implicit))
         counts["arms"] = len(arms)
         counts["user_factors"] = sum(counts.pop(f"user_factors_{arm[0]}") for arm in arms)
         counts["movie_factors"] = sum(counts.pop(f"movie_factors_{arm[0]}") for arm in arms)
@@ -338,7 +338,7 @@ def build(conn, settings: Settings, *, publish_id: int, champion: dict,
                    if table == "popular_movies" else sql.SQL("")))
             counts[table] = cur.rowcount
         cur.execute(sql.SQL(_PUBLICATION).format(s=s), {
-            **_arm_values(settings, CHAMPION, 1 - share, champion, explicit, implicit),
+            **_arm_values(CHAMPION, 1 - share, champion, explicit, implicit),
             "pid": publish_id, "dataset": settings.dataset, "generated": generated,
             "n": config.n, "experiment": salt, "share": share})
         counts["publication"] = 1
