@@ -29,6 +29,8 @@ Usage::
     .venv/bin/python benchmarks/nightly_run.py --ratings 1000000 5000000 [--keep]
     .venv/bin/python benchmarks/nightly_run.py --source ../shared/data/ml-100k --dataset ml-100k
     .venv/bin/python benchmarks/nightly_run.py --source REL --resume KEPT_HOME  # runs 2 and 3
+    .venv/bin/python benchmarks/nightly_run.py --ratings 25000000 --week  # a 25M week
+    .venv/bin/python benchmarks/nightly_run.py --source REL --resume HOME --week rebuild
 """
 
 from __future__ import annotations
@@ -194,6 +196,61 @@ def add_app_ratings(settings: Settings, count: int) -> int:
         conn.close()
 
 
+#: The nights of ``--week``: (label, extra environment, new app ratings before it).
+WEEK = {
+    "ordinary": ("ordinary night", {}, True),
+    "rebuild": ("weekly full dbt rebuild night", {"MFY_DBT_REBUILD_DAY": "always"}, True),
+    "tuning": ("tuning night", {"MFY_TUNE_DAY": "always"}, True),
+    "unchanged": ("unchanged night", {}, False),
+}
+
+
+def week(source: Path, dataset: str, new: int, home: Path | None,
+         nights: list[str], driver_memory: str | None = None) -> dict[str, RunFigures]:
+    """A week at one size, each kind of night once: the first run (unless ``home`` is a
+    kept home whose first run is done), then ``nights`` in order, every weekday setting
+    pinned (``MFY_TUNE_DAY``, ``MFY_DBT_REBUILD_DAY``) so that only the night's own
+    task differs; the nights that take app ratings get ``new`` of them first."""
+    first = home is None
+    home = home or Path(tempfile.mkdtemp(prefix="mfy-bench-week-"))
+    home.chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MFY_", "AIRFLOW", "MLFLOW_TRACKING_URI"))}
+    env.update({"MFY_HOME": str(home), "MFY_SOURCE": str(source), "MFY_DATASET": dataset,
+                "MFY_WAREHOUSE_PORT": str(embedded.free_port(56432)),
+                "MFY_TUNE_DAY": "never", "MFY_DBT_REBUILD_DAY": "never",
+                **({"MFY_SPARK_DRIVER_MEMORY": driver_memory} if driver_memory else {})})
+    settings = Settings.from_env(env)
+    figures: dict[str, RunFigures] = {}
+    try:
+        if first:
+            figures["first"] = run(env, home, "first run")
+        for night in nights:
+            label, changes, rated = WEEK[night]
+            if rated:
+                label += f" (+{add_app_ratings(settings, new):,} app ratings)"
+            figures[night] = run({**env, **changes}, home, label)
+    except RunFailed as failed:
+        print(f"\n{failed}")
+    finally:
+        warehouse.embedded(settings).stop()
+        print(f"\nkept {home}")
+    return figures
+
+
+def week_table(figures: dict[str, RunFigures]) -> None:
+    """One markdown table per night: each task's seconds and peak RSS, and the night's."""
+    for night, f in figures.items():
+        target = 25 * 60 if night == "tuning" else 45 * 60 if night == "first" else 10 * 60
+        verdict = "met" if f.seconds <= target else "missed"
+        print(f"\n**{f.label}**: {f.seconds:.0f} s wall ({verdict}: target {target} s), "
+              f"peak RSS {f.peak / GIB:.1f} GiB\n")
+        print("| task | seconds | peak RSS GiB |\n|---|---:|---:|")
+        for task, (took, rss) in sorted(f.tasks.items(), key=lambda kv: -kv[1][0]):
+            if took >= 0.5:
+                print(f"| {task} | {took:.0f} | {rss / GIB:.1f} |")
+
+
 def benchmark(source: Path, dataset: str, new: int, keep: bool,
               driver_memory: str | None = None, resume: Path | None = None,
               full_refit: bool = True, finish_first: bool = False) -> list[RunFigures | str | None]:
@@ -297,8 +354,28 @@ def main() -> None:
     parser.add_argument("--finish-first", action="store_true",
                         help="with --resume: the kept home's first run failed part-way; run it "
                              "again (--force) before the nightly and unchanged runs")
+    parser.add_argument("--week", nargs="*", choices=list(WEEK), metavar="NIGHT",
+                        help="a week at the first --ratings size (or --source): the first run "
+                             "(unless --resume), then these nights in order (default: "
+                             + ", ".join(WEEK) + "); one table per night")
     args = parser.parse_args()
 
+    if args.week is not None:
+        source = Path(args.source) if args.source else None
+        if source is None:
+            n = args.ratings[0]
+            source = Path(tempfile.mkdtemp(prefix=f"mfy-synth-{n}-")) / "release"
+            started = time.time()
+            users, movies = ml25m_shape(n)
+            subprocess.run([sys.executable, "-m", "moviesforyou", "synth", "-n", str(n),
+                            "--users", str(users), "--movies", str(movies),
+                            "--layout", "csv", str(source)], check=True,
+                           stdout=subprocess.DEVNULL)
+            print(f"synthetic release of {n:,} ratings written to {source} in "
+                  f"{time.time() - started:.0f} s (kept for --resume)", flush=True)
+        week_table(week(source, args.dataset, args.new, args.resume,
+                        args.week or list(WEEK), args.driver_memory))
+        return
     results: dict[str, list[RunFigures | str | None]] = {}
     if args.source:
         results[Path(args.source).name] = benchmark(Path(args.source), args.dataset, args.new,
