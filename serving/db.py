@@ -38,12 +38,22 @@ def api_environment(settings: Settings, **api_changes) -> dict[str, str]:
     return {**os.environ, **dataclasses.replace(settings, api=api).to_env()}
 
 
+async def _keep_session(conn) -> None:
+    """The pool's reset on release: nothing to undo. asyncpg rolls back a transaction
+    left open itself; the API changes no session setting (only ``set local``, which ends
+    with its transaction), takes no advisory lock, keeps no cursor past its transaction
+    and listens to nothing.
+    asyncpg's default reset runs ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release, a second round trip per lookup that cost Postgres
+    about as much as the lookup itself (``benchmarks/api_load.py``)."""
+
+
 async def create_pool(settings: Settings):
     import asyncpg
 
     return await asyncpg.create_pool(
         database_url(settings), min_size=settings.api.pool_min, max_size=settings.api.pool_max,
-        command_timeout=30, server_settings={
+        command_timeout=30, reset=_keep_session, server_settings={
             "application_name": "moviesforyou-api",
             # looser than pg_trgm's defaults (0.6 and 0.3), so that typos still match:
             # "gmae the" finds "The Game"; the ranking puts the closest first
@@ -185,6 +195,25 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
                           (to_jsonb(p) ->> 'challenger_share')::float8, $1)
         from recs.publication as p) as arm
 from recs.recommend($1, $2, $3::text[])
+"""
+
+#: The fast path's lookup (serving/middleware.py): the stored list's first $2 rows as
+#: they are, for a viewer with no rating since the publish and no excluded genre, where
+#: recs.recommend's filters drop nothing (the list was scored without everything the
+#: viewer had rated through the publish's ``app_ratings_through``). One index range
+#: scan and $2 catalogue probes; no set-returning function, no aggregate and no JSON in
+#: Postgres, which cost more than the lookup (``benchmarks/api_load.py``): the API
+#: writes the answer. ``pending`` (the same on every row) sends the viewer to
+#: :func:`recommend`, which folds them in.
+STORED_ROWS = f"""
+select r.rank, r.movie_id, m.title, m.release_year, m.genres, r.score,
+       round(r.predicted_rating::numeric, 2)::float8 as predicted_rating, r.source, r.arm,
+       r.model_version, r.publish_id, (select {_PENDING}) as pending
+from recs.user_recommendations as r
+join recs.movie_catalogue as m on m.movie_id = r.movie_id
+where r.user_id = $1
+order by r.rank
+limit $2
 """
 
 #: What a fold-in needs from the live publish: the champion's model settings (older
