@@ -8,6 +8,8 @@ row for row, over every table and view of the intermediate and marts schemas
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 
 import pytest
@@ -127,6 +129,14 @@ def test_nights_of_app_ratings_build_like_a_full_rebuild(warehouse_100k):
     assert rows_written(quiet, "fct_ratings") == 0
     assert_same(snapshot(settings), incremental)
 
+    # the weekly rebuild night: every model over fct_ratings in full, fct_ratings itself
+    # incremental (nothing new: no row written), and still the same rows
+    weekly = transform.transform(dataclasses.replace(settings, dbt_rebuild_day="alw"),
+                                 docs=False, logical_date=datetime.datetime(2026, 12, 5))
+    assert rows_written(weekly, "fct_ratings") == 0
+    assert rows_written(weekly, "int_movie_rating_totals") > 1000
+    assert_same(snapshot(settings), incremental)
+
 
 def test_a_rating_before_its_users_first_rebuilds_in_full(warehouse_100k, caplog):
     settings = warehouse_100k
@@ -139,6 +149,7 @@ def test_a_rating_before_its_users_first_rebuilds_in_full(warehouse_100k, caplog
 
     assert "predates its user's first counted rating" in caplog.text
     assert rows_written(night, "int_movie_rating_totals") > 1000
+    assert rows_written(night, "fct_ratings") == 2  # the ratings table itself incremental
     built = snapshot(settings)
     transform.transform(settings, docs=False, full_refresh=True)
     assert_same(built, snapshot(settings))

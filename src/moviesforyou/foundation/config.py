@@ -119,7 +119,7 @@ class Settings:
     expectations_dir: Path | None = None
     max_recs_age_hours: float = 36.0
     #: weekday the nightly dbt build rebuilds every incremental model in full
-    dbt_rebuild_day: str = "sun"
+    dbt_rebuild_day: str = "sat"
     #: the dbt profile's target (``dbt_project/profiles.yml``) and its threads
     dbt_target: str = "warehouse"
     dbt_threads: int = 4
@@ -320,9 +320,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MFY_WRITER_WAIT", "writer_wait", "600",
              "seconds a writing step (ingest, dbt build, publish) waits for another writer",
              _non_negative),
-    Variable("MFY_DBT_REBUILD_DAY", "dbt_rebuild_day", "sun",
-             "weekday the nightly dbt build rebuilds the incremental models in full "
-             "(or always, never)", _weekday),
+    Variable("MFY_DBT_REBUILD_DAY", "dbt_rebuild_day", "sat",
+             "weekday the nightly dbt build rebuilds the models over fct_ratings in full, "
+             "a day before the default MFY_TUNE_DAY (or always, never)", _weekday),
     Variable("MFY_DBT_TARGET", "dbt_target", "warehouse",
              "the target of dbt_project/profiles.yml that dbt runs against"),
     Variable("MFY_DBT_THREADS", "dbt_threads", "4", "threads dbt builds models with",
