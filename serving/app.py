@@ -9,8 +9,8 @@ answer that carries recommendations names the ``model_version`` and
 two narrow ``security definer`` functions of the warehouse.
 
 This module builds the app: its state (settings, pool, rate limits, the fold-in
-models, the answer cache, the exposure log), one router per area (``serving/routes/``) and the two
-middlewares (:mod:`serving.middleware`).
+models, the answer cache, the exposure log, the stored lookups' batches), one router
+per area (``serving/routes/``) and the two middlewares (:mod:`serving.middleware`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from moviesforyou.foundation.config import Settings
 from serving import auth, db, live
 from serving.cache import AnswerCache, following
 from serving.exposures import ExposureLog, writing
+from serving.lookups import StoredLists
 from serving.middleware import LookupFastPath, ServerTiming
 from serving.routes import catalogue, health, pages, recommendations, users
 
@@ -40,6 +41,7 @@ async def lifespan(app: FastAPI):
     app.state.pool = await db.create_pool(settings)
     app.state.writes = auth.RateLimiter(settings.api.write_limit)
     app.state.live = live.LiveModels()
+    app.state.stored = StoredLists(app.state.pool)
     try:
         cache = AnswerCache(settings.api.cache_size, settings.api.cache_ttl)
         exposures = ExposureLog(settings.api.exposure_buffer, settings.api.exposure_flush_seconds)

@@ -197,23 +197,37 @@ select count(*) as n, bool_and(source = 'als') as personal, min(publish_id) as p
 from recs.recommend($1, $2, $3::text[])
 """
 
-#: The fast path's lookup (serving/middleware.py): the stored list's first $2 rows as
-#: they are, for a viewer with no rating since the publish and no excluded genre, where
-#: recs.recommend's filters drop nothing (the list was scored without everything the
-#: viewer had rated through the publish's ``app_ratings_through``). One index range
-#: scan and $2 catalogue probes; no set-returning function, no aggregate and no JSON in
-#: Postgres, which cost more than the lookup (``benchmarks/api_load.py``): the API
-#: writes the answer. ``pending`` (the same on every row) sends the viewer to
-#: :func:`recommend`, which folds them in.
-STORED_ROWS = f"""
-select r.rank, r.movie_id, m.title, m.release_year, m.genres, r.score,
+#: The fast path's lookup (serving/lookups.py), for a batch of viewers ($1) at once:
+#: each stored list's first $2 rows as they are, for viewers with no rating since the
+#: publish and no excluded genre, where recs.recommend's filters drop nothing (the
+#: list was scored without everything the viewer had rated through the publish's
+#: ``app_ratings_through``). Index range scans and catalogue probes; no set-returning
+#: function, no aggregate and no JSON in Postgres, which cost more than the lookup
+#: (``benchmarks/api_load.py``): the API writes the answer. ``pending`` sends the
+#: viewer to :func:`recommend`, which folds them in.
+STORED_ROWS_MANY = """
+with publication as (
+    select p.dataset,
+           coalesce((to_jsonb(p) ->> 'app_ratings_through')::timestamptz, '-infinity')
+               as ratings_through
+    from recs.publication as p
+),
+asked as (
+    select viewer.user_id,
+           exists (select 1 from app.ratings as a
+                   where a.user_id = viewer.user_id and a.dataset = publication.dataset
+                       and a.received_at > publication.ratings_through) as pending
+    from unnest($1::integer[]) as viewer (user_id)
+    cross join publication
+)
+select r.user_id, r.rank, r.movie_id, m.title, m.release_year, m.genres, r.score,
        round(r.predicted_rating::numeric, 2)::float8 as predicted_rating, r.source, r.arm,
-       r.model_version, r.publish_id, (select {_PENDING}) as pending
-from recs.user_recommendations as r
+       r.model_version, r.publish_id, asked.pending
+from asked
+join recs.user_recommendations as r on r.user_id = asked.user_id
 join recs.movie_catalogue as m on m.movie_id = r.movie_id
-where r.user_id = $1
-order by r.rank
-limit $2
+where r.rank <= $2
+order by r.user_id, r.rank
 """
 
 #: What a fold-in needs from the live publish: the champion's model settings (older

@@ -9,8 +9,6 @@ import time
 
 import orjson
 
-from serving import db
-
 
 class ServerTiming:
     """Pure ASGI middleware (no per-request task, unlike ``@router.middleware``) that adds
@@ -38,8 +36,8 @@ class ServerTiming:
 class LookupFastPath:
     """Pure ASGI middleware for the one request that carries the load,
     ``GET /api/users/{id}/recommendations`` with at most ``k`` in its query: the same
-    answer as :func:`recommend` (one statement, ``db.STORED_ROWS``, prepared once per
-    connection; the answer written by orjson) without FastAPI's routing, validation
+    answer as :func:`recommend` (the stored rows in batches of viewers,
+    :mod:`serving.lookups`; the answer written by orjson) without FastAPI's routing, validation
     and response objects, which cost more than the lookup itself
     (``benchmarks/api_load.py``). Anything else, an invalid value
     included, and any answer that is not a stored personal list (newcomers, viewers
@@ -75,13 +73,12 @@ class LookupFastPath:
             body, shown = cached
             state.exposures.record(user_id, state.cache.publish_id, *shown)
             return body
-        try:
-            async with state.pool.acquire() as conn:
-                rows = await conn.fetch(db.STORED_ROWS, user_id, k)
-        except Exception:  # recommend() answers it, with its own error handling
+        rows = await state.stored.lookup(user_id, k)  # in a batch (serving/lookups.py)
+        if not rows or len(rows) < k or rows[0]["pending"] \
+                or any(r["source"] != "als" for r in rows):
+            # failed (recommend() has the error handling), short (recommend() tops
+            # up), folded in, or not a personal list
             return None
-        if len(rows) < k or rows[0]["pending"] or any(r["source"] != "als" for r in rows):
-            return None  # short (recommend() tops up), folded in, or not a personal list
         first = rows[0]
         body = stored_answer(user_id, rows)
         shown = (first["model_version"], "stored", [r["movie_id"] for r in rows], first["arm"])
@@ -91,7 +88,7 @@ class LookupFastPath:
 
 
 def stored_answer(user_id: int, rows) -> bytes:
-    """The JSON answer of a stored list's rows (``db.STORED_ROWS``): the shape
+    """The JSON answer of a stored list's rows (``db.STORED_ROWS_MANY``): the shape
     ``db.RECOMMEND_JSON`` gives, written by orjson."""
     first = rows[0]
     return orjson.dumps({

@@ -160,31 +160,6 @@ def test_the_api_top_up_scores_in_numpy_not_in_postgres(published, wh):
     assert [r["movie_id"] for r in answer["recommendations"]] == sql
 
 
-def test_the_lookups_fast_path_answers_as_the_full_handler(api_server):
-    """``/recommendations?k=`` skips FastAPI (serving.app.LookupFastPath); any other
-    query (an unknown parameter here) goes through the full handler: the same answer
-    (the fast path's JSON is written by orjson, the handler's by Postgres)
-    What the fast path does not answer itself falls through: invalid values get the
-    handler's 422, a user without recommendations its 404."""
-    def raw(path: str) -> tuple[int, bytes, str]:
-        try:
-            with urllib.request.urlopen(api_server + path, timeout=30) as response:
-                return response.status, response.read(), response.headers["Server-Timing"]
-        except urllib.error.HTTPError as error:
-            return error.code, error.read(), error.headers["Server-Timing"]
-
-    for user, k in ((1, ""), (13, "?k=7"), (943, "?k=100")):
-        fast = raw(f"/api/users/{user}/recommendations{k}")
-        full = raw(f"/api/users/{user}/recommendations{k}{'&' if k else '?'}via=handler")
-        assert fast[0] == full[0] == 200
-        assert json.loads(fast[1]) == json.loads(full[1])
-        assert len(json.loads(fast[1])["recommendations"]) == int(k[3:] or 10)
-        assert json.loads(fast[1])["user_id"] == user and fast[2].startswith("app;dur=")
-    assert raw("/api/users/1/recommendations?k=101")[0] == 422
-    assert raw("/api/users/1/recommendations?k=0")[0] == 422
-    assert raw("/api/users/99999999/recommendations")[0] == 404
-
-
 def test_user_page_data_comes_in_one_request(api_server):
     """``/page``: the sections, the ranked list and the newest ratings at once, each
     as its own endpoint gives it; an app user's needs their token."""

@@ -58,6 +58,8 @@ def test_the_api_logs_every_list_it_serves(api_server, wh):
     assert status == 200
     assert figures["exposures"]["written"] >= 4 and figures["exposures"]["dropped"] == 0
     assert figures["cache"]["hits"] >= 1 and 0 < figures["cache"]["hit_rate"] <= 1
+    batched = figures["stored_lookups"]  # user 1's first lookup at least, in a batch
+    assert batched["lookups"] >= batched["batches"] >= 1 and batched["mean_batch"] >= 1
 
 
 def test_losing_the_log_never_fails_a_lookup(api_server, wh, published):

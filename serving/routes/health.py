@@ -40,8 +40,9 @@ async def health(request: Request):
 @router.get("/api/metrics")
 async def metrics(request: Request):
     """This worker's figures since it started: its answer cache (hits, misses, hit
-    rate) and its exposure log (written, buffered, dropped). Each worker answers
+    rate), its exposure log (written, buffered, dropped) and its batches of stored
+    lookups (``serving/lookups.py``: batches, lookups, the mean batch). Each worker answers
     for itself: ask a few times to see them all (``pid`` says which)."""
     state = request.app.state
     return {"pid": os.getpid(), "cache": state.cache.figures(),
-            "exposures": state.exposures.figures()}
+            "exposures": state.exposures.figures(), "stored_lookups": state.stored.figures()}
