@@ -163,9 +163,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000_000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--no-publish", action="store_true", help="skip the publish phase")
-    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT", action="append",
+                        default=[],
                         help="also load the cache-off API of another checkout (e.g. a git "
-                             "worktree of an earlier commit), right after this one's")
+                             "worktree of an earlier commit), right after this one's; "
+                             "may be given more than once")
     parser.add_argument("--zipf", type=float, default=1.0,
                         help="exponent of the cache-on run's Zipf draw of users")
     args = parser.parse_args()
@@ -183,11 +185,11 @@ def main() -> None:
           f"{args.connections} connections, {args.workers} API worker(s), "
           f"{os.cpu_count()} cores", flush=True)
     # cache off, on, and off without the exposure log (what logging every list costs)
-    keys = (False, *(["against"] if args.against else []), True, "no log")
+    keys = (False, *args.against, True, "no log")
     apis = {key: (embedded.free_port(18100 + 10 * n), key) for n, key in enumerate(keys)}
     processes = {key: start_api(settings, port, args.workers, cache=key is True,
                                 exposures=key != "no log",
-                                root=args.against.resolve() if key == "against" else ROOT)
+                                root=key.resolve() if isinstance(key, Path) else ROOT)
                  for key, (port, _) in apis.items()}
     rows = []
     logged = exposures_logged(settings)
@@ -196,7 +198,7 @@ def main() -> None:
             warm = argparse.Namespace(**{**vars(args), "seconds": 3, "requests": 5000})
             load("http", warm, port, dsn)  # connections, prepared statements
             name = ("API, cache off, no exposure log" if key == "no log"
-                    else f"API ({args.against.name}), cache off" if key == "against"
+                    else f"API ({key.name}), cache off" if isinstance(key, Path)
                     else f"API, cache {'on' if key else 'off'}")
             figures = wrk(args, port)
             if figures:

@@ -185,9 +185,12 @@ def add_app_ratings(settings: Settings, count: int) -> int:
                       from (select user_id from marts.dim_users
                             order by user_id limit %(users)s) u
                       cross join (select movie_id from marts.dim_movies
-                                  order by movie_id limit 40) m
+                                  order by movie_id limit 400) m
                       where not exists (select 1 from marts.fct_ratings f
                                         where f.user_id = u.user_id and f.movie_id = m.movie_id)
+                          and not exists (select 1 from app.ratings a  -- an earlier night's
+                                          where a.user_id = u.user_id
+                                              and a.movie_id = m.movie_id)
                       order by u.user_id, m.movie_id
                       limit %(count)s) pairs""",
                         {"dataset": settings.dataset, "users": count // 20 + 1, "count": count})
@@ -225,6 +228,8 @@ def week(source: Path, dataset: str, new: int, home: Path | None,
     try:
         if first:
             figures["first"] = run(env, home, "first run")
+        else:  # a kept home's warehouse, for the app ratings
+            warehouse.ensure(settings)
         for night in nights:
             label, changes, rated = WEEK[night]
             if rated:

@@ -162,10 +162,12 @@ limit $3 offset $4
 #: Whether user $1 rated films through the API since the live publish (the marts'
 #: newest app rating then): such a viewer is folded in live (serving/live.py).
 _PENDING = """exists (
-    select 1 from app.ratings as a, recs.publication as pub
-    where a.user_id = $1 and a.dataset = pub.dataset
-        and a.received_at > coalesce((to_jsonb(pub) ->> 'app_ratings_through')::timestamptz,
-                                     '-infinity'))"""
+    select 1 from app.ratings as a
+    where a.user_id = $1 and a.dataset = (select dataset from recs.publication)
+        and a.received_at > (  -- once (an InitPlan), not for each of the viewer's ratings
+            select coalesce((to_jsonb(pub) ->> 'app_ratings_through')::timestamptz,
+                            '-infinity')
+            from recs.publication as pub))"""
 
 #: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
 #: A known user's short list comes back short (the pool's mfy.recommend_top_up is
@@ -206,13 +208,15 @@ from recs.recommend($1, $2, $3::text[])
 #: (``benchmarks/api_load.py``): the API writes the answer. ``pending`` sends the
 #: viewer to :func:`recommend`, which folds them in.
 STORED_ROWS_MANY = """
-with publication as (
+-- materialized: the publication's app_ratings_through worked out once, and each
+-- viewer's pending check once, not for every row of their ratings and their list
+with publication as materialized (
     select p.dataset,
            coalesce((to_jsonb(p) ->> 'app_ratings_through')::timestamptz, '-infinity')
                as ratings_through
     from recs.publication as p
 ),
-asked as (
+asked as materialized (
     select viewer.user_id,
            exists (select 1 from app.ratings as a
                    where a.user_id = viewer.user_id and a.dataset = publication.dataset
