@@ -8,7 +8,7 @@ import json
 
 from fastapi import Request
 
-from serving import auth, db, live
+from serving import auth, db, live, page_queries
 from serving.deps import live_dataset, movie_json, pool, require_user, version_of
 
 TRENDING = "rated most in the last 30 days, the newest ratings counting most"
@@ -70,10 +70,10 @@ async def sections_and_list(request: Request, user_id: int, k: int,
         request.app.state.exposures.record_answer(  # the page shows the list's first k
             user_id, {**top, "recommendations": top["recommendations"][:k]},
             "live" if made else "stored" if row["personal"] else "cold", row["arm"])
-        rated = await conn.fetch(db.SECTION_RATED, user_id, dataset)
+        rated = await conn.fetch(page_queries.SECTION_RATED, user_id, dataset)
         seen = [r["movie_id"] for r in rated]
-        profile = await conn.fetchrow(db.SECTION_PROFILE, user_id)
-        genre = (await conn.fetchval(db.SECTION_GENRE, user_id, dataset)
+        profile = await conn.fetchrow(page_queries.SECTION_PROFILE, user_id)
+        genre = (await conn.fetchval(page_queries.SECTION_GENRE, user_id, dataset)
                  or next(iter(profile["preferred_genres"]), None))
         anchor = next((r for r in rated if r["has_neighbours"]), None)
         season = await conn.fetchval(db.SEASON)
@@ -88,20 +88,20 @@ async def sections_and_list(request: Request, user_id: int, k: int,
             sections.append(section(
                 "because", f"Because you rated {anchor['title']}",
                 f"films people who liked {anchor['title']} also liked, and of its genres",
-                await conn.fetch(db.SECTION_SIMILAR, anchor["movie_id"], seen, k), k))
+                await conn.fetch(page_queries.SECTION_SIMILAR, anchor["movie_id"], seen, k), k))
         if genre is not None:
             sections.append(section(
                 "genre", f"Your favourite genre: {genre}",
                 "the genre of most of your good ratings" if rated
                 else "a genre you chose at sign-up",
-                await conn.fetch(db.SECTION_IN_GENRE, user_id, genre, seen, k), k))
+                await conn.fetch(page_queries.SECTION_IN_GENRE, user_id, genre, seen, k), k))
         sections.append(section(
             "season", f"Popular this {season.lower()}",
             f"the films rated most in {season.lower()} months",
-            await conn.fetch(db.SECTION_LIST, "season", season, seen, k), k))
+            await conn.fetch(page_queries.SECTION_LIST, "season", season, seen, k), k))
         sections.append(section(
             "trending", "Trending", TRENDING,
-            await conn.fetch(db.SECTION_LIST, "trending", "all", seen, k), k))
+            await conn.fetch(page_queries.SECTION_LIST, "trending", "all", seen, k), k))
         for list_type, segment in (("age_gender", profile["age_gender"]),
                                    ("occupation", profile["occupation"])):
             if segment is not None:
@@ -109,7 +109,7 @@ async def sections_and_list(request: Request, user_id: int, k: int,
                     "like_you", "Popular with people like you",
                     f"the films rated most by people of your {list_type.replace('_', ' and ')}"
                     f" ({segment})",
-                    await conn.fetch(db.SECTION_LIST, list_type, segment, seen, k), k)
+                    await conn.fetch(page_queries.SECTION_LIST, list_type, segment, seen, k), k)
                 if like is not None:
                     sections.append(like)
                     break
@@ -120,7 +120,8 @@ async def sections_and_list(request: Request, user_id: int, k: int,
                 "region", f"Popular in {where}",
                 f"the films rated most by people in your region ({profile['region']}, "
                 "from your ZIP code)",
-                await conn.fetch(db.SECTION_LIST, "region", profile["region"], seen, k), k))
+                await conn.fetch(page_queries.SECTION_LIST, "region", profile["region"],
+                                 seen, k), k))
     return ({"user_id": user_id, "model_version": top["model_version"],
              "publish_id": top["publish_id"], "season": season,
              "sections": [s for s in sections if s is not None]},

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from serving import auth, db, live
+from serving import auth, db, live, page_queries
 from serving.deps import (
     PAGE_SIZE,
     K,
@@ -151,4 +151,5 @@ async def list_genres(request: Request):
 @router.get("/api/occupations")
 async def list_occupations(request: Request):
     async with pool(request).acquire() as conn:
-        return {"occupations": [r["occupation"] for r in await conn.fetch(db.OCCUPATIONS)]}
+        rows = await conn.fetch(page_queries.OCCUPATIONS)
+        return {"occupations": [r["occupation"] for r in rows]}

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from serving import db
+from serving import db, page_queries
 from serving.deps import K, UserId, pool, version_of
 from serving.pages import TRENDING, section, sections_and_list
 from serving.routes.users import user_ratings
@@ -59,13 +59,14 @@ async def home(request: Request, k: Annotated[int, Query(ge=1, le=50)] = 10,
                      "needs many ratings to rank high",
                      await conn.fetch(db.BROWSE, None, None, None, "rating", k, 0), k),
             section("trending", "Trending", TRENDING,
-                     await conn.fetch(db.SECTION_LIST, "trending", "all", [], k), k),
+                     await conn.fetch(page_queries.SECTION_LIST, "trending", "all", [], k), k),
             section("season", f"Popular this {season.lower()}",
                      f"the films rated most in {season.lower()} months",
-                     await conn.fetch(db.SECTION_LIST, "season", season, [], k), k)]
-        for genre in [r["segment"] for r in await conn.fetch(db.HOME_GENRES, genres)]:
+                     await conn.fetch(page_queries.SECTION_LIST, "season", season, [], k), k)]
+        for genre in [r["segment"] for r in await conn.fetch(page_queries.HOME_GENRES, genres)]:
             rows.append(section(f"genre:{genre}", genre, f"the most rated {genre} films",
-                                 await conn.fetch(db.SECTION_LIST, "genre", genre, [], k), k))
+                                 await conn.fetch(page_queries.SECTION_LIST, "genre", genre,
+                                                  [], k), k))
     return {**version, "season": season, "rows": [r for r in rows if r is not None]}
 
 

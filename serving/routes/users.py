@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 
-from serving import auth, db
+from serving import auth, db, page_queries
 from serving.deps import (
     PAGE_SIZE,
     K,
@@ -32,7 +32,7 @@ async def signup_options(request: Request):
     lists, so ``demographics`` is false and sign-up asks for genres only.
     """
     async with pool(request).acquire() as conn:
-        rows = await conn.fetch(db.COLD_START_LISTS)
+        rows = await conn.fetch(page_queries.COLD_START_LISTS)
         version = await version_of(conn, [])
         dataset = await live_dataset(conn, request)
     lists = {r["list_type"]: list(r["segments"]) for r in rows}
