@@ -161,13 +161,16 @@ limit $3 offset $4
 
 #: Whether user $1 rated films through the API since the live publish (the marts'
 #: newest app rating then): such a viewer is folded in live (serving/live.py).
-_PENDING = """exists (
+#: The live publish's ``app_ratings_through`` (``pub``: recs.publication; older
+#: publishes, rolled back, lack the column).
+_RATINGS_THROUGH = ("coalesce((to_jsonb(pub) ->> 'app_ratings_through')::timestamptz, "
+                    "'-infinity')")
+
+_PENDING = f"""exists (
     select 1 from app.ratings as a
     where a.user_id = $1 and a.dataset = (select dataset from recs.publication)
         and a.received_at > (  -- once (an InitPlan), not for each of the viewer's ratings
-            select coalesce((to_jsonb(pub) ->> 'app_ratings_through')::timestamptz,
-                            '-infinity')
-            from recs.publication as pub))"""
+            select {_RATINGS_THROUGH} from recs.publication as pub))"""
 
 #: The hot path: Postgres writes the JSON answer, the API passes it through untouched.
 #: A known user's short list comes back short (the pool's mfy.recommend_top_up is
@@ -207,14 +210,12 @@ from recs.recommend($1, $2, $3::text[])
 #: function, no aggregate and no JSON in Postgres, which cost more than the lookup
 #: (``benchmarks/api_load.py``): the API writes the answer. ``pending`` sends the
 #: viewer to :func:`recommend`, which folds them in.
-STORED_ROWS_MANY = """
+STORED_ROWS_MANY = f"""
 -- materialized: the publication's app_ratings_through worked out once, and each
 -- viewer's pending check once, not for every row of their ratings and their list
 with publication as materialized (
-    select p.dataset,
-           coalesce((to_jsonb(p) ->> 'app_ratings_through')::timestamptz, '-infinity')
-               as ratings_through
-    from recs.publication as p
+    select pub.dataset, {_RATINGS_THROUGH} as ratings_through
+    from recs.publication as pub
 ),
 asked as materialized (
     select viewer.user_id,

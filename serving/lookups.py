@@ -38,6 +38,7 @@ class StoredLists:
         self._waiting: dict[int, list[tuple[int, asyncio.Future]]] = {}
         self._out = 0
         self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()  # the event loop keeps only weak references
         self.batches = self.lookups = 0
 
     def lookup(self, user_id: int, k: int) -> asyncio.Future:
@@ -57,7 +58,9 @@ class StoredLists:
             return  # a batch coming back sends what has gathered since
         waiting, self._waiting = self._waiting, {}
         self._out += 1
-        asyncio.ensure_future(self._ask(waiting))
+        task = asyncio.ensure_future(self._ask(waiting))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _ask(self, waiting: dict[int, list[tuple[int, asyncio.Future]]]) -> None:
         try:
