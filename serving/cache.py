@@ -22,9 +22,8 @@ from collections import OrderedDict
 log = logging.getLogger(__name__)
 
 
-#: What a cached answer showed, for the exposure log: (model version, source, movie
-#: ids in rank order, the viewer's arm).
-Shown = tuple[str | None, str, list[int], str]
+#: What a cached answer showed, for the exposure log (``serving.exposures.shown``).
+Shown = str | None
 
 
 class AnswerCache:

@@ -2,14 +2,20 @@
 
 Every list the API serves (a stored list, a list folded in live, a cold-start list)
 is recorded: the viewer, the time, the publish, the model version, the arm, the
-source and the films in rank order. Recording is an append to a list in memory, so
-a lookup never waits on the log; a background task writes what has gathered every
-``MFY_API_EXPOSURE_FLUSH_SECONDS`` (1 s), or as soon as :data:`BATCH` rows wait,
-with one ``COPY`` per :data:`CHUNK` rows.
+source and the films in rank order. Recording appends one line of ``COPY`` text to
+a list in memory, so a lookup never waits on the log; a background task writes what
+has gathered every ``MFY_API_EXPOSURE_FLUSH_SECONDS`` (1 s), or as soon as
+:data:`BATCH` lines wait, as one ``COPY``.
+
+What a list showed is written as text once, when the list is made (:func:`shown`),
+and an answer the cache holds keeps it so. Each lookup then adds only its time and
+viewer, and the buffer holds strings, which the garbage collector does not follow: a
+buffer of tuples and lists lived just long enough to reach the oldest generation,
+and the full collections it set off showed in the lookups' p99 latency.
 
 Losing the log never fails a lookup. A write that fails (the warehouse down, the
-table gone) is logged and its rows dropped; a buffer that reaches
-``MFY_API_EXPOSURE_BUFFER`` rows drops new ones until a write gets through. Both
+table gone) is logged and its lines dropped; a buffer that reaches
+``MFY_API_EXPOSURE_BUFFER`` lines drops new ones until a write gets through. Both
 are counted in :meth:`ExposureLog.figures` (``/api/metrics``), which is how an
 operator sees that the online measures of those hours are short.
 """
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import time
@@ -27,13 +32,27 @@ from moviesforyou.foundation.experiments import CHAMPION
 
 log = logging.getLogger(__name__)
 
-#: ``app.exposures``' columns, in the order of a recorded row.
+#: ``app.exposures``' columns, in the order of a line's fields.
 COLUMNS = ("shown_at", "user_id", "publish_id", "model_version", "arm", "source", "channel",
            "movie_ids")
-#: Rows that make the writer go at once, without waiting for its next turn.
+#: Lines that make the writer go at once, without waiting for its next turn.
 BATCH = 5_000
-#: Rows per COPY of a write.
-CHUNK = 500
+#: COPY's text format: what a field may not hold as it is.
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _field(value) -> str:
+    return "\\N" if value is None else str(value).translate(_ESCAPES)
+
+
+def shown(publish_id: int | None, model_version: str | None, source: str, movie_ids,
+          arm: str = CHAMPION) -> str | None:
+    """What a served list showed, as the end of its exposure's COPY line (the fields
+    after the viewer); None for an empty list, which is not logged."""
+    if not movie_ids:
+        return None
+    return (f"{_field(publish_id)}\t{_field(model_version)}\t{_field(arm)}\t{_field(source)}"
+            f"\tapi\t{{{','.join(map(str, movie_ids))}}}\n")
 
 
 class ExposureLog:
@@ -41,21 +60,27 @@ class ExposureLog:
 
     def __init__(self, capacity: int, every: float) -> None:
         self.capacity, self.every = capacity, every
-        self._rows: list[tuple] = []
+        self._lines: list[str] = []
         self._wake = asyncio.Event()
+        self._second, self._stamp = -1, ""
         self.written = self.dropped = self.failed_writes = 0
 
-    def record(self, user_id: int, publish_id: int | None, model_version: str | None,
-               source: str, movie_ids, arm: str = CHAMPION) -> None:
-        """Note one served list (``movie_ids`` in rank order); never raises, never waits."""
-        if not self.capacity or not movie_ids:
+    def record(self, user_id: int, what: str | None) -> None:
+        """Note that the viewer was just shown ``what`` (:func:`shown`); never raises,
+        never waits."""
+        if not self.capacity or what is None:
             return
-        if len(self._rows) >= self.capacity:
+        if len(self._lines) >= self.capacity:
             self.dropped += 1
             return
-        self._rows.append((time.time(), user_id, publish_id, model_version, arm, source,
-                           movie_ids))
-        if len(self._rows) >= BATCH:
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # the date and time to the second, once a second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        self._lines.append(
+            f"{self._stamp}.{int((now - second) * 1_000_000):06d}+00\t{user_id}\t{what}")
+        if len(self._lines) >= BATCH:
             self._wake.set()
 
     def record_answer(self, user_id: int, body: bytes | str | dict, source: str,
@@ -63,32 +88,27 @@ class ExposureLog:
         """Note a list from its JSON answer (the paths that make a list now: rare enough
         to read it back)."""
         answer = body if isinstance(body, dict) else json.loads(body)
-        self.record(user_id, answer.get("publish_id"), answer.get("model_version"), source,
-                    [m["movie_id"] for m in answer.get("recommendations", ())], arm)
+        self.record(user_id, shown(answer.get("publish_id"), answer.get("model_version"),
+                                   source, [m["movie_id"] for m in
+                                            answer.get("recommendations", ())], arm))
 
     async def flush(self, pool) -> int:
-        """Write what is buffered, :data:`CHUNK` rows per COPY; returns the rows written
-        (a chunk that fails is dropped and counted). In chunks, so that the lookups in
-        flight are answered between two of them: preparing and encoding a second's
-        exposures at once held the event loop long enough to show in the p99 latency."""
-        rows, self._rows = self._rows, []
-        written = 0
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start:start + CHUNK]
-            records = [(dt.datetime.fromtimestamp(at, dt.UTC), user, publish, version, arm,
-                        source, "api", list(movies))
-                       for at, user, publish, version, arm, source, movies in chunk]
-            try:
-                await pool.copy_records_to_table("exposures", schema_name="app",
-                                                 columns=COLUMNS, records=records, timeout=30)
-            except Exception as exc:  # the lookups go on without their log
-                self.failed_writes += 1
-                self.dropped += len(chunk)
-                log.warning("exposure log: %d exposure(s) not written: %s", len(chunk), exc)
-                continue
-            written += len(chunk)
-        self.written += written
-        return written
+        """Write what is buffered as one COPY; returns the lines written (a write that
+        fails drops them, counted)."""
+        lines, self._lines = self._lines, []
+        if not lines:
+            return 0
+        try:
+            await pool.copy_to_table("exposures", schema_name="app", columns=COLUMNS,
+                                     source="".join(lines).encode(), format="text",
+                                     timeout=30)
+        except Exception as exc:  # the lookups go on without their log
+            self.failed_writes += 1
+            self.dropped += len(lines)
+            log.warning("exposure log: %d exposure(s) not written: %s", len(lines), exc)
+            return 0
+        self.written += len(lines)
+        return len(lines)
 
     async def follow(self, pool) -> None:
         """Write the buffer every ``every`` seconds, or sooner when a batch waits."""
@@ -100,7 +120,7 @@ class ExposureLog:
 
     def figures(self) -> dict:
         return {"enabled": bool(self.capacity), "written": self.written,
-                "buffered": len(self._rows), "dropped": self.dropped,
+                "buffered": len(self._lines), "dropped": self.dropped,
                 "failed_writes": self.failed_writes}
 
 

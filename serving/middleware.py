@@ -9,6 +9,8 @@ import time
 
 import orjson
 
+from serving.exposures import shown as exposure
+
 
 class ServerTiming:
     """Pure ASGI middleware (no per-request task, unlike ``@router.middleware``) that adds
@@ -71,7 +73,7 @@ class LookupFastPath:
         cached = state.cache.get(key)
         if cached is not None:
             body, shown = cached
-            state.exposures.record(user_id, state.cache.publish_id, *shown)
+            state.exposures.record(user_id, shown)
             return body
         rows = await state.stored.lookup(user_id, k)  # in a batch (serving/lookups.py)
         if not rows or len(rows) < k or rows[0]["pending"] \
@@ -81,9 +83,10 @@ class LookupFastPath:
             return None
         first = rows[0]
         body = stored_answer(user_id, rows)
-        shown = (first["model_version"], "stored", [r["movie_id"] for r in rows], first["arm"])
+        shown = exposure(first["publish_id"], first["model_version"], "stored",
+                         [r["movie_id"] for r in rows], first["arm"])
         state.cache.put(key, first["publish_id"], body, shown)
-        state.exposures.record(user_id, first["publish_id"], *shown)
+        state.exposures.record(user_id, shown)
         return body
 
 

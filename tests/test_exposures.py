@@ -87,6 +87,46 @@ def test_losing_the_log_never_fails_a_lookup(api_server, wh, published):
     assert [r[-1] for r in logged_since(wh, since, [31], 1)] == [shown(answer)]
 
 
+def test_the_log_writes_each_field_as_it_was_shown(published, wh):
+    """The log's COPY lines read back as the lists were recorded: a missing publish
+    and version as nulls, text COPY would misread escaped, the time to the microsecond."""
+    import asyncio
+
+    import asyncpg
+
+    from serving.exposures import ExposureLog, shown
+
+    viewers = [910_001, 910_002, 910_003]
+
+    async def write() -> tuple[int, float, dict]:
+        pool = await asyncpg.create_pool(warehouse.url(published), min_size=1, max_size=1)
+        try:
+            log = ExposureLog(capacity=10, every=60)
+            before = time.time()
+            log.record(viewers[0], shown(7, "12", "stored", [5, 3, 9]))
+            log.record(viewers[1], shown(None, None, "cold", (1,), arm="challenger"))
+            log.record(viewers[2], shown(8, "v\\1\t2\nx", "live", [4]))
+            log.record(viewers[2], shown(8, "3", "live", []))  # an empty list: not logged
+            return await log.flush(pool), before, log.figures()
+        finally:
+            await pool.close()
+
+    try:
+        written, before, figures = asyncio.run(write())
+        rows = query(wh, """select user_id, publish_id, model_version, arm, source, channel,
+                                   movie_ids, extract(epoch from shown_at)::float8
+                            from app.exposures where user_id = any(%s) order by user_id""",
+                     (viewers,))
+    finally:
+        execute(wh, "delete from app.exposures where user_id = any(%s)", (viewers,))
+    assert written == 3 and figures["written"] == 3 and figures["buffered"] == 0
+    assert [r[:7] for r in rows] == [
+        (viewers[0], 7, "12", "champion", "stored", "api", [5, 3, 9]),
+        (viewers[1], None, None, "challenger", "cold", "api", [1]),
+        (viewers[2], 8, "v\\1\t2\nx", "champion", "live", "api", [4])]
+    assert all(before <= r[7] <= time.time() for r in rows), (before, rows)
+
+
 def test_a_lookup_in_sql_can_be_logged(published, wh):
     since = query(wh, "select now()")[0][0]
     with contextlib.closing(psycopg2.connect(warehouse.reader_url(published))) as reader:

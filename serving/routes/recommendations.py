@@ -21,6 +21,7 @@ from serving.deps import (
     require_user,
     version_of,
 )
+from serving.exposures import shown as exposure
 from serving.pages import made_now
 from serving.search import search
 
@@ -78,7 +79,7 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
     cached = cache.get(key)
     if cached is not None:
         body, shown = cached
-        exposures.record(user_id, cache.publish_id, *shown)
+        exposures.record(user_id, shown)
         return Response(content=body, media_type="application/json")
     async with pool(request).acquire() as conn:
         await check_genres(conn, "exclude_genres", excluded)
@@ -87,21 +88,21 @@ async def recommend(request: Request, user_id: UserId, k: K = 10,
         if made:  # kept until they rate again, or the next publish
             publish_id, body = made
             answer = json.loads(body)
-            shown = (answer["model_version"], "live",
-                     [m["movie_id"] for m in answer["recommendations"]], row["arm"])
+            shown = exposure(publish_id, answer["model_version"], "live",
+                             [m["movie_id"] for m in answer["recommendations"]], row["arm"])
             cache.put(key, publish_id, body, shown)
-            exposures.record(user_id, publish_id, *shown)
+            exposures.record(user_id, shown)
             return Response(content=body, media_type="application/json")
         if not row["personal"]:
             await require_user(conn, user_id, await live_dataset(conn, request))
             if not row["n"]:
                 await version_of(conn, [])  # 503 when nothing is published yet
     body = row["body"].encode()
-    shown = (row["model_version"], "stored" if row["personal"] else "cold", row["movie_ids"],
-             row["arm"])
+    shown = exposure(row["publish_id"], row["model_version"],
+                     "stored" if row["personal"] else "cold", row["movie_ids"], row["arm"])
     if row["personal"]:  # newcomers' lists change with every rating they post
         cache.put(key, row["publish_id"], body, shown)
-    exposures.record(user_id, row["publish_id"], *shown)
+    exposures.record(user_id, shown)
     return Response(content=body, media_type="application/json")
 
 
