@@ -16,6 +16,7 @@ per area (``serving/routes/``) and the two middlewares (:mod:`serving.middleware
 from __future__ import annotations
 
 import contextlib
+import gc
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -48,6 +49,10 @@ async def lifespan(app: FastAPI):
         async with following(cache, app.state.pool, settings.api.cache_seconds), \
                 writing(exposures, app.state.pool):
             app.state.cache, app.state.exposures = cache, exposures
+            # what start-up made (modules, routes, models) lives as long as the worker:
+            # out of the collector's generations, a full collection does not walk it
+            # while a lookup waits (benchmarks/api_load.py, the p99 latency)
+            gc.freeze()
             yield
     finally:
         await app.state.pool.close()
