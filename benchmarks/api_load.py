@@ -26,6 +26,9 @@ throughput against Postgres's. The goal on the 2-core machine: without the cache
 of Postgres's own throughput for the same lookup, with p99 under 20 ms, at 32
 connections. ``--against CHECKOUT`` also loads an earlier commit's cache-off API (a
 git worktree), right after this one's: what a change bought, in one run.
+``--rounds N`` takes the cache-off loads and Postgres's N times, one after the other
+in turn, and gives each row's median and range: one run of each on a noisy machine
+can differ by a fifth.
 
 Usage::
 
@@ -39,6 +42,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +138,19 @@ def wrk(args, port: int, seconds: float | None = None) -> dict | None:
     return figures
 
 
+def median(runs: list[dict]) -> dict:
+    """The runs of one load as one row: the median of each figure, the sums of the
+    counts, and the range of the throughput when there are several."""
+    row = {key: statistics.median(r[key] for r in runs)
+           for key in ("throughput", "p50_ms", "p99_ms")}
+    row.update({key: sum(r.get(key) or 0 for r in runs)
+                for key in ("requests", "errors", "empty")})
+    if len(runs) > 1:
+        row["range"] = f"{min(r['throughput'] for r in runs):,.0f}-" \
+                       f"{max(r['throughput'] for r in runs):,.0f}"
+    return row
+
+
 def cache_figures(port: int) -> list[dict]:
     """The answer caches' counters, asked until every worker has answered once."""
     seen: dict[int, dict] = {}
@@ -168,6 +185,9 @@ def main() -> None:
                         help="also load the cache-off API of another checkout (e.g. a git "
                              "worktree of an earlier commit), right after this one's; "
                              "may be given more than once")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="take the cache-off loads and Postgres's this many times, in "
+                             "turn; each row gives the median run and the range")
     parser.add_argument("--zipf", type=float, default=1.0,
                         help="exponent of the cache-on run's Zipf draw of users")
     args = parser.parse_args()
@@ -193,29 +213,36 @@ def main() -> None:
                  for key, (port, _) in apis.items()}
     rows = []
     logged = exposures_logged(settings)
+    off = [key for key in apis if key is not True]
+    samples: dict = {key: [] for key in [*off, "postgres"]}
+    tool = "wrk" if shutil.which("wrk") else "loadgen.py"
     try:
-        for key, (port, _) in apis.items():
-            warm = argparse.Namespace(**{**vars(args), "seconds": 3, "requests": 5000})
+        warm = argparse.Namespace(**{**vars(args), "seconds": 3, "requests": 5000})
+        for port, _ in apis.values():
             load("http", warm, port, dsn)  # connections, prepared statements
+        for _ in range(args.rounds):  # in turn, so that the machine's moods fall on all
+            for key in off:
+                samples[key].append(wrk(args, apis[key][0])
+                                    or load("http", args, apis[key][0], dsn))
+            samples["postgres"].append(load("sql", args, apis[False][0], dsn))
+        for key in off:
             name = ("API, cache off, no exposure log" if key == "no log"
                     else f"API ({key.name}), cache off" if isinstance(key, Path)
-                    else f"API, cache {'on' if key else 'off'}")
-            figures = wrk(args, port)
-            if figures:
-                rows.append((f"{name}, wrk", figures))
-            hits = cache_figures(port) if key is True else None
-            rows.append((f"{name}, loadgen.py", load("http", args, port, dsn)))
-            if key is True:  # and viewers as they come back: a few often, most rarely
-                rows[-1][1]["hit_rate"] = hit_rate(hits, hits := cache_figures(port))
-                rows.append((f"{name}, Zipf {args.zipf} users", load(
-                    "http", args, port, dsn, "--zipf", str(args.zipf))))
-                rows[-1][1]["hit_rate"] = hit_rate(hits, cache_figures(port))
+                    else "API, cache off")
+            rows.append((f"{name}, {tool}", median(samples[key])))
+        port = apis[True][0]
+        hits = cache_figures(port)
+        rows.append(("API, cache on, loadgen.py", load("http", args, port, dsn)))
+        rows[-1][1]["hit_rate"] = hit_rate(hits, hits := cache_figures(port))
+        # and viewers as they come back: a few often, most rarely
+        rows.append((f"API, cache on, Zipf {args.zipf} users", load(
+            "http", args, port, dsn, "--zipf", str(args.zipf))))
+        rows[-1][1]["hit_rate"] = hit_rate(hits, cache_figures(port))
         logged = exposures_logged(settings) - logged
-        rows.append(("Postgres (recs.recommend), loadgen.py", load("sql", args, port, dsn)))
+        rows.append(("Postgres (recs.recommend), loadgen.py", median(samples["postgres"])))
         # the stored top 50 minus five genres is short of 40: the rest is scored live,
         # by the API in NumPy, or by recs.recommend in SQL
         short = ("--k", "40", "--exclude", "Drama,Comedy,Action,Thriller,Romance")
-        warm = argparse.Namespace(**{**vars(args), "seconds": 3, "requests": 5000})
         load("http", warm, apis[False][0], dsn, *short)  # the fold-in model, loaded once
         rows.append(("API, cache off, k=40, 5 genres out", load(
             "http", args, apis[False][0], dsn, *short)))
@@ -248,16 +275,15 @@ def main() -> None:
 
     postgres = next(r for name, r in rows if name.startswith("Postgres (recs.recommend)"))
     print(f"\n{'':44} {'requests':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'short':>6} {'cache hits':>10} {'vs Postgres':>11}")
+          f"{'short':>6} {'cache hits':>10} {'vs Postgres':>11} {'req/s range':>13}")
     for name, r in rows:
         ratio = ("" if ", 5 genres out" in name
                  else f"{r['throughput'] / postgres['throughput']:.0%}")
         print(f"{name:44} {r['requests']:>9} {r['throughput']:>8} {r['p50_ms']:>7} "
               f"{r['p99_ms']:>7} {r['errors']:>6} {r['empty']:>6} {r.get('hit_rate', ''):>10} "
-              f"{ratio:>11}")
+              f"{ratio:>11} {r.get('range', ''):>13}")
     # the issue's target: uncached lookups at 70% of Postgres's own, p99 under 20 ms
-    target = next((r for name, r in rows if name == "API, cache off, wrk"),
-                  next(r for name, r in rows if name == "API, cache off, loadgen.py"))
+    target = next(r for name, r in rows if name.startswith("API, cache off, "))
     ratio = target["throughput"] / postgres["throughput"]
     print(f"\ntarget (cache off): {target['throughput']:,.0f} req/s, "
           f"{ratio:.0%} of Postgres's {postgres['throughput']:,.0f} (target 70%: "
