@@ -100,7 +100,9 @@ class ExposureLog:
             return 0
         try:
             await pool.copy_to_table("exposures", schema_name="app", columns=COLUMNS,
-                                     source="".join(lines).encode(), format="text",
+                                     # a buffer: asyncpg reads bytes as a file's path
+                                     source=memoryview("".join(lines).encode()),
+                                     format="text",
                                      timeout=30)
         except Exception as exc:  # the lookups go on without their log
             self.failed_writes += 1
