@@ -141,7 +141,7 @@ def wrk(args, port: int, seconds: float | None = None) -> dict | None:
 def median(runs: list[dict]) -> dict:
     """The runs of one load as one row: the median of each figure, the sums of the
     counts, and the range of the throughput when there are several."""
-    row = {key: statistics.median(r[key] for r in runs)
+    row = {key: round(statistics.median(r[key] for r in runs), 2)
            for key in ("throughput", "p50_ms", "p99_ms")}
     row.update({key: sum(r.get(key) or 0 for r in runs)
                 for key in ("requests", "errors", "empty")})
