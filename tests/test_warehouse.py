@@ -117,7 +117,8 @@ def test_lifecycle_from_nothing_via_cli():
 def test_a_home_whose_port_was_taken_starts_on_a_free_one():
     """Another program took the port a home's warehouse recorded: the next start moves
     to a free port and records it, so every command of that home works again. A port
-    the user pinned (MFY_WAREHOUSE_PORT) is not moved: the error names it."""
+    the user pinned (MFY_WAREHOUSE_PORT) is not moved: the error names it, and a free
+    one is where it starts."""
     import socket
 
     home = Path(tempfile.mkdtemp(prefix="mfy-port-"))
@@ -140,6 +141,17 @@ def test_a_home_whose_port_was_taken_starts_on_a_free_one():
             # recorded: the next command of this home finds it there
             assert embedded.EmbeddedPostgres(home / "warehouse").port == again.port
             again.stop()
+            # a free port asked for starts it there (not on its postgresql.conf's), and
+            # is recorded for the home's next command
+            asked = embedded.free_port(again.port + 7)
+            pinned = embedded.EmbeddedPostgres(home / "warehouse", port=asked)
+            assert pinned.start()
+            with psycopg2.connect(pinned.url(database="postgres"), connect_timeout=5) as conn, \
+                    conn.cursor() as cur:
+                cur.execute("show port")
+                assert cur.fetchone() == (str(asked),)
+            assert embedded.EmbeddedPostgres(home / "warehouse").port == asked
+            pinned.stop()
             with pytest.raises(WarehouseError, match=f"port {first} .*is taken"):
                 embedded.EmbeddedPostgres(home / "warehouse", port=first).start()
     finally:

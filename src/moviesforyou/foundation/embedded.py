@@ -234,9 +234,10 @@ class EmbeddedPostgres:
             if self.is_running():
                 return False
             self._move_off_a_taken_port()
+            # on the port asked for (MFY_WAREHOUSE_PORT), whatever postgresql.conf says
             result = self._run(
                 "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
-                "-l", str(self.log_file),
+                "-l", str(self.log_file), "-o", f"-p {self.port}",
             )
             if result.returncode != 0:
                 tail = ""
@@ -246,6 +247,10 @@ class EmbeddedPostgres:
                     f"the embedded PostgreSQL in {self.data_dir} did not start "
                     f"(port {self.port}):\n{result.stderr.strip()}\n{tail}"
                 )
+            state = self._read_state() or {}
+            if state.get("port") != self.port:  # the home's next command finds it here
+                self._state_file.write_text(json.dumps(
+                    {**state, "port": self.port, "bin_dir": str(self.bin_dir)}, indent=2))
             log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
             return True
 
