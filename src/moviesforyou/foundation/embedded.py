@@ -234,7 +234,7 @@ class EmbeddedPostgres:
             if self.is_running():
                 return False
             self._move_off_a_taken_port()
-            # on the port asked for (MFY_WAREHOUSE_PORT), whatever postgresql.conf says
+            # on self.port (recorded, asked for, or moved to), whatever postgresql.conf says
             result = self._run(
                 "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
                 "-l", str(self.log_file), "-o", f"-p {self.port}",
@@ -247,10 +247,7 @@ class EmbeddedPostgres:
                     f"the embedded PostgreSQL in {self.data_dir} did not start "
                     f"(port {self.port}):\n{result.stderr.strip()}\n{tail}"
                 )
-            state = self._read_state() or {}
-            if state.get("port") != self.port:  # the home's next command finds it here
-                self._state_file.write_text(json.dumps(
-                    {**state, "port": self.port, "bin_dir": str(self.bin_dir)}, indent=2))
+            self._record_port()
             log.info("started embedded PostgreSQL on 127.0.0.1:%s", self.port)
             return True
 
@@ -265,14 +262,16 @@ class EmbeddedPostgres:
                 f"stop it, or unset MFY_WAREHOUSE_PORT to let the warehouse in "
                 f"{self.directory} choose a free port")
         taken, self.port = self.port, free_port(DEFAULT_PORT)
-        with open(self.data_dir / "postgresql.conf", "a") as conf:  # the last one counts
-            conf.write(f"\n# port {taken} was taken by another program\nport = {self.port}\n")
-        state = self._read_state() or {}
-        self._state_file.write_text(json.dumps(
-            {**state, "port": self.port, "bin_dir": str(self.bin_dir)}, indent=2))
         log.warning("port %s of the embedded PostgreSQL in %s is taken by another program: "
                     "it starts on port %s, recorded in %s", taken, self.directory, self.port,
                     self._state_file)
+
+    def _record_port(self) -> None:
+        """The port it started on, in ``server.json``: the home's next command finds it."""
+        state = self._read_state() or {}
+        if state.get("port") != self.port:
+            self._state_file.write_text(json.dumps(
+                {**state, "port": self.port, "bin_dir": str(self.bin_dir)}, indent=2))
 
     def stop(self, mode: str = "fast") -> bool:
         """Stop the server (``mode`` as pg_ctl's: ``fast``, or ``immediate``, which is a
