@@ -22,7 +22,7 @@ from collections import OrderedDict
 log = logging.getLogger(__name__)
 
 
-#: What a cached answer showed, for the exposure log (``serving.exposures.shown``).
+#: What a cached answer showed, for the exposure log (``serving.exposures.exposure``).
 Shown = str | None
 
 

@@ -7,11 +7,12 @@ a list in memory, so a lookup never waits on the log; a background task writes w
 has gathered every ``MFY_API_EXPOSURE_FLUSH_SECONDS`` (1 s), or as soon as
 :data:`BATCH` lines wait, as one ``COPY``.
 
-What a list showed is written as text once, when the list is made (:func:`shown`),
+What a list showed is written as text once, when the list is made (:func:`exposure`),
 and an answer the cache holds keeps it so. Each lookup then adds only its time and
-viewer, and the buffer holds strings, which the garbage collector does not follow: a
-buffer of tuples and lists lived just long enough to reach the oldest generation,
-and the full collections it set off showed in the lookups' p99 latency.
+viewer, and the buffer holds strings, which the garbage collector does not follow. A
+buffer of tuples and lists lived long enough to reach the oldest generation, whose
+full collections walk the whole heap while lookups wait: the likely cause of the log's
+share of the p99 latency (reasoned, not profiled; docs/at-size.md has the figures).
 
 Losing the log never fails a lookup. A write that fails (the warehouse down, the
 table gone) is logged and its lines dropped; a buffer that reaches
@@ -45,7 +46,7 @@ def _field(value) -> str:
     return "\\N" if value is None else str(value).translate(_ESCAPES)
 
 
-def shown(publish_id: int | None, model_version: str | None, source: str, movie_ids,
+def exposure(publish_id: int | None, model_version: str | None, source: str, movie_ids,
           arm: str = CHAMPION) -> str | None:
     """What a served list showed, as the end of its exposure's COPY line (the fields
     after the viewer); None for an empty list, which is not logged."""
@@ -66,7 +67,7 @@ class ExposureLog:
         self.written = self.dropped = self.failed_writes = 0
 
     def record(self, user_id: int, what: str | None) -> None:
-        """Note that the viewer was just shown ``what`` (:func:`shown`); never raises,
+        """Note that the viewer was just shown ``what`` (:func:`exposure`); never raises,
         never waits."""
         if not self.capacity or what is None:
             return
@@ -88,9 +89,9 @@ class ExposureLog:
         """Note a list from its JSON answer (the paths that make a list now: rare enough
         to read it back)."""
         answer = body if isinstance(body, dict) else json.loads(body)
-        self.record(user_id, shown(answer.get("publish_id"), answer.get("model_version"),
-                                   source, [m["movie_id"] for m in
-                                            answer.get("recommendations", ())], arm))
+        self.record(user_id, exposure(answer.get("publish_id"), answer.get("model_version"),
+                                      source, [m["movie_id"] for m in
+                                               answer.get("recommendations", ())], arm))
 
     async def flush(self, pool) -> int:
         """Write what is buffered as one COPY; returns the lines written (a write that

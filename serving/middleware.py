@@ -9,7 +9,7 @@ import time
 
 import orjson
 
-from serving.exposures import shown as exposure
+from serving.exposures import exposure
 
 
 class ServerTiming:

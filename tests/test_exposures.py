@@ -8,15 +8,18 @@ made here by hand, and reach the model version in MLflow.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import time
 
+import asyncpg
 import psycopg2
 import pytest
 
 from conftest import call, execute, query
 from moviesforyou.foundation import warehouse
+from serving.exposures import ExposureLog, exposure
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,12 +93,6 @@ def test_losing_the_log_never_fails_a_lookup(api_server, wh, published):
 def test_the_log_writes_each_field_as_it_was_shown(published, wh):
     """The log's COPY lines read back as the lists were recorded: a missing publish
     and version as nulls, text COPY would misread escaped, the time to the microsecond."""
-    import asyncio
-
-    import asyncpg
-
-    from serving.exposures import ExposureLog, shown
-
     viewers = [910_001, 910_002, 910_003]
 
     async def write() -> tuple[int, float, dict]:
@@ -103,10 +100,10 @@ def test_the_log_writes_each_field_as_it_was_shown(published, wh):
         try:
             log = ExposureLog(capacity=10, every=60)
             before = time.time()
-            log.record(viewers[0], shown(7, "12", "stored", [5, 3, 9]))
-            log.record(viewers[1], shown(None, None, "cold", (1,), arm="challenger"))
-            log.record(viewers[2], shown(8, "v\\1\t2\nx", "live", [4]))
-            log.record(viewers[2], shown(8, "3", "live", []))  # an empty list: not logged
+            log.record(viewers[0], exposure(7, "12", "stored", [5, 3, 9]))
+            log.record(viewers[1], exposure(None, None, "cold", (1,), arm="challenger"))
+            log.record(viewers[2], exposure(8, "v\\1\t2\nx", "live", [4]))
+            log.record(viewers[2], exposure(8, "3", "live", []))  # an empty list: not logged
             return await log.flush(pool), before, log.figures()
         finally:
             await pool.close()

@@ -21,7 +21,7 @@ from serving.deps import (
     require_user,
     version_of,
 )
-from serving.exposures import shown as exposure
+from serving.exposures import exposure
 from serving.pages import made_now
 from serving.search import search
 
